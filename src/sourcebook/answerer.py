@@ -1,0 +1,224 @@
+"""Extractive answers: quote the evidence sentences that answer the question, with [n].
+
+No language model is involved, so nothing can be invented: every sentence of the answer
+is a sentence of a source, and every source listed is one the answer quotes. When the
+evidence is too weak the answer says so, in the question's language.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .analyzer import analyze
+from .embedders import Embedder, Vectors
+from .models import Answer, Citation, Language, SearchHit
+from .text import is_chinese, sentence_spans
+
+NOT_FOUND = {
+    "zh": "知识库中没有找到相关内容。",
+    "en": "Not found in the knowledge base.",
+}
+NEAREST = {"zh": "最接近的来源：", "en": "Nearest sources:"}
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    hit_index: int
+    start: int
+    end: int
+    text: str
+    score: float
+    coverage: float
+
+
+class ExtractiveAnswerer:
+    """Select up to `max_sentences` evidence sentences.
+
+    A sentence scores by how much of the question (idf-weighted terms) it covers and by
+    its embedding similarity to the question, so that a sentence answering in other words
+    ("it does not depend on the batch size") can still win. `threshold` applies to the
+    answer's confidence (see `confidence`).
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        max_sentences: int,
+        dense_floor: float,
+        dense_ceiling: float,
+        threshold: float,
+        max_embedded_sentences: int = 16,
+    ) -> None:
+        self.embedder = embedder
+        self.max_sentences = max_sentences
+        self.dense_floor = dense_floor
+        self.dense_ceiling = dense_ceiling
+        self.threshold = threshold
+        self.max_embedded_sentences = max_embedded_sentences
+
+    def answer(
+        self,
+        question: str,
+        query_vector: Vectors,
+        hits: Sequence[SearchHit],
+        idf: dict[str, float],
+    ) -> Answer:
+        language: Language = "zh" if is_chinese(question) else "en"
+        terms = list(dict.fromkeys(analyze(question)))
+        candidates = self._candidates(terms, query_vector, hits, idf)
+        best = max(candidates, key=lambda c: c.score, default=None)
+        confidence = self.confidence(hits, best.coverage if best else 0.0)
+        if best is None or confidence < self.threshold:
+            return self._not_found(question, language, hits, confidence)
+        chosen = self._choose(candidates, best)
+        return self._compose(question, language, hits, chosen, confidence)
+
+    def confidence(self, hits: Sequence[SearchHit], coverage: float) -> float:
+        """0..1: mean of the rescaled dense similarity of the best chunk and the question
+        coverage of the best sentence."""
+        if not hits:
+            return 0.0
+        dense = max(hit.scores.get("dense", 0.0) for hit in hits)
+        return 0.5 * self._rescale(dense) + 0.5 * coverage
+
+    def _rescale(self, similarity: float) -> float:
+        span = max(self.dense_ceiling - self.dense_floor, 1e-6)
+        return min(1.0, max(0.0, (similarity - self.dense_floor) / span))
+
+    def _candidates(
+        self,
+        terms: list[str],
+        query_vector: Vectors,
+        hits: Sequence[SearchHit],
+        idf: dict[str, float],
+    ) -> list[_Candidate]:
+        total = sum(idf.get(t, 0.0) for t in terms) or 1.0
+        found: list[tuple[int, int, int, str, float]] = []
+        for index, hit in enumerate(hits):
+            for start, end in sentence_spans(hit.text):
+                sentence = hit.text[start:end]
+                if _is_markup(sentence):
+                    continue
+                present = set(analyze(sentence))
+                coverage = sum(idf.get(t, 0.0) for t in terms if t in present) / total
+                found.append((index, start, end, sentence, coverage))
+        similarity = self._similarities(query_vector, found)
+        candidates = []
+        for (index, start, end, sentence, coverage), dense in zip(found, similarity, strict=True):
+            rank_weight = 1.0 / (1.0 + 0.15 * index)
+            # slight preference for informative, not overly long sentences
+            length_factor = 1.0 / (1.0 + max(0, len(sentence) - 200) / 400)
+            score = (0.5 * coverage + 0.5 * self._rescale(dense)) * rank_weight * length_factor
+            candidates.append(_Candidate(index, start, end, sentence, score, coverage))
+        return candidates
+
+    def _similarities(
+        self, query_vector: Vectors, found: list[tuple[int, int, int, str, float]]
+    ) -> list[float]:
+        """Dense similarity for the most promising sentences (bounded: embedding a
+        sentence costs milliseconds); the others get the floor."""
+        order = sorted(range(len(found)), key=lambda i: -found[i][4] / (1 + 0.15 * found[i][0]))
+        chosen = order[: self.max_embedded_sentences]
+        similarity = [self.dense_floor] * len(found)
+        if chosen:
+            vectors = self.embedder.embed_passages([found[i][3] for i in chosen])
+            for i, value in zip(chosen, vectors @ query_vector, strict=True):
+                similarity[i] = float(value)
+        return similarity
+
+    def _choose(self, candidates: list[_Candidate], best: _Candidate) -> list[_Candidate]:
+        chosen = [best]
+        # the sentence after the best one often completes it ("... 原因如下。首先 ...")
+        following = [
+            c
+            for c in candidates
+            if c.hit_index == best.hit_index and c.start >= best.end and c.score >= 0.3 * best.score
+        ]
+        if following:
+            chosen.append(min(following, key=lambda c: c.start))
+        for candidate in sorted(candidates, key=lambda c: -c.score):
+            if len(chosen) >= self.max_sentences:
+                break
+            if candidate in chosen or candidate.score < 0.6 * best.score:
+                continue
+            if any(candidate.text == c.text for c in chosen):
+                continue
+            chosen.append(candidate)
+        return sorted(chosen[: self.max_sentences], key=lambda c: (c.hit_index, c.start))
+
+    def _compose(
+        self,
+        question: str,
+        language: Language,
+        hits: Sequence[SearchHit],
+        chosen: list[_Candidate],
+        confidence: float,
+    ) -> Answer:
+        numbers: dict[int, int] = {}
+        citations: list[Citation] = []
+        parts = []
+        for candidate in chosen:
+            if candidate.hit_index not in numbers:
+                numbers[candidate.hit_index] = len(numbers) + 1
+                citations.append(
+                    Citation(n=numbers[candidate.hit_index], hit=hits[candidate.hit_index])
+                )
+            citation = citations[numbers[candidate.hit_index] - 1]
+            citation.quotes.append(candidate.text)
+            hit = hits[candidate.hit_index]
+            citation.quote_lines.append(_quote_lines(hit, candidate))
+            parts.append(_clean(candidate.text) + f" [{numbers[candidate.hit_index]}]")
+        text = ("" if language == "zh" else " ").join(parts)
+        return Answer(
+            question=question,
+            text=text,
+            found=True,
+            language=language,
+            citations=citations,
+            confidence=round(confidence, 4),
+        )
+
+    def _not_found(
+        self, question: str, language: Language, hits: Sequence[SearchHit], confidence: float
+    ) -> Answer:
+        nearest = [Citation(n=i + 1, hit=hit) for i, hit in enumerate(hits[:3])]
+        return Answer(
+            question=question,
+            text=NOT_FOUND[language],
+            found=False,
+            language=language,
+            citations=nearest,
+            confidence=round(confidence, 4),
+        )
+
+
+def idf_weights(total: int, frequencies: dict[str, int]) -> dict[str, float]:
+    """BM25's idf, floored at a small positive value so every query term counts a little."""
+    return {
+        term: max(0.05, math.log(1 + (total - df + 0.5) / (df + 0.5)))
+        for term, df in frequencies.items()
+    }
+
+
+def _quote_lines(hit: SearchHit, candidate: _Candidate) -> tuple[int, int]:
+    if hit.kind == "html":  # extracted lines were mapped to tags' lines: cite the chunk
+        return hit.line_start, hit.line_end
+    first = hit.line_start + hit.text.count("\n", 0, candidate.start)
+    last = hit.line_start + hit.text.count("\n", 0, candidate.end)
+    return min(first, hit.line_end), min(last, hit.line_end)
+
+
+def _is_markup(sentence: str) -> bool:
+    stripped = sentence.strip()
+    return stripped.startswith(("```", "~~~", "|", "#")) or not any(c.isalnum() for c in stripped)
+
+
+def _clean(sentence: str) -> str:
+    """One line, without list markers, for quoting inside a paragraph."""
+    text = " ".join(sentence.split())
+    for marker in ("- ", "* ", "+ "):
+        if text.startswith(marker):
+            return text[len(marker) :]
+    return text

@@ -1,0 +1,408 @@
+"""The `sourcebook` command line. Every command goes through `KnowledgeBase`.
+
+Exit codes: 0 success; 1 error (bad input, missing knowledge base); 2 the command ran but
+some files could not be indexed (they are listed with their reasons).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .embedders import EMBEDDERS
+from .kb import KnowledgeBase
+from .models import Answer, SearchHit, SyncReport
+from .settings import Settings
+from .store import Filters, StoreError
+
+app = typer.Typer(
+    help="Sourcebook: ask your own notes (Chinese, English or both), get cited answers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+KbOption = Annotated[
+    Path | None,
+    typer.Option("--kb", help="knowledge base folder [env: SOURCEBOOK_KB; default: ./.sourcebook]"),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+
+
+class CliError(Exception):
+    pass
+
+
+@contextmanager
+def _errors_to_exit() -> Iterator[None]:
+    try:
+        yield
+    except (StoreError, CliError, ValueError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        errors.print(f"[bold red]error:[/] {escape(str(message))}")
+        raise typer.Exit(1) from None
+
+
+def _settings(kb: Path | None) -> Settings:
+    settings = Settings()
+    if kb is not None:
+        settings.kb = kb
+    return settings
+
+
+def _open(kb: Path | None, create: bool = False) -> KnowledgeBase:
+    settings = _settings(kb)
+    exists = (settings.kb / "sourcebook.db").exists()
+    if create and not exists:
+        console.print(f"Created knowledge base at [bold]{escape(str(settings.kb))}[/]")
+    return KnowledgeBase(settings.kb, settings, create=create and not exists)
+
+
+def _emit_json(data: Any) -> None:
+    if isinstance(data, BaseModel):
+        text = data.model_dump_json(indent=2)
+    else:
+        text = json.dumps(
+            [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in data],
+            ensure_ascii=False,
+            indent=2,
+        )
+    sys.stdout.write(text + "\n")
+
+
+def _display_path(path: str) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return path
+
+
+def _location(hit: SearchHit) -> str:
+    where = f"{_display_path(hit.path)}:{hit.line_start}-{hit.line_end}"
+    if hit.page_start:
+        pages = (
+            f"p.{hit.page_start}"
+            if hit.page_start == hit.page_end
+            else f"pp.{hit.page_start}-{hit.page_end}"
+        )
+        where += f" ({pages})"
+    return where
+
+
+# --- writing commands --------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    kb: KbOption = None,
+    model: Annotated[
+        str | None, typer.Option(help=f"embedding model: {', '.join(EMBEDDERS)}")
+    ] = None,
+) -> None:
+    """Create an empty knowledge base."""
+    with _errors_to_exit():
+        settings = _settings(kb)
+        if model:
+            settings.embedder = model
+        if (settings.kb / "sourcebook.db").exists():
+            raise CliError(f"a knowledge base already exists at {settings.kb}")
+        with KnowledgeBase.create(settings.kb, settings) as base:
+            console.print(
+                f"Created knowledge base at [bold]{escape(str(base.path))}[/] "
+                f"(embedding model: {base.store.embedder_name})"
+            )
+
+
+@app.command()
+def add(
+    paths: Annotated[list[Path], typer.Argument(help="files or folders to index")],
+    kb: KbOption = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option("--include", "-i", help="only files matching this glob (repeatable)"),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude", "-x", help="skip files or folders matching this glob (repeatable)"
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Index files and folders (recursively) and remember them for `sync`."""
+    with _errors_to_exit(), _open(kb, create=True) as base:
+        report = _with_progress(
+            lambda cb: base.add(paths, include or [], exclude or [], cb), quiet=as_json
+        )
+        _finish_report(report, as_json)
+
+
+@app.command()
+def sync(kb: KbOption = None, as_json: JsonOption = False) -> None:
+    """Re-read every source: index new and changed files, drop deleted ones."""
+    with _errors_to_exit(), _open(kb) as base:
+        report = _with_progress(base.sync, quiet=as_json)
+        _finish_report(report, as_json)
+
+
+@app.command()
+def remove(
+    paths: Annotated[list[Path], typer.Argument(help="files or folders to forget")],
+    kb: KbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove documents (a file, or everything under a folder) from every index."""
+    with _errors_to_exit(), _open(kb) as base:
+        removed = base.remove(paths)
+        if as_json:
+            _emit_json(removed)
+            return
+        if not removed:
+            raise CliError("nothing in the knowledge base matches " + ", ".join(map(str, paths)))
+        for path in removed:
+            console.print(f"removed {escape(_display_path(path))}")
+
+
+@app.command()
+def reindex(
+    kb: KbOption = None,
+    model: Annotated[str | None, typer.Option(help="switch to this embedding model")] = None,
+) -> None:
+    """Re-embed every chunk (with another model if given) and rebuild the indexes."""
+    with _errors_to_exit(), _open(kb) as base:
+        chunks = base.reindex(model)
+        console.print(f"Re-indexed {chunks} chunks with {base.store.embedder_name}")
+
+
+# --- reading commands --------------------------------------------------------------------
+
+
+def _filters(
+    path: str | None, tag: list[str] | None, after: datetime | None, before: datetime | None
+) -> Filters:
+    return Filters(
+        path_glob=path, tags=tuple(tag or ()), modified_after=after, modified_before=before
+    )
+
+
+PathFilter = Annotated[str | None, typer.Option("--path", help="only documents matching this glob")]
+TagFilter = Annotated[list[str] | None, typer.Option("--tag", help="only documents with this tag")]
+AfterFilter = Annotated[
+    datetime | None, typer.Option("--after", help="modified on/after (ISO date)")
+]
+BeforeFilter = Annotated[datetime | None, typer.Option("--before", help="modified on/before")]
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="what to look for")],
+    kb: KbOption = None,
+    limit: Annotated[int, typer.Option("--limit", "-k", min=1, max=1000)] = 10,
+    path: PathFilter = None,
+    tag: TagFilter = None,
+    after: AfterFilter = None,
+    before: BeforeFilter = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Hybrid (BM25 + dense) search over the chunks."""
+    with _errors_to_exit(), _open(kb) as base:
+        hits = base.search(query, limit, _filters(path, tag, after, before))
+        if as_json:
+            _emit_json(hits)
+            return
+        if not hits:
+            console.print("[yellow]no results[/]")
+        for rank, hit in enumerate(hits, start=1):
+            ranks = "  ".join(f"{name} #{r}" for name, r in hit.ranks.items())
+            console.print(
+                f"[bold cyan]{rank:>2}.[/] [green]{escape(_location(hit))}[/]  "
+                f"[dim]{escape(' > '.join(hit.heading_path))}  {ranks}[/]"
+            )
+            console.print("    " + escape(_snippet(hit.text)))
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="a question, in Chinese or English")],
+    kb: KbOption = None,
+    path: PathFilter = None,
+    tag: TagFilter = None,
+    after: AfterFilter = None,
+    before: BeforeFilter = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Answer from the knowledge base, citing a source after every sentence."""
+    with _errors_to_exit(), _open(kb) as base:
+        answer = base.ask(question, _filters(path, tag, after, before))
+        if as_json:
+            _emit_json(answer)
+        else:
+            _print_answer(answer)
+
+
+@app.command()
+def show(
+    document: Annotated[str, typer.Argument(help="PATH or PATH:START-END")],
+    kb: KbOption = None,
+) -> None:
+    """Print a document's indexed text, or a line range of it (as cited)."""
+    with _errors_to_exit(), _open(kb) as base:
+        path, start, end = _parse_location(document)
+        text = base.document_text(path, start, end)
+        first = start or 1
+        for offset, line in enumerate(text.split("\n")):
+            console.print(f"[dim]{first + offset:>5}[/]  {escape(line)}", highlight=False)
+
+
+@app.command()
+def status(kb: KbOption = None, as_json: JsonOption = False) -> None:
+    """Documents, chunks, model, size and sources of the knowledge base."""
+    with _errors_to_exit(), _open(kb) as base:
+        info = base.status()
+        if as_json:
+            _emit_json(info)
+            return
+        table = Table(show_header=False, box=None)
+        table.add_row("knowledge base", info.path)
+        table.add_row("embedding model", info.embedder)
+        table.add_row("documents", str(info.documents))
+        table.add_row("chunks", str(info.chunks))
+        table.add_row("size", f"{info.store_bytes / 1e6:.1f} MB")
+        table.add_row("indexes", "up to date" if info.index_consistent else "[yellow]behind[/]")
+        for source in info.sources:
+            table.add_row("source", _display_path(source))
+        console.print(table)
+
+
+@app.command()
+def bench(
+    chunks: Annotated[
+        list[int] | None, typer.Option("--chunks", help="store sizes to test")
+    ] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", help="embedding models")] = None,
+    queries: Annotated[int, typer.Option(help="queries per store")] = 200,
+    work: Annotated[Path, typer.Option(help="scratch folder")] = Path("benchmarks/work"),
+    output: Annotated[Path | None, typer.Option(help="write JSON results here")] = None,
+) -> None:
+    """Measure ingestion throughput and hybrid query latency (see benchmarks/)."""
+    from .bench import run_benchmark
+
+    with _errors_to_exit():
+        results = run_benchmark(chunks or [10_000], model or None, queries, work, console)
+        if output:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+
+
+# --- output helpers ----------------------------------------------------------------------
+
+
+def _with_progress(run: Any, quiet: bool) -> SyncReport:
+    if quiet or not console.is_terminal:
+        return run(None)  # type: ignore[no-any-return]
+    with Progress(
+        TextColumn("[bold]indexing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("[dim]{task.description}"),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("", total=None)
+
+        def update(done: int, total: int, path: str) -> None:
+            progress.update(
+                task,
+                completed=done,
+                total=total,
+                description=_display_path(path)[-50:] if path else "",
+            )
+
+        return run(update)  # type: ignore[no-any-return]
+
+
+def _finish_report(report: SyncReport, as_json: bool) -> None:
+    if as_json:
+        _emit_json(report)
+    else:
+        console.print(
+            f"[bold]documents[/]: {report.added} added, {report.updated} updated, "
+            f"{report.unchanged} unchanged, {report.removed} removed, "
+            f"[{'red' if report.failed else 'green'}]{len(report.failed)} failed[/]"
+            + (f", {len(report.skipped)} skipped (unsupported type)" if report.skipped else "")
+        )
+        console.print(
+            f"[bold]chunks[/]: {report.chunks_added} added ({report.chunks_embedded} embedded, "
+            f"the rest from cache), {report.chunks_removed} removed  [dim]{report.seconds:.1f}s[/]"
+        )
+        for issue in report.failed:
+            errors.print(
+                f"[red]failed[/] {escape(_display_path(issue.path))}: {escape(issue.reason)}"
+            )
+    if report.failed:
+        raise typer.Exit(2)
+
+
+def _print_answer(answer: Answer) -> None:
+    style = "bold" if answer.found else "bold yellow"
+    text = escape(answer.text)
+    for citation in answer.citations:
+        text = text.replace(f"\\[{citation.n}]", f"[bold cyan]\\[{citation.n}][/]")
+    console.print(f"[{style}]{text}[/]")
+    console.print()
+    if answer.citations:
+        header = (
+            "Sources"
+            if answer.found
+            else ("最接近的来源" if answer.language == "zh" else "Nearest sources")
+        )
+        console.print(f"[bold]{header}[/]")
+    for citation in answer.citations:
+        hit = citation.hit
+        heading = " > ".join(hit.heading_path)
+        console.print(
+            f"[bold cyan]\\[{citation.n}][/] [green]{escape(_location(hit))}[/]"
+            + (f"  [dim]{escape(heading)}[/]" if heading else "")
+        )
+        for quote, (first, last) in zip(citation.quotes, citation.quote_lines, strict=True):
+            lines = f"{first}" if first == last else f"{first}-{last}"
+            console.print(f"    [dim]line {lines}:[/] {escape(' '.join(quote.split()))}")
+        if not citation.quotes:
+            console.print("    " + escape(_snippet(hit.text)))
+
+
+def _snippet(text: str, width: int = 160) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _parse_location(value: str) -> tuple[str, int | None, int | None]:
+    path, sep, lines = value.rpartition(":")
+    if sep and lines and all(part.isdigit() for part in lines.split("-", 1)):
+        first, _, last = lines.partition("-")
+        return path, int(first), int(last or first)
+    return value, None, None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The two derived search indexes of the embedded store.
+
+Both are rebuilt-able caches of what SQLite holds: each remembers the last change-log
+sequence number it has applied (its watermark), so after a crash the store replays only the
+changes an index has not seen. Every operation here is idempotent for that reason.
+
+- `KeywordIndex`: BM25 over pre-analysed tokens (see `analyzer`), in tantivy.
+- `VectorIndex`: cosine similarity in usearch; exact scan below a size threshold,
+  HNSW above it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import numpy as np
+import tantivy
+from usearch.index import Index
+
+from .embedders import Vectors
+
+ScoredIds = list[tuple[int, float]]
+
+
+def _read_watermark(path: Path) -> int:
+    try:
+        return int(json.loads(path.read_text())["watermark"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _write_watermark(path: Path, watermark: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"watermark": watermark}))
+    os.replace(tmp, path)
+
+
+class KeywordIndex:
+    """BM25 (tantivy's Okapi, k1=1.2, b=0.75) over whitespace-joined analysed tokens."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        builder = tantivy.SchemaBuilder()
+        builder.add_unsigned_field("chunk_id", stored=True, indexed=True, fast=True)
+        builder.add_unsigned_field("doc_id", indexed=True, fast=True)
+        builder.add_text_field("tokens", tokenizer_name="whitespace", index_option="freq")
+        self._schema = builder.build()
+        self._index = tantivy.Index(self._schema, path=str(folder), reuse=True)
+        self._state = folder / "sourcebook-state.json"
+        self._writer: tantivy.IndexWriter | None = None
+
+    @property
+    def watermark(self) -> int:
+        return _read_watermark(self._state)
+
+    def upsert(self, chunk_id: int, doc_id: int, tokens: str) -> None:
+        self.delete(chunk_id)
+        writer = self._get_writer()
+        document = tantivy.Document()
+        document.add_unsigned("chunk_id", chunk_id)
+        document.add_unsigned("doc_id", doc_id)
+        document.add_text("tokens", tokens)
+        writer.add_document(document)
+
+    def delete(self, chunk_id: int) -> None:
+        # by query: tantivy-py's delete-by-term does not match unsigned fields
+        term = tantivy.Query.term_query(self._schema, "chunk_id", chunk_id)
+        self._get_writer().delete_documents_by_query(term)
+
+    def commit(self, watermark: int) -> None:
+        if self._writer is not None:
+            self._writer.commit()
+            self._writer.wait_merging_threads()
+            self._writer = None
+        _write_watermark(self._state, watermark)
+        self._index.reload()
+
+    def clear(self) -> None:
+        self._get_writer().delete_all_documents()
+
+    def search(
+        self, tokens: Sequence[str], limit: int, doc_ids: Collection[int] | None = None
+    ) -> ScoredIds:
+        terms = list(dict.fromkeys(tokens))
+        if not terms or limit <= 0:
+            return []
+        query = tantivy.Query.boolean_query(
+            [
+                (tantivy.Occur.Should, tantivy.Query.term_query(self._schema, "tokens", term))
+                for term in terms
+            ]
+        )
+        if doc_ids is not None:
+            if not doc_ids:
+                return []
+            allowed = tantivy.Query.const_score_query(
+                tantivy.Query.term_set_query(self._schema, "doc_id", list(doc_ids)), 0.0
+            )
+            query = tantivy.Query.boolean_query(
+                [(tantivy.Occur.Must, query), (tantivy.Occur.Must, allowed)]
+            )
+        searcher = self._index.searcher()
+        result = searcher.search(query, limit, count=False)
+        return [
+            (int(searcher.doc(address)["chunk_id"][0]), float(score))
+            for score, address in result.hits
+        ]
+
+    def document_frequencies(self, tokens: Sequence[str]) -> tuple[int, dict[str, int]]:
+        """(number of chunks, chunks containing each token), for idf weights."""
+        searcher = self._index.searcher()
+        return searcher.num_docs, {t: searcher.doc_freq("tokens", t) for t in set(tokens)}
+
+    def __len__(self) -> int:
+        return int(self._index.searcher().num_docs)
+
+    def _get_writer(self) -> tantivy.IndexWriter:
+        if self._writer is None:
+            self._writer = self._index.writer(heap_size=64_000_000, num_threads=1)
+        return self._writer
+
+
+class VectorIndex:
+    """Cosine search over chunk vectors, persisted as one usearch file.
+
+    Opened memory-mapped (cheap for read-only commands) and loaded into memory the first
+    time it is modified.
+    """
+
+    def __init__(self, path: Path, dim: int, exact_below: int = 20_000) -> None:
+        self._path = path
+        self._state = path.with_name(path.name + ".state.json")
+        self._dim = dim
+        self._exact_below = exact_below
+        self._writable = False
+        self._dirty = False
+        self._index = self._open(view=True)
+
+    @property
+    def watermark(self) -> int:
+        return _read_watermark(self._state) if self._path.exists() else 0
+
+    def _open(self, view: bool) -> Index:
+        if self._path.exists():
+            restored = Index.restore(str(self._path), view=view)
+            if restored is not None and restored.ndim == self._dim:
+                return restored
+        self._writable = True
+        return Index(
+            ndim=self._dim,
+            metric="cos",
+            dtype="f16",
+            connectivity=16,
+            expansion_add=128,
+            expansion_search=128,
+        )
+
+    def _make_writable(self) -> Index:
+        if not self._writable:
+            self._index = self._open(view=False)
+            self._writable = True
+        return self._index
+
+    def upsert(self, keys: Sequence[int], vectors: Vectors) -> None:
+        if not keys:
+            return
+        index = self._make_writable()
+        for key in keys:
+            if index.contains(key):
+                index.remove(key)
+        index.add(np.asarray(keys, dtype=np.uint64), vectors)
+        self._dirty = True
+
+    def delete(self, keys: Sequence[int]) -> None:
+        index = self._make_writable()
+        for key in keys:
+            if index.contains(key):
+                index.remove(key)
+                self._dirty = True
+
+    def clear(self) -> None:
+        self._index = Index(
+            ndim=self._dim,
+            metric="cos",
+            dtype="f16",
+            connectivity=16,
+            expansion_add=128,
+            expansion_search=128,
+        )
+        self._writable = True
+        self._dirty = True
+
+    def commit(self, watermark: int) -> None:
+        if self._dirty:
+            tmp = self._path.with_suffix(".tmp")
+            self._index.save(str(tmp))
+            os.replace(tmp, self._path)
+            self._dirty = False
+        _write_watermark(self._state, watermark)
+
+    def search(self, query: Vectors, limit: int, keys: Sequence[int] | None = None) -> ScoredIds:
+        """Top `limit` by cosine; with `keys`, only among those chunks (scored exactly)."""
+        size = len(self._index)
+        if size == 0 or limit <= 0:
+            return []
+        if keys is not None:
+            return self._search_subset(query, limit, keys)
+        matches = self._index.search(query, min(limit, size), exact=size < self._exact_below)
+        return [
+            (int(k), 1.0 - float(d)) for k, d in zip(matches.keys, matches.distances, strict=True)
+        ]
+
+    def _search_subset(self, query: Vectors, limit: int, keys: Sequence[int]) -> ScoredIds:
+        present = [k for k in keys if self._index.contains(k)]
+        if not present:
+            return []
+        matrix = np.asarray(self._index.get(np.asarray(present, dtype=np.uint64)), dtype=np.float32)
+        scores = matrix @ query / np.maximum(np.linalg.norm(matrix, axis=1), 1e-12)
+        top = np.argsort(-scores)[:limit]
+        return [(int(present[i]), float(scores[i])) for i in top]
+
+    def __len__(self) -> int:
+        return len(self._index)

@@ -1,0 +1,210 @@
+"""Ingestion: find files, convert, chunk, embed what is new, and store one document at a time.
+
+Each document is committed on its own, so an interrupted run keeps everything done so far
+and the next `sync` picks up the rest. A file that cannot be read is reported with its
+reason and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .chunker import ChunkingOptions, chunk_document, contextual_text
+from .converters import ConversionError, convert, kind_of
+from .embedders import Embedder
+from .models import FileIssue, ParsedDocument, SyncReport
+from .settings import Settings
+from .store import DocumentRecord, EmbeddedStore, text_hash
+
+ProgressCallback = Callable[[int, int, str], None]  # (done, total, current path)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A file or folder the user added, with the globs that select files under it."""
+
+    root: Path
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+def discover(source: Source, skip_folder: Path | None = None) -> Iterator[Path]:
+    """Files under a source: recursive, hidden files and folders ignored, globs applied."""
+    if source.root.is_file():
+        yield source.root
+        return
+    for folder, subfolders, files in os.walk(source.root):
+        here = Path(folder)
+        subfolders[:] = sorted(
+            d
+            for d in subfolders
+            if not d.startswith(".")
+            and not _matches(here / d, source.root, source.exclude)
+            and (skip_folder is None or (here / d).resolve() != skip_folder)
+        )
+        for name in sorted(files):
+            path = here / name
+            if name.startswith(".") or _matches(path, source.root, source.exclude):
+                continue
+            if source.include and not _matches(path, source.root, source.include):
+                continue
+            yield path
+
+
+def _matches(path: Path, root: Path, patterns: Sequence[str]) -> bool:
+    relative = path.relative_to(root).as_posix()
+    return any(
+        fnmatch.fnmatch(relative, p)
+        or fnmatch.fnmatch(path.name, p)
+        or fnmatch.fnmatch(relative, p.rstrip("/") + "/*")
+        for p in patterns
+    )
+
+
+class Ingestor:
+    def __init__(self, store: EmbeddedStore, embedder: Embedder, settings: Settings) -> None:
+        self._store = store
+        self._embedder = embedder
+        self._settings = settings
+        self._options = ChunkingOptions(settings.chunk_tokens, settings.chunk_overlap)
+
+    def run(
+        self, sources: Sequence[Source], prune: bool, progress: ProgressCallback | None = None
+    ) -> SyncReport:
+        """Index every file of `sources`. With `prune`, documents under these sources
+        whose files are gone are removed."""
+        started = time.perf_counter()
+        report = SyncReport()
+        skip = self._store.folder.resolve()
+        files: list[Path] = []
+        for source in sources:
+            if not source.root.exists():
+                report.failed.append(
+                    FileIssue(path=str(source.root), reason="no such file or folder")
+                )
+                continue
+            for path in discover(source, skip):
+                if kind_of(path) is None:
+                    if source.root.is_file():
+                        report.failed.append(
+                            FileIssue(
+                                path=str(path), reason=f"unsupported file type {path.suffix!r}"
+                            )
+                        )
+                    else:
+                        report.skipped.append(FileIssue(path=str(path), reason="unsupported type"))
+                    continue
+                files.append(path.resolve())
+        files = list(dict.fromkeys(files))
+        seen = {str(p) for p in files}
+        for done, path in enumerate(files):
+            if progress:
+                progress(done, len(files), str(path))
+            self._ingest_file(path, report)
+        if progress:
+            progress(len(files), len(files), "")
+        if prune:
+            for document in self._store.documents():
+                if document.path not in seen and _under_any(document.path, sources):
+                    self._store.remove_document(document.path)
+                    report.removed += 1
+                    report.chunks_removed += document.chunks
+        self._store.collect_garbage()
+        report.seconds = round(time.perf_counter() - started, 3)
+        return report
+
+    def _ingest_file(self, path: Path, report: SyncReport) -> None:
+        try:
+            stat = path.stat()
+            limit = self._settings.max_file_mb * 1024 * 1024
+            if stat.st_size > limit:
+                raise ConversionError(
+                    f"larger than the {self._settings.max_file_mb:g} MB limit "
+                    "(raise it with SOURCEBOOK_MAX_FILE_MB)"
+                )
+            data = path.read_bytes()
+        except OSError as exc:
+            report.failed.append(FileIssue(path=str(path), reason=f"cannot read: {exc.strerror}"))
+            return
+        except ConversionError as exc:
+            report.failed.append(FileIssue(path=str(path), reason=str(exc)))
+            return
+        content_hash = hashlib.blake2b(data, digest_size=16).hexdigest()
+        existing = self._store.document(str(path))
+        if existing and existing.content_hash == content_hash:
+            report.unchanged += 1
+            return
+        try:
+            parsed = convert(path, data)
+        except ConversionError as exc:
+            report.failed.append(FileIssue(path=str(path), reason=str(exc)))
+            return
+        except Exception as exc:  # a converter library failing on odd input must not stop the batch
+            report.failed.append(
+                FileIssue(path=str(path), reason=f"could not parse: {type(exc).__name__}: {exc}")
+            )
+            return
+        chunks = chunk_document(parsed, self._options)
+        texts = [contextual_text(parsed.title, c.heading_path, c.text) for c in chunks]
+        vectors, embedded = self._embed(texts)
+        record = _record(path, parsed, stat.st_mtime, len(data), content_hash)
+        self._store.replace_document(record, chunks, texts, vectors)
+        report.chunks_embedded += embedded
+        report.chunks_added += len(chunks)
+        if existing:
+            report.updated += 1
+            report.chunks_removed += existing.chunks
+        else:
+            report.added += 1
+
+    def _embed(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """Vectors for `texts`, embedding only those not in the cache."""
+        hashes = [text_hash(t) for t in texts]
+        cached = self._store.cached_vectors(hashes)
+        missing = [i for i, h in enumerate(hashes) if h not in cached]
+        batch = self._settings.embed_batch
+        fresh: dict[str, np.ndarray] = {}
+        for start in range(0, len(missing), batch):
+            indices = missing[start : start + batch]
+            for i, vector in zip(
+                indices, self._embedder.embed_passages([texts[i] for i in indices]), strict=True
+            ):
+                fresh[hashes[i]] = vector
+        dim = self._embedder.dim
+        vectors = np.zeros((len(texts), dim), dtype=np.float32)
+        for i, digest in enumerate(hashes):
+            vectors[i] = cached[digest] if digest in cached else fresh[digest]
+        return vectors, len({hashes[i] for i in missing})
+
+
+def _record(
+    path: Path, parsed: ParsedDocument, modified: float, size: int, content_hash: str
+) -> DocumentRecord:
+    kind = kind_of(path) or "text"
+    return DocumentRecord(
+        path=str(path),
+        title=parsed.title,
+        kind=kind,
+        tags=parsed.tags,
+        modified=modified,
+        size=size,
+        content_hash=content_hash,
+        text=parsed.text,
+        pages=parsed.pages,
+    )
+
+
+def _under_any(path: str, sources: Sequence[Source]) -> bool:
+    for source in sources:
+        root = str(source.root.resolve())
+        if path == root or path.startswith(root.rstrip(os.sep) + os.sep):
+            return True
+    return False

@@ -1,0 +1,51 @@
+"""All configuration in one typed object, read from `SOURCEBOOK_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Chosen by measurement (benchmarks/RESULTS.md, "Embedding models"): e5-small is far more
+# accurate on both Chinese and English retrieval; USE is the fast alternative.
+DEFAULT_EMBEDDER = "multilingual-e5-small"
+
+DEFAULT_EXCLUDE = ("node_modules", "__pycache__", "*.pyc", "*.min.js", "venv", "site-packages")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SOURCEBOOK_", extra="ignore")
+
+    kb: Path = Field(Path(".sourcebook"), description="knowledge base folder")
+    embedder: str | None = Field(
+        None,
+        description="embedding model for a new knowledge base (default: "
+        f"{DEFAULT_EMBEDDER}); an existing one keeps the model it was built with",
+    )
+    threads: int | None = Field(None, description="CPU threads for embedding")
+
+    # ingest
+    max_file_mb: float = Field(50.0, gt=0)
+    exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+    embed_batch: int = Field(32, ge=1)
+
+    # chunking
+    chunk_tokens: int = Field(300, ge=32, description="token budget of a chunk")
+    chunk_overlap: int = Field(45, ge=0, description="tokens repeated between chunks")
+
+    # retrieval
+    candidates: int = Field(50, ge=1, description="top-N taken from each retriever")
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    rrf_k: int = Field(60, ge=1)
+    keyword_weight: float = Field(1.0, ge=0)
+    dense_weight: float = Field(1.0, ge=0)
+    exact_vector_search_below: int = Field(20_000, ge=0)
+
+    # answers
+    evidence_chunks: int = Field(5, ge=1, description="chunks the answer may quote from")
+    max_sentences: int = Field(3, ge=1)
+    min_confidence: float | None = Field(
+        None, description="refusal threshold; default: the calibrated value of the model"
+    )

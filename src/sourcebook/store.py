@@ -1,0 +1,630 @@
+"""Storage: the `Store` protocol the pipeline sees, and the embedded implementation.
+
+The embedded store is one folder:
+
+    kb/sourcebook.db        SQLite (WAL): the system of record (documents, chunks,
+                            vectors, embedding cache, change log)
+    kb/bm25/                tantivy index: BM25 over analysed tokens (derived)
+    kb/vectors.usearch      usearch index: cosine / HNSW (derived)
+    kb/write.lock           held by the one process that writes
+
+Every change to chunks is written to SQLite together with change-log rows in one
+transaction. `flush()` then applies the log to the derived indexes and records how far
+each has got. A process killed at any point leaves SQLite consistent (a transaction
+either happened or not) and the indexes behind, never ahead: the next writer replays the
+missing log entries (all index operations are idempotent).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import fnmatch
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Protocol
+
+import numpy as np
+
+from .analyzer import analyze
+from .embedders import Vectors
+from .indexes import KeywordIndex, ScoredIds, VectorIndex
+from .models import ChunkDraft, DocumentInfo, SearchHit
+
+SCHEMA_VERSION = 1
+
+
+class StoreError(Exception):
+    """The knowledge base cannot be opened or used as asked; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    path: str
+    title: str
+    kind: str
+    tags: list[str]
+    modified: float
+    size: int
+    content_hash: str
+    text: str
+    pages: list[int] | None
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Metadata restrictions, applied inside retrieval (before ranking is cut off)."""
+
+    path_glob: str | None = None
+    tags: tuple[str, ...] = ()
+    modified_after: datetime | None = None
+    modified_before: datetime | None = None
+
+    def is_empty(self) -> bool:
+        return not (self.path_glob or self.tags or self.modified_after or self.modified_before)
+
+
+class Store(Protocol):
+    """What the pipeline needs from storage; a PostgreSQL + pgvector or Milvus backend
+    implements the same methods."""
+
+    embedder_name: str
+
+    def document(self, path: str) -> DocumentInfo | None: ...
+
+    def documents(self) -> list[DocumentInfo]: ...
+
+    def document_text(self, path: str) -> str | None: ...
+
+    def replace_document(
+        self,
+        record: DocumentRecord,
+        chunks: Sequence[ChunkDraft],
+        index_texts: Sequence[str],
+        vectors: Vectors,
+    ) -> None: ...
+
+    def remove_document(self, path: str) -> bool: ...
+
+    def cached_vectors(self, text_hashes: Sequence[str]) -> dict[str, Vectors]: ...
+
+    def allowed_documents(self, filters: Filters) -> list[int] | None: ...
+
+    def keyword_search(
+        self, query: str, limit: int, doc_ids: Sequence[int] | None = None
+    ) -> ScoredIds: ...
+
+    def vector_search(
+        self, vector: Vectors, limit: int, doc_ids: Sequence[int] | None = None
+    ) -> ScoredIds: ...
+
+    def keyword_statistics(self, tokens: Sequence[str]) -> tuple[int, dict[str, int]]: ...
+
+    def hits(self, chunk_ids: Sequence[int]) -> dict[int, SearchHit]: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def text_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sources (
+    path TEXT PRIMARY KEY, include TEXT NOT NULL, exclude TEXT NOT NULL, added REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS documents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE, title TEXT NOT NULL, kind TEXT NOT NULL,
+    tags TEXT NOT NULL, modified REAL NOT NULL, size INTEGER NOT NULL,
+    content_hash TEXT NOT NULL, text TEXT NOT NULL, pages TEXT, indexed REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    ordinal INTEGER NOT NULL, text TEXT NOT NULL, heading_path TEXT NOT NULL,
+    char_start INTEGER NOT NULL, char_end INTEGER NOT NULL,
+    line_start INTEGER NOT NULL, line_end INTEGER NOT NULL,
+    page_start INTEGER, page_end INTEGER,
+    text_hash TEXT NOT NULL, tokens TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
+CREATE INDEX IF NOT EXISTS chunks_hash ON chunks(text_hash);
+CREATE TABLE IF NOT EXISTS vectors (text_hash TEXT PRIMARY KEY, vector BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS change_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, chunk_id INTEGER NOT NULL, op TEXT NOT NULL
+);
+"""
+
+
+class EmbeddedStore:
+    """SQLite + tantivy + usearch in one folder. See the module docstring."""
+
+    def __init__(
+        self, folder: Path, model: tuple[str, int] | None = None, create: bool = False
+    ) -> None:
+        """Open (or with `create`, make) the store in `folder`.
+
+        `model` is the (name, dimension) of the embedder the caller wants; None means
+        "whatever the knowledge base was built with".
+        """
+        self.folder = folder
+        db_path = folder / "sourcebook.db"
+        if not db_path.exists() and not create:
+            raise StoreError(
+                f"no knowledge base at {folder}; create one with `sourcebook init` "
+                "(or pass --kb PATH / set SOURCEBOOK_KB)"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(
+            db_path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        self.embedder_name, self.dim = self._check_model(model)
+        self._keyword = KeywordIndex(folder / "bm25")
+        self._vectors = VectorIndex(folder / "vectors.usearch", self.dim)
+        self._lock_file: IO[str] | None = None
+        self._pending_since_flush = 0
+        self._recover()
+
+    # --- identity and locking ------------------------------------------------------------
+
+    def _check_model(self, model: tuple[str, int] | None) -> tuple[str, int]:
+        rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if "embedder" not in rows:
+            if model is None:
+                raise StoreError(
+                    f"{self.folder} has no embedding model recorded; run `sourcebook init`"
+                )
+            with self._transaction():
+                for key, value in (
+                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("embedder", model[0]),
+                    ("dim", str(model[1])),
+                    ("created", str(time.time())),
+                ):
+                    self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+            return model
+        stored = (str(rows["embedder"]), int(rows["dim"]))
+        if model is not None and model[0] != stored[0]:
+            raise StoreError(
+                f"the knowledge base at {self.folder} was built with embedding model "
+                f"{stored[0]!r}, not {model[0]!r}; to switch models, re-index it with "
+                f"`sourcebook reindex --model {model[0]}`"
+            )
+        return stored
+
+    def set_embedder(self, name: str, dim: int) -> None:
+        """Record a new model identity; the caller re-embeds every chunk (reindex)."""
+        with self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('embedder', ?)", (name,))
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(dim),))
+            self._db.execute("DELETE FROM vectors")
+        self.embedder_name, self.dim = name, dim
+        self._vectors = VectorIndex(self.folder / "vectors.usearch", dim)
+        self._vectors.clear()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the knowledge base's write lock (one writing process at a time)."""
+        if self._lock_file is not None:
+            yield
+            return
+        lock = (self.folder / "write.lock").open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            lock.close()
+            raise StoreError(
+                f"another Sourcebook process is writing to {self.folder}; wait for it to finish"
+            ) from exc
+        self._lock_file = lock
+        try:
+            yield
+            self.flush()
+        finally:
+            self._lock_file = None
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
+
+    def _recover(self) -> None:
+        """Bring the derived indexes up to date if a writer died before flushing."""
+        if self._last_seq() > min(self._keyword.watermark, self._vectors.watermark):
+            try:
+                with self.writing():
+                    pass  # writing() flushes on exit
+            except StoreError:
+                pass  # a live writer holds the lock and will flush itself
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- sources (the roots `sync` re-reads) ------------------------------------------------
+
+    def add_source(self, path: str, include: Sequence[str], exclude: Sequence[str]) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?)",
+                (path, json.dumps(list(include)), json.dumps(list(exclude)), time.time()),
+            )
+
+    def remove_source(self, path: str) -> bool:
+        with self._transaction():
+            cursor = self._db.execute("DELETE FROM sources WHERE path = ?", (path,))
+        return cursor.rowcount > 0
+
+    def sources(self) -> list[tuple[str, list[str], list[str]]]:
+        rows = self._db.execute("SELECT path, include, exclude FROM sources ORDER BY path")
+        return [(p, json.loads(i), json.loads(e)) for p, i, e in rows]
+
+    # --- documents -----------------------------------------------------------------------
+
+    _DOC_COLUMNS = """d.id, d.path, d.title, d.kind, d.tags, d.modified, d.content_hash, d.size,
+        (SELECT COUNT(*) FROM chunks c WHERE c.doc_id = d.id)"""
+
+    def document(self, path: str) -> DocumentInfo | None:
+        row = self._db.execute(
+            f"SELECT {self._DOC_COLUMNS} FROM documents d WHERE d.path = ?", (path,)
+        ).fetchone()
+        return _document_info(row) if row else None
+
+    def documents(self) -> list[DocumentInfo]:
+        rows = self._db.execute(f"SELECT {self._DOC_COLUMNS} FROM documents d ORDER BY d.path")
+        return [_document_info(row) for row in rows]
+
+    def document_text(self, path: str) -> str | None:
+        row = self._db.execute("SELECT text FROM documents WHERE path = ?", (path,)).fetchone()
+        return str(row[0]) if row else None
+
+    def replace_document(
+        self,
+        record: DocumentRecord,
+        chunks: Sequence[ChunkDraft],
+        index_texts: Sequence[str],
+        vectors: Vectors,
+    ) -> None:
+        """Insert or replace a document and all its chunks atomically.
+
+        `index_texts[i]` is what was embedded and is keyword-indexed for chunk i (the chunk
+        with its heading path); `vectors[i]` is its embedding.
+        """
+        hashes = [text_hash(t) for t in index_texts]
+        with self._transaction():
+            self._delete_document_rows(record.path)
+            cursor = self._db.execute(
+                "INSERT INTO documents (path, title, kind, tags, modified, size, content_hash,"
+                " text, pages, indexed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.path,
+                    record.title,
+                    record.kind,
+                    json.dumps(record.tags, ensure_ascii=False),
+                    record.modified,
+                    record.size,
+                    record.content_hash,
+                    record.text,
+                    json.dumps(record.pages) if record.pages else None,
+                    time.time(),
+                ),
+            )
+            doc_id = cursor.lastrowid
+            for chunk, index_text, digest, vector in zip(
+                chunks, index_texts, hashes, vectors, strict=True
+            ):
+                pages = _page_range(record.pages, chunk)
+                cursor = self._db.execute(
+                    "INSERT INTO chunks (doc_id, ordinal, text, heading_path, char_start, char_end,"
+                    " line_start, line_end, page_start, page_end, text_hash, tokens)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        doc_id,
+                        chunk.ordinal,
+                        chunk.text,
+                        json.dumps(chunk.heading_path, ensure_ascii=False),
+                        chunk.char_start,
+                        chunk.char_end,
+                        chunk.line_start,
+                        chunk.line_end,
+                        pages[0],
+                        pages[1],
+                        digest,
+                        " ".join(analyze(index_text)),
+                    ),
+                )
+                self._db.execute(
+                    "INSERT OR IGNORE INTO vectors VALUES (?, ?)",
+                    (digest, np.asarray(vector, dtype=np.float32).tobytes()),
+                )
+                self._db.execute(
+                    "INSERT INTO change_log (chunk_id, op) VALUES (?, 'add')", (cursor.lastrowid,)
+                )
+        self._after_write(len(chunks))
+
+    def remove_document(self, path: str) -> bool:
+        with self._transaction():
+            removed = self._delete_document_rows(path)
+        self._after_write(1)
+        return removed
+
+    def _delete_document_rows(self, path: str) -> bool:
+        row = self._db.execute("SELECT id FROM documents WHERE path = ?", (path,)).fetchone()
+        if row is None:
+            return False
+        self._db.execute(
+            "INSERT INTO change_log (chunk_id, op) SELECT id, 'del' FROM chunks WHERE doc_id = ?",
+            (row[0],),
+        )
+        self._db.execute("DELETE FROM documents WHERE id = ?", (row[0],))
+        return True
+
+    def _after_write(self, changes: int) -> None:
+        # Keep the derived indexes from falling far behind during a long ingest.
+        self._pending_since_flush += changes
+        if self._pending_since_flush >= 5_000:
+            self.flush()
+
+    def cached_vectors(self, text_hashes: Sequence[str]) -> dict[str, Vectors]:
+        found: dict[str, Vectors] = {}
+        unique = list(dict.fromkeys(text_hashes))
+        for start in range(0, len(unique), 500):
+            batch = unique[start : start + 500]
+            marks = ",".join("?" * len(batch))
+            for digest, blob in self._db.execute(
+                f"SELECT text_hash, vector FROM vectors WHERE text_hash IN ({marks})", batch
+            ):
+                found[digest] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def collect_garbage(self) -> int:
+        """Drop cached vectors no chunk uses any more."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "DELETE FROM vectors WHERE text_hash NOT IN (SELECT text_hash FROM chunks)"
+            )
+        return cursor.rowcount
+
+    def chunk_contexts(self) -> list[tuple[str, str, list[str], str]]:
+        """(text hash, document title, heading path, text) of every distinct chunk text."""
+        rows = self._db.execute(
+            "SELECT c.text_hash, d.title, c.heading_path, c.text FROM chunks c"
+            " JOIN documents d ON d.id = c.doc_id GROUP BY c.text_hash"
+        )
+        return [(h, t, json.loads(p), x) for h, t, p, x in rows]
+
+    def put_vectors(self, vectors: dict[str, Vectors]) -> None:
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO vectors VALUES (?, ?)",
+                ((h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()),
+            )
+
+    # --- derived indexes -----------------------------------------------------------------
+
+    def _last_seq(self) -> int:
+        row = self._db.execute("SELECT MAX(seq) FROM change_log").fetchone()
+        if row[0] is not None:
+            return int(row[0])
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='change_log'")
+        found = row.fetchone()
+        return int(found[0]) if found else 0
+
+    def flush(self) -> None:
+        """Apply the change log to both indexes and commit them (needs the write lock)."""
+        if self._lock_file is None:
+            raise StoreError("flush() needs the write lock: use `with store.writing():`")
+        last = self._last_seq()
+        keyword_mark, vector_mark = self._keyword.watermark, self._vectors.watermark
+        start = min(keyword_mark, vector_mark)
+        if last > start:
+            self._apply_log(start, keyword_mark, vector_mark)
+        self._keyword.commit(last)
+        self._vectors.commit(last)
+        with self._transaction():
+            self._db.execute("DELETE FROM change_log WHERE seq <= ?", (last,))
+        self._pending_since_flush = 0
+
+    def _apply_log(self, start: int, keyword_mark: int, vector_mark: int) -> None:
+        # The last operation per chunk decides; a chunk deleted later is never added.
+        rows = self._db.execute(
+            "SELECT chunk_id, op, seq FROM change_log WHERE seq > ? ORDER BY seq", (start,)
+        ).fetchall()
+        final: dict[int, tuple[str, int]] = {}
+        for chunk_id, op, seq in rows:
+            final[chunk_id] = (op, seq)
+        deletes = [cid for cid, (op, _) in final.items() if op == "del"]
+        adds = [cid for cid, (op, _) in final.items() if op == "add"]
+        for chunk_id in deletes:
+            if final[chunk_id][1] > keyword_mark:
+                self._keyword.delete(chunk_id)
+        vector_deletes = [c for c in deletes if final[c][1] > vector_mark]
+        self._vectors.delete(vector_deletes)
+        for batch_start in range(0, len(adds), 1000):
+            batch = adds[batch_start : batch_start + 1000]
+            marks = ",".join("?" * len(batch))
+            rows = self._db.execute(
+                f"SELECT c.id, c.doc_id, c.tokens, v.vector FROM chunks c"
+                f" JOIN vectors v ON v.text_hash = c.text_hash WHERE c.id IN ({marks})",
+                batch,
+            ).fetchall()
+            keys, vectors = [], []
+            for chunk_id, doc_id, tokens, blob in rows:
+                seq = final[chunk_id][1]
+                if seq > keyword_mark:
+                    self._keyword.upsert(chunk_id, doc_id, tokens)
+                if seq > vector_mark:
+                    keys.append(chunk_id)
+                    vectors.append(np.frombuffer(blob, dtype=np.float32))
+            if keys:
+                self._vectors.upsert(keys, np.vstack(vectors))
+
+    def rebuild_indexes(self) -> None:
+        """Recreate both indexes from SQLite (after a model change or by request)."""
+        with self.writing():
+            self._keyword.clear()
+            self._vectors.clear()
+            self._keyword.commit(0)
+            self._vectors.commit(0)
+            with self._transaction():
+                self._db.execute("DELETE FROM change_log")
+                self._db.execute(
+                    "INSERT INTO change_log (chunk_id, op) SELECT id, 'add' FROM chunks"
+                )
+
+    def index_sizes(self) -> tuple[int, int]:
+        """Entries in the keyword and vector indexes (each should equal the chunk count)."""
+        return len(self._keyword), len(self._vectors)
+
+    def is_consistent(self) -> bool:
+        last = self._last_seq()
+        return self._keyword.watermark >= last and self._vectors.watermark >= last
+
+    # --- retrieval -----------------------------------------------------------------------
+
+    def allowed_documents(self, filters: Filters) -> list[int] | None:
+        """Document ids passing the filters, or None when there are no filters."""
+        if filters.is_empty():
+            return None
+        sql = "SELECT id, path, tags FROM documents WHERE 1=1"
+        params: list[object] = []
+        if filters.modified_after:
+            sql += " AND modified >= ?"
+            params.append(filters.modified_after.timestamp())
+        if filters.modified_before:
+            sql += " AND modified <= ?"
+            params.append(filters.modified_before.timestamp())
+        wanted = {t.lower() for t in filters.tags}
+        allowed = []
+        for doc_id, path, tags in self._db.execute(sql, params):
+            if filters.path_glob and not _glob_match(path, filters.path_glob):
+                continue
+            if wanted and not wanted <= {t.lower() for t in json.loads(tags)}:
+                continue
+            allowed.append(int(doc_id))
+        return allowed
+
+    def keyword_search(
+        self, query: str, limit: int, doc_ids: Sequence[int] | None = None
+    ) -> ScoredIds:
+        return self._keyword.search(analyze(query), limit, doc_ids)
+
+    def keyword_statistics(self, tokens: Sequence[str]) -> tuple[int, dict[str, int]]:
+        return self._keyword.document_frequencies(tokens)
+
+    def vector_search(
+        self, vector: Vectors, limit: int, doc_ids: Sequence[int] | None = None
+    ) -> ScoredIds:
+        if doc_ids is None:
+            return self._vectors.search(vector, limit)
+        keys: list[int] = []
+        for start in range(0, len(doc_ids), 500):
+            batch = list(doc_ids[start : start + 500])
+            marks = ",".join("?" * len(batch))
+            keys.extend(
+                row[0]
+                for row in self._db.execute(
+                    f"SELECT id FROM chunks WHERE doc_id IN ({marks})", batch
+                )
+            )
+        return self._vectors.search(vector, limit, keys)
+
+    def hits(self, chunk_ids: Sequence[int]) -> dict[int, SearchHit]:
+        """Chunk rows with their document, for ids that still exist."""
+        found: dict[int, SearchHit] = {}
+        ids = list(dict.fromkeys(chunk_ids))
+        for start in range(0, len(ids), 500):
+            batch = ids[start : start + 500]
+            marks = ",".join("?" * len(batch))
+            rows = self._db.execute(
+                "SELECT c.id, c.doc_id, d.path, d.title, d.kind, c.heading_path, c.line_start,"
+                " c.line_end, c.page_start, c.page_end, c.text FROM chunks c"
+                f" JOIN documents d ON d.id = c.doc_id WHERE c.id IN ({marks})",
+                batch,
+            )
+            for row in rows:
+                found[row[0]] = SearchHit(
+                    chunk_id=row[0],
+                    doc_id=row[1],
+                    path=row[2],
+                    title=row[3],
+                    kind=row[4],
+                    heading_path=json.loads(row[5]),
+                    line_start=row[6],
+                    line_end=row[7],
+                    page_start=row[8],
+                    page_end=row[9],
+                    text=row[10],
+                    score=0.0,
+                )
+        return found
+
+    def neighbours(self, chunk_id: int) -> tuple[int, int] | None:
+        """(document id, ordinal) of a chunk, for diversity checks."""
+        row = self._db.execute(
+            "SELECT doc_id, ordinal FROM chunks WHERE id = ?", (chunk_id,)
+        ).fetchone()
+        return (int(row[0]), int(row[1])) if row else None
+
+    # --- status --------------------------------------------------------------------------
+
+    def counts(self) -> tuple[int, int]:
+        documents = self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+        chunks = self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        return int(documents), int(chunks)
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.folder.rglob("*") if f.is_file())
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _document_info(row: tuple[object, ...]) -> DocumentInfo:
+    doc_id, path, title, kind, tags, modified, content_hash, size, chunks = row
+    return DocumentInfo(
+        id=int(str(doc_id)),
+        path=str(path),
+        title=str(title),
+        kind=str(kind),
+        tags=json.loads(str(tags)),
+        modified=datetime.fromtimestamp(float(str(modified)), UTC),
+        content_hash=str(content_hash),
+        size=int(str(size)),
+        chunks=int(str(chunks)),
+    )
+
+
+def _page_range(pages: list[int] | None, chunk: ChunkDraft) -> tuple[int | None, int | None]:
+    if not pages:
+        return None, None
+    first = pages[min(chunk.line_start, len(pages)) - 1]
+    last = pages[min(chunk.line_end, len(pages)) - 1]
+    return first, last
+
+
+def _glob_match(path: str, pattern: str) -> bool:
+    """Match a stored path against a glob; a pattern without '/' matches file names too."""
+    if fnmatch.fnmatch(path, pattern):
+        return True
+    if "/" not in pattern:
+        return fnmatch.fnmatch(os.path.basename(path), pattern)
+    return fnmatch.fnmatch(path, "*/" + pattern.lstrip("/"))

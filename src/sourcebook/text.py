@@ -1,0 +1,107 @@
+"""Text utilities shared by every stage: normalisation, language, sentences, token counts."""
+
+from __future__ import annotations
+
+import bisect
+import re
+import unicodedata
+from collections.abc import Iterator
+
+# Keep \t and \n: line numbers in citations are counted on them.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\ufeff]")
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+# One "token" per CJK character, per latin word/number, per other symbol: close to what
+# multilingual subword tokenizers produce, and cheap to compute.
+_TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W_]+|[^\s\w]", re.UNICODE)
+
+# A sentence ends at Chinese 。！？；… (plus closing quotes/brackets), or at English .!?;
+# followed by whitespace. Decimal points ("0.9") and abbreviations without a following
+# space are not sentence ends.
+_SENTENCE_END = re.compile(
+    r"(?:[。！？；!?]+|(?<=[\u3400-\u9fff]);|…+|\.{3}|(?<=[^\d\s])\.(?=\s)|(?<=\d)\.(?=\s+[A-Z]))[\"'”’」』）)]*"
+)
+
+
+def normalize(text: str) -> str:
+    """NFKC-normalise, unify line endings and drop control and zero-width characters.
+
+    Line structure is preserved exactly, so line numbers stay those of the source file.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = unicodedata.normalize("NFKC", text)
+    return _CONTROL.sub("", text)
+
+
+def cjk_ratio(text: str) -> float:
+    """Share of CJK characters among the letters of `text`."""
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return 0.0
+    return sum(1 for c in letters if _CJK.match(c)) / len(letters)
+
+
+def is_chinese(text: str) -> bool:
+    """Whether a question is (mostly) Chinese: decides the language of fixed phrases."""
+    return cjk_ratio(text) >= 0.2
+
+
+def count_tokens(text: str) -> int:
+    """Approximate model tokens: CJK characters, words and symbols each count one."""
+    return len(_TOKEN.findall(text))
+
+
+def token_spans(text: str) -> Iterator[tuple[int, int]]:
+    """Character spans of the tokens counted by `count_tokens`."""
+    for match in _TOKEN.finditer(text):
+        yield match.start(), match.end()
+
+
+def sentence_spans(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
+    """Split text[start:end] into sentences; returns spans without surrounding whitespace.
+
+    Newlines inside a paragraph are not sentence ends (Markdown wraps lines), but a blank
+    line, a list item or a heading line is.
+    """
+    end = len(text) if end is None else end
+    spans: list[tuple[int, int]] = []
+    for block_start, block_end in _line_blocks(text, start, end):
+        cursor = block_start
+        for match in _SENTENCE_END.finditer(text, block_start, block_end):
+            spans.append((cursor, match.end()))
+            cursor = match.end()
+        spans.append((cursor, block_end))
+    return [s for s in (_strip_span(text, a, b) for a, b in spans) if s[1] > s[0]]
+
+
+_BLOCK_BREAK = re.compile(r"\n[ \t]*\n|\n(?=[ \t]*(?:[-*+]\s|\d+[.)]\s|#|\||>))")
+
+
+def _line_blocks(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
+    cursor = start
+    for match in _BLOCK_BREAK.finditer(text, start, end):
+        yield cursor, match.start()
+        cursor = match.end()
+    yield cursor, end
+
+
+def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def line_of(text: str, offset: int) -> int:
+    """1-based line number of a character offset."""
+    return text.count("\n", 0, offset) + 1
+
+
+class LineIndex:
+    """Offset → 1-based line number in O(log n), for many lookups in one document."""
+
+    def __init__(self, text: str) -> None:
+        self._starts = [0] + [m.end() for m in re.finditer("\n", text)]
+
+    def line(self, offset: int) -> int:
+        return bisect.bisect_right(self._starts, offset)
