@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from sourcebook.chunker import ChunkingOptions, chunk_document
 from sourcebook.converters import convert
+from sourcebook.models import ChunkDraft, Heading, ParsedDocument
 from sourcebook.text import count_tokens, normalize
 
 NOTES = Path(__file__).resolve().parents[1] / "examples" / "notes"
 
 
-def chunks_of(path: Path, options: ChunkingOptions = ChunkingOptions()):  # type: ignore[no-untyped-def]
+def chunks_of(
+    path: Path, options: ChunkingOptions | None = None
+) -> tuple[ParsedDocument, list[ChunkDraft]]:
     doc = convert(path, path.read_bytes())
-    return doc, chunk_document(doc, options)
+    return doc, chunk_document(doc, options or ChunkingOptions())
 
 
 def test_heading_paths_and_line_ranges_match_the_file() -> None:
@@ -48,8 +52,6 @@ def test_code_blocks_and_tables_stay_whole() -> None:
     )
     table = "| name | value |\n|---|---|\n" + "\n".join(f"| beta{i} | 0.9{i} |" for i in range(5))
     text = f"# Attention\n\n{body}\n\n{code}\n\n{table}\n\n{body}\n"
-    from sourcebook.models import Heading, ParsedDocument
-
     doc = ParsedDocument(text=text, title="t", headings=[Heading(0, 1, "Attention")])
     chunks = chunk_document(doc, ChunkingOptions(max_tokens=120, overlap_tokens=20))
     assert any(code in c.text for c in chunks)
@@ -59,11 +61,9 @@ def test_code_blocks_and_tables_stay_whole() -> None:
 
 def test_overlap_repeats_tail_of_previous_chunk() -> None:
     sentences = "".join(f"这是第{i}句话，内容是关于量化的说明。" for i in range(40))
-    from sourcebook.models import ParsedDocument
-
     doc = ParsedDocument(text=sentences, title="t")
     chunks = chunk_document(doc, ChunkingOptions(max_tokens=60, overlap_tokens=20))
     assert len(chunks) > 3
-    for previous, current in zip(chunks, chunks[1:], strict=False):
+    for previous, current in itertools.pairwise(chunks):
         assert current.char_start < previous.char_end  # overlapping
         assert current.char_start > previous.char_start  # but always advancing

@@ -15,7 +15,10 @@ NOTES = Path(__file__).resolve().parents[1] / "examples" / "notes"
 
 
 def test_markdown_front_matter_headings_and_tags() -> None:
-    data = "---\ntitle: 量化笔记\ntags: [llm, 量化]\n---\n# 量化\n正文。\n## GPTQ\n```\n# not a heading\n```\n"
+    data = (
+        "---\ntitle: 量化笔记\ntags: [llm, 量化]\n---\n"
+        "# 量化\n正文。\n## GPTQ\n```\n# not a heading\n```\n"
+    )
     doc = convert(Path("q.md"), data.encode())
     assert doc.title == "量化笔记"
     assert doc.tags == ["llm", "量化"]

@@ -214,10 +214,12 @@ def generate_passages(pool: Pool, seed: int = SEED) -> Iterator[Passage]:
         if part and (made := make(paragraph, part)) is not None:
             yield made
     by_language: dict[str, list[int]] = {"zh": [], "en": []}
+    topics: dict[str, list[Paragraph]] = {"zh": [], "en": []}
     for paragraph in pool.paragraphs:
         by_language[paragraph.language].extend(paragraph.sentences)
-    while True:
-        paragraph = rng.choice(pool.paragraphs)
+        topics[paragraph.language].append(paragraph)
+    while True:  # half Chinese, half English
+        paragraph = rng.choice(topics[rng.choice(("zh", "en"))])
         topic = list(paragraph.sentences)
         rng.shuffle(topic)
         others = by_language[paragraph.language]
@@ -225,10 +227,8 @@ def generate_passages(pool: Pool, seed: int = SEED) -> Iterator[Passage]:
         ids: list[int] = []
         tokens = 0
         for _ in range(64):
-            if topic and rng.random() < TOPIC_SHARE:
-                sid = topic.pop()
-            else:
-                sid = rng.choice(others)
+            from_topic = bool(topic) and rng.random() < TOPIC_SHARE
+            sid = topic.pop() if from_topic else rng.choice(others)
             if sid in ids:
                 continue
             n = count_tokens(pool.sentences[sid])
@@ -590,7 +590,7 @@ def run_benchmark(
         seconds, chunks, _ = _ingest(settings.kb, folder, settings, timed)
         embed_rate = timed.passages / timed.passage_seconds if timed.passage_seconds else 0.0
         other = seconds - timed.passage_seconds
-        row = {
+        row: dict[str, Any] = {
             "model": name,
             "files": files,
             "chunks": chunks,
@@ -632,15 +632,17 @@ def run_benchmark(
             )
         tops: dict[int, list[list[str]]] = {}
         for size, kind in runs:
-            row = _query_run(
-                name, size, kind, passages[:size], pool, vectors, real, work, console,
-                measured, warmup, threads,
-            )  # fmt: skip
+            embedder: Embedder = real
             if kind == "precomputed":
-                tops[size] = row.pop("top")
+                embedder = PrecomputedEmbedder(real, pool.sentences, vectors)
+            run = _query_run(
+                embedder, size, kind, passages[:size], work, console, measured, warmup, threads
+            )
+            if kind == "precomputed":
+                tops[size] = run.pop("top")
             else:
-                row["top10_overlap_with_precomputed"] = _overlap(row.pop("top"), tops[size])
-            results["query"].append(row)
+                run["top10_overlap_with_precomputed"] = _overlap(run.pop("top"), tops[size])
+            results["query"].append(run)
 
     results["target"] = _target(results["query"])
     results["total_seconds"] = round(time.perf_counter() - began, 1)
@@ -659,13 +661,10 @@ def _verify_size(
 
 
 def _query_run(
-    name: str,
+    embedder: Embedder,
     size: int,
     kind: str,
     passages: Sequence[Passage],
-    pool: Pool,
-    vectors: Vectors,
-    real: Embedder,
     work: Path,
     console: Console,
     queries: list[str],
@@ -674,17 +673,12 @@ def _query_run(
 ) -> dict[str, Any]:
     folder = work / f"corpus-{size}"
     files = write_corpus(folder, passages)
+    name = embedder.name
     kb_path = work / f"kb-{name}-{size}-{kind}"
     settings = Settings(kb=kb_path, embedder=name)
-    embedder: Embedder
-    if kind == "real":
-        embedder = real
-        console.print(f"building {size}-chunk store, real {name} embeddings ({files} files) ...")
-    else:
-        precomputed = PrecomputedEmbedder(real, pool.sentences, vectors)
-        precomputed.register(passages)
-        embedder = precomputed
-        console.print(f"building {size}-chunk store, precomputed {name} vectors ({files} files) ...")
+    if isinstance(embedder, PrecomputedEmbedder):
+        embedder.register(passages)
+    console.print(f"building {size:,}-chunk store, {kind} {name} vectors ({files} files) ...")
     seconds, chunks, documents = _ingest(kb_path, folder, settings, embedder)
     with KnowledgeBase(kb_path, settings, embedder=embedder) as kb:
         store_bytes = kb.status().store_bytes
@@ -705,8 +699,8 @@ def _query_run(
         "store_mb": round(store_bytes / 1e6, 1),
         **measured,
     }
-    if kind == "precomputed":
-        row["embedding_fallbacks"] = precomputed.fallbacks
+    if isinstance(embedder, PrecomputedEmbedder):
+        row["embedding_fallbacks"] = embedder.fallbacks
     return row
 
 
@@ -726,7 +720,7 @@ def _target(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _print(results: dict[str, Any], console: Console) -> None:
     table = Table(title="Ingestion (kb.add, end to end)")
-    for column in ("model", "chunks", "seconds", "chunks/s", "model alone chunks/s", "other chunks/s"):
+    for column in ("model", "chunks", "seconds", "chunks/s", "model alone", "other stages"):
         table.add_column(column, justify="right")
     for row in results["ingestion"]:
         table.add_row(
@@ -739,11 +733,18 @@ def _print(results: dict[str, Any], console: Console) -> None:
         )
     console.print(table)
     table = Table(title=f"Hybrid search latency, top-{LIMIT} (ms)")
-    for column in (
-        "chunks", "vectors", "build s", "store MB", "peak RSS MB",
-        "search p50/p95/p99", "query embed p50/p95", "without embed p50/p95/p99",
+    columns = (
+        "chunks",
+        "vectors",
+        "build s",
+        "store MB",
+        "peak RSS MB",
+        "search p50/p95/p99",
+        "query embed p50/p95",
+        "without embed p50/p95/p99",
         "filtered p50/p95/p99",
-    ):  # fmt: skip
+    )
+    for column in columns:
         table.add_column(column, justify="right")
     for row in results["query"]:
         search, filtered = row["search"], row["filtered"]
