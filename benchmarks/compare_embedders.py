@@ -201,7 +201,7 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
         c, m, sp = r["cranfield"], r["cmrc"], r["speed"]
         q = sp["query_ms"]
         lines.append(
-            f"| {name} | {r['dim']} | {r['load_s']:.1f} | {sp['cranfield_passages_per_s']} "
+            f"| {name} | {r['dim']} | {r['load_s']:.2f} | {sp['cranfield_passages_per_s']} "
             f"| {sp['cmrc_passages_per_s']} | {q['p50']:.1f} / {q['p95']:.1f} "
             f"| {sp['others_cpu_percent']:.0f} | {c['ndcg@10']:.3f} "
             f"| {c['mrr@10']:.3f} | {c['r@10']:.3f} | {m['r@1']:.3f} | {m['r@5']:.3f} "

@@ -34,16 +34,7 @@ QUESTIONS = [
         "papers/mixture-of-experts.pdf",
         "0.01",
     ),
-    pytest.param(
-        "Mixtral 8x7B 每个 token 激活多少参数？",
-        "papers/mixture-of-experts.pdf",
-        "12.9B",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="Chinese question over an English PDF: BM25 ranks it first, "
-            "dense does not, and plain RRF loses it (fusion work: issue 3)",
-        ),
-    ),
+    ("Mixtral 8x7B 每个 token 激活多少参数？", "papers/mixture-of-experts.pdf", "12.9B"),
     ("GradScaler 的默认 init_scale 是多少？", "training/mixed-precision.md", "65536"),
     (
         "What is the default prefetch_factor of a PyTorch DataLoader?",
@@ -57,6 +48,16 @@ QUESTIONS = [
     ),
 ]
 
+# Known miss, kept visible: a Chinese question over an English PDF; BM25 ranks the PDF
+# first, dense does not, and plain RRF loses it (better fusion is issue 3's work).
+KNOWN_RETRIEVAL_MISSES = {"Mixtral 8x7B 每个 token 激活多少参数？"}
+TOP_THREE_CASES = [
+    pytest.param(*case, marks=pytest.mark.xfail(strict=True, reason="known fusion miss"))
+    if case[0] in KNOWN_RETRIEVAL_MISSES
+    else case
+    for case in QUESTIONS
+]
+
 OFF_TOPIC = [
     "红烧肉怎么做才好吃？",
     "Who won the 1998 FIFA World Cup final?",
@@ -64,7 +65,7 @@ OFF_TOPIC = [
 ]
 
 
-@pytest.mark.parametrize(("question", "relative", "phrase"), QUESTIONS)
+@pytest.mark.parametrize(("question", "relative", "phrase"), TOP_THREE_CASES)
 def test_right_note_is_in_the_top_three(
     notes_kb: KnowledgeBase, question: str, relative: str, phrase: str
 ) -> None:

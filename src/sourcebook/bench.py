@@ -21,16 +21,16 @@ What is measured (see benchmarks/README.md):
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
-import multiprocessing
 import os
 import platform
 import random
 import re
 import resource
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -291,6 +291,7 @@ class TimedEmbedder:
         self.passage_seconds = 0.0
         self.passages = 0
         self.query_seconds: list[float] = []
+        self.query_vectors: dict[str, Vectors] = {}
 
     def embed_passages(self, texts: Sequence[str]) -> Vectors:
         started = time.perf_counter()
@@ -303,6 +304,7 @@ class TimedEmbedder:
         started = time.perf_counter()
         vector = self.model.embed_query(text)
         self.query_seconds.append(time.perf_counter() - started)
+        self.query_vectors[text] = vector
         return vector
 
 
@@ -420,25 +422,32 @@ def _measure_queries(
     result: dict[str, Any] = {"open_s": round(open_s, 3)}
     top: list[list[str]] = []
     for label, filters in (("search", None), ("filtered", Filters(path_glob=FILTER_GLOB))):
-        timed.query_seconds.clear()
         totals: list[float] = []
+        embeds: list[float] = []  # model time per search (all its embed_query calls)
+        firsts: list[float] = []  # time of one model call
+        calls: list[int] = []
         hit_counts: list[int] = []
         for query in queries:
+            before = len(timed.query_seconds)
             t0 = time.perf_counter()
             hits = kb.search(query, limit=LIMIT, filters=filters)
             totals.append(time.perf_counter() - t0)
+            spent = timed.query_seconds[before:]
+            embeds.append(sum(spent))
+            firsts.append(spent[0] if spent else 0.0)
+            calls.append(len(spent))
             hit_counts.append(len(hits))
             if filters is None:
                 top.append([_key(h.text) for h in hits])
             peak = max(peak, process.memory_info().rss)
-        embeds = list(timed.query_seconds)
         result[label] = {
             "total": _percentiles(totals),
             "embed": _percentiles(embeds),
+            "embed_calls_per_search": round(float(np.mean(calls)), 2),
             "retrieval": _percentiles([t - e for t, e in zip(totals, embeds, strict=True)]),
             "mean_hits": round(float(np.mean(hit_counts)), 2),
         }
-        result[label]["stages"] = _stage_timings(kb, queries, filters)
+        result[label]["stages"] = _stage_timings(kb, queries, filters, timed, firsts)
         peak = max(peak, process.memory_info().rss)
     result["rss_ready_mb"] = round(rss_ready / 1e6, 1)
     result["rss_peak_mb"] = round(
@@ -450,9 +459,17 @@ def _measure_queries(
 
 
 def _stage_timings(
-    kb: KnowledgeBase, queries: Sequence[str], filters: Filters | None
+    kb: KnowledgeBase,
+    queries: Sequence[str],
+    filters: Filters | None,
+    timed: TimedEmbedder,
+    embed_seconds: list[float],
 ) -> dict[str, dict[str, float]]:
-    """The steps of `HybridRetriever.retrieve`, timed one by one through the store API."""
+    """The steps of `HybridRetriever.retrieve`, timed one by one through the store API.
+
+    The query vectors (and their embedding times) are those of the whole-search pass just
+    run, so the model is not run twice per query.
+    """
     store, settings = kb.store, kb.settings
     depth = max(settings.candidates, LIMIT)
     weights = {"bm25": settings.keyword_weight, "dense": settings.dense_weight}
@@ -463,7 +480,7 @@ def _stage_timings(
         t0 = time.perf_counter()
         doc_ids = store.allowed_documents(filters or Filters())
         t1 = time.perf_counter()
-        vector = kb.embedder.embed_query(query)
+        vector = timed.query_vectors[query]
         t2 = time.perf_counter()
         analyze(query)
         t3 = time.perf_counter()
@@ -483,6 +500,7 @@ def _stage_timings(
             stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6), strict=True
         ):
             stages[name].append(seconds)
+    stages["embed"] = list(embed_seconds)
     # keyword_search includes analyze(): report BM25 as the index part alone
     stages["bm25"] = [b - a for a, b in zip(stages["analyze"], stages["bm25"], strict=True)]
     return {name: _percentiles(values) for name, values in stages.items()}
@@ -491,10 +509,26 @@ def _stage_timings(
 def _in_fresh_process(
     kb_path: Path, model: str, queries: list[str], warmup: list[str], threads: int | None
 ) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        future = pool.submit(_measure_queries, str(kb_path), model, queries, warmup, threads)
-        return future.result()
+    """`_measure_queries` in a new interpreter (`python -m sourcebook.bench`), JSON both ways."""
+    request = json.dumps([str(kb_path), model, queries, warmup, threads], ensure_ascii=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "sourcebook.bench"],
+        input=request,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the query process failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _child_main() -> None:
+    kb_path, model, queries, warmup, threads = json.loads(sys.stdin.read())
+    result = _measure_queries(kb_path, model, queries, warmup, threads)
+    sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
 
 
 def _overlap(a: list[list[str]], b: list[list[str]]) -> float:
@@ -829,3 +863,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         cells = " | ".join(f"{plain[s]['p50']:.2f} / {filtered[s]['p50']:.2f}" for s in stages)
         lines.append(f"| {row['chunks']:,} | {row['vectors']} | {cells} |")
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    _child_main()
