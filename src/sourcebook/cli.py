@@ -35,7 +35,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)  # paths stay on one line
 
 KbOption = Annotated[
     Path | None,
@@ -76,6 +76,8 @@ def _open(kb: Path | None, create: bool = False) -> KnowledgeBase:
 def _emit_json(data: Any) -> None:
     if isinstance(data, BaseModel):
         text = data.model_dump_json(indent=2)
+    elif isinstance(data, dict):
+        text = json.dumps(data, ensure_ascii=False, indent=2)
     else:
         text = json.dumps(
             [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in data],
@@ -259,12 +261,16 @@ def ask(
 def show(
     document: Annotated[str, typer.Argument(help="PATH or PATH:START-END")],
     kb: KbOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Print a document's indexed text, or a line range of it (as cited)."""
     with _errors_to_exit(), _open(kb) as base:
         path, start, end = _parse_location(document)
         text = base.document_text(path, start, end)
         first = start or 1
+        if as_json:
+            _emit_json({"path": path, "line_start": first, "text": text})
+            return
         for offset, line in enumerate(text.split("\n")):
             console.print(f"[dim]{first + offset:>5}[/]  {escape(line)}", highlight=False)
 

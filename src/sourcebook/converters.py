@@ -7,6 +7,7 @@ points at the right place in the file the user opens.
 from __future__ import annotations
 
 import io
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,10 @@ import yaml
 
 from .models import Heading, ParsedDocument
 from .text import normalize
+
+
+# pypdf logs every oddity it recovers from; failures reach the user as ConversionError.
+logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 
 class ConversionError(Exception):
