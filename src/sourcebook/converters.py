@@ -17,7 +17,6 @@ import yaml
 from .models import Heading, ParsedDocument
 from .text import normalize
 
-
 # pypdf logs every oddity it recovers from; failures reach the user as ConversionError.
 logging.getLogger("pypdf").setLevel(logging.ERROR)
 

@@ -65,16 +65,14 @@ class HybridRetriever:
         if doc_ids is not None and not doc_ids:
             return []
         depth = max(settings.candidates, limit)
-        if query_vector is None:
-            query_vector = self._embedder.embed_query(query)
-        ranked = RankedLists(
-            {
-                "bm25": self._store.keyword_search(query, depth, doc_ids),
-                "dense": self._store.vector_search(
-                    self._embedder.embed_query(query), depth, doc_ids
-                ),
-            }
-        )
+        lists: dict[str, ScoredIds] = {}
+        if settings.retrieval in ("hybrid", "bm25"):
+            lists["bm25"] = self._store.keyword_search(query, depth, doc_ids)
+        if settings.retrieval in ("hybrid", "dense"):
+            if query_vector is None:
+                query_vector = self._embedder.embed_query(query)
+            lists["dense"] = self._store.vector_search(query_vector, depth, doc_ids)
+        ranked = RankedLists(lists)
         weights = {"bm25": settings.keyword_weight, "dense": settings.dense_weight}
         if settings.fusion == "weighted":
             fused = weighted_fusion(ranked, weights)

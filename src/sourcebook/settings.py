@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     chunk_overlap: int = Field(45, ge=0, description="tokens repeated between chunks")
 
     # retrieval
+    retrieval: Literal["hybrid", "bm25", "dense"] = "hybrid"
     candidates: int = Field(50, ge=1, description="top-N taken from each retriever")
     fusion: Literal["rrf", "weighted"] = "rrf"
     rrf_k: int = Field(60, ge=1)

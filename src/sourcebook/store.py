@@ -63,12 +63,19 @@ class Filters:
     """Metadata restrictions, applied inside retrieval (before ranking is cut off)."""
 
     path_glob: str | None = None
+    exclude_glob: str | None = None
     tags: tuple[str, ...] = ()
     modified_after: datetime | None = None
     modified_before: datetime | None = None
 
     def is_empty(self) -> bool:
-        return not (self.path_glob or self.tags or self.modified_after or self.modified_before)
+        return not (
+            self.path_glob
+            or self.exclude_glob
+            or self.tags
+            or self.modified_after
+            or self.modified_before
+        )
 
 
 class Store(Protocol):
@@ -516,6 +523,8 @@ class EmbeddedStore:
         allowed = []
         for doc_id, path, tags in self._db.execute(sql, params):
             if filters.path_glob and not _glob_match(path, filters.path_glob):
+                continue
+            if filters.exclude_glob and _glob_match(path, filters.exclude_glob):
                 continue
             if wanted and not wanted <= {t.lower() for t in json.loads(tags)}:
                 continue

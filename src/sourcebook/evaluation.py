@@ -1,0 +1,182 @@
+"""`sourcebook eval`: run a dataset through the real pipeline and measure it.
+
+The documents are written as Markdown files and ingested with `KnowledgeBase.add`, and
+every query goes through `KnowledgeBase.search` / `ask`: the same code as the CLI, so the
+numbers describe the product, not a re-implementation of it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .datasets import EvalDataset, EvalQuery
+from .kb import KnowledgeBase
+from .metrics import answer_f1, contains_answer, exact_match, mrr_at, ndcg_at, percentile, recall_at
+from .settings import DEFAULT_EMBEDDER, Settings
+from .store import Filters
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    name: str
+    retrieval: Literal["hybrid", "bm25", "dense"]
+    fusion: Literal["rrf", "weighted"] = "rrf"
+
+
+DEFAULT_CONFIGS = (
+    RetrievalConfig("bm25", "bm25"),
+    RetrievalConfig("dense", "dense"),
+    RetrievalConfig("hybrid-rrf", "hybrid"),
+    RetrievalConfig("hybrid-weighted", "hybrid", "weighted"),
+)
+
+Progress = Callable[[str], None]
+
+
+def build_kb(
+    dataset: EvalDataset, settings: Settings, work: Path, progress: Progress | None = None
+) -> KnowledgeBase:
+    """Index the dataset once per (dataset, model, chunking); reuse it afterwards."""
+    model = settings.embedder or DEFAULT_EMBEDDER
+    key = f"{dataset.name}-{model}-c{settings.chunk_tokens}-o{settings.chunk_overlap}"
+    folder, kb_path = work / key / "docs", work / key / "kb"
+    settings = settings.model_copy(update={"kb": kb_path, "embedder": model})
+    if (kb_path / "sourcebook.db").exists():
+        kb = KnowledgeBase(kb_path, settings)
+        if kb.status().documents == len(dataset.documents):
+            return kb
+        kb.close()
+    folder.mkdir(parents=True, exist_ok=True)
+    for document in dataset.documents:
+        body = f"# {document.title}\n\n{document.text}\n" if document.title else document.text
+        (folder / f"{document.id}.md").write_text(body, encoding="utf-8")
+    kb = KnowledgeBase(kb_path, settings, create=not (kb_path / "sourcebook.db").exists())
+    if progress:
+        progress(f"indexing {len(dataset.documents)} documents of {dataset.name} with {model}")
+    kb.add([folder])
+    return kb
+
+
+def _doc_id(path: str) -> str:
+    return Path(path).stem
+
+
+def evaluate_retrieval(
+    kb: KnowledgeBase,
+    dataset: EvalDataset,
+    queries: Sequence[EvalQuery],
+    configs: Sequence[RetrievalConfig],
+) -> dict[str, dict[str, float]]:
+    """Recall@1/5/10/20, MRR@10, nDCG@10 (binary, and graded where the data has grades)
+    and latency, per configuration; documents ranked by their best chunk."""
+    base = kb.settings
+    results: dict[str, dict[str, float]] = {}
+    for config in configs:
+        kb.settings = base.model_copy(
+            update={"retrieval": config.retrieval, "fusion": config.fusion}
+        )
+        sums: dict[str, float] = {}
+        latencies = []
+        for query in queries:
+            started = time.perf_counter()
+            hits = kb.search(query.text, limit=max(base.candidates, 50))
+            latencies.append((time.perf_counter() - started) * 1000)
+            ranked = list(dict.fromkeys(_doc_id(h.path) for h in hits))
+            scores = {
+                "recall@1": recall_at(ranked, query.relevant, 1),
+                "recall@5": recall_at(ranked, query.relevant, 5),
+                "recall@10": recall_at(ranked, query.relevant, 10),
+                "recall@20": recall_at(ranked, query.relevant, 20),
+                "mrr@10": mrr_at(ranked, query.relevant, 10),
+                "ndcg@10": ndcg_at(ranked, query.relevant, 10, graded=False),
+            }
+            if dataset.graded:
+                scores["ndcg@10_graded"] = ndcg_at(ranked, query.relevant, 10, graded=True)
+            for name, value in scores.items():
+                sums[name] = sums.get(name, 0.0) + value
+        count = max(1, len(queries))
+        row = {name: round(value / count, 4) for name, value in sums.items()}
+        row["p50_ms"] = round(percentile(latencies, 0.5), 2)
+        row["p95_ms"] = round(percentile(latencies, 0.95), 2)
+        results[config.name] = row
+    kb.settings = base
+    return results
+
+
+def evaluate_answers(
+    kb: KnowledgeBase, queries: Sequence[EvalQuery], unanswerable: bool = True
+) -> dict[str, float]:
+    """Answer quality on SQuAD-style questions, plus refusal on the same questions asked
+    with their own paragraph excluded from retrieval (so they have no answer)."""
+    contained = f1 = em = refused = sentences = length = 0.0
+    cited = cited_good = 0
+    bad_numbers = 0
+    latencies: list[float] = []
+    refused_unanswerable = 0
+    for query in queries:
+        started = time.perf_counter()
+        answer = kb.ask(query.text)
+        latencies.append((time.perf_counter() - started) * 1000)
+        numbers = {c.n for c in answer.citations}
+        bad_numbers += sum(1 for n in _cited_numbers(answer.text) if n not in numbers)
+        if not answer.found:
+            refused += 1
+            continue
+        text = _strip_citations(answer.text)
+        contained += contains_answer(text, query.answers)
+        f1 += answer_f1(text, query.answers)
+        em += exact_match(text, query.answers)
+        sentences += sum(len(c.quotes) for c in answer.citations)
+        length += len(text)
+        for citation in answer.citations:
+            cited += 1
+            cited_good += _doc_id(citation.hit.path) in query.relevant or contains_answer(
+                citation.hit.text, query.answers
+            )
+    if unanswerable:
+        for query in queries:
+            own = next(iter(query.relevant))
+            answer = kb.ask(query.text, Filters(exclude_glob=f"*/{own}.md"))
+            refused_unanswerable += not answer.found
+    count = max(1, len(queries))
+    answered = max(1, count - int(refused))
+    return {
+        "questions": len(queries),
+        "answer_contains_gold": round(contained / count, 4),
+        "answer_contains_gold_when_answered": round(contained / answered, 4),
+        "f1": round(f1 / count, 4),
+        "exact_match": round(em / count, 4),
+        "refusal_rate_answerable": round(refused / count, 4),
+        "refusal_rate_unanswerable": round(refused_unanswerable / count, 4)
+        if unanswerable
+        else float("nan"),
+        "citation_precision": round(cited_good / max(1, cited), 4),
+        "citations_to_missing_sources": bad_numbers,
+        "sentences_per_answer": round(sentences / answered, 2),
+        "characters_per_answer": round(length / answered, 1),
+        "ask_p50_ms": round(percentile(latencies, 0.5), 1),
+        "ask_p95_ms": round(percentile(latencies, 0.95), 1),
+    }
+
+
+def _cited_numbers(text: str) -> list[int]:
+    return [int(n) for n in re.findall(r"\[(\d+)\]", text)]
+
+
+def _strip_citations(text: str) -> str:
+    return re.sub(r"\s*\[\d+\]", "", text)
+
+
+def summarize(results: dict[str, Any]) -> str:
+    """A Markdown table of retrieval results, for the terminal and RESULTS.md."""
+    rows = results["retrieval"]
+    metrics = list(next(iter(rows.values())))
+    lines = ["| config | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(str(row[m]) for m in metrics) + " |")
+    return "\n".join(lines)
