@@ -7,7 +7,6 @@ evidence is too weak the answer says so, in the question's language.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -192,14 +191,6 @@ class ExtractiveAnswerer:
             citations=nearest,
             confidence=round(confidence, 4),
         )
-
-
-def idf_weights(total: int, frequencies: dict[str, int]) -> dict[str, float]:
-    """BM25's idf, floored at a small positive value so every query term counts a little."""
-    return {
-        term: max(0.05, math.log(1 + (total - df + 0.5) / (df + 0.5)))
-        for term, df in frequencies.items()
-    }
 
 
 def _quote_lines(hit: SearchHit, candidate: _Candidate) -> tuple[int, int]:

@@ -7,12 +7,13 @@ from pathlib import Path
 from types import TracebackType
 
 from .analyzer import analyze
-from .answerer import ExtractiveAnswerer, idf_weights
+from .answerer import ExtractiveAnswerer
 from .calibration import calibration_for
 from .chunker import contextual_text
 from .embedders import EMBEDDERS, Embedder, get_embedder
 from .ingest import Ingestor, ProgressCallback, Source
 from .models import Answer, DocumentInfo, SearchHit, Status, SyncReport
+from .rerank import Reranker, idf_weights, load_reranker
 from .retriever import HybridRetriever
 from .settings import DEFAULT_EMBEDDER, Settings
 from .store import EmbeddedStore, Filters, StoreError
@@ -52,6 +53,8 @@ class KnowledgeBase:
             model = (name, EMBEDDERS[name].dim)
         self.store = EmbeddedStore(self.path, model, create=create)
         self._embedder: Embedder | None = embedder
+        self._reranker: Reranker | None = None
+        self._reranker_for: str | None = None
 
     @classmethod
     def create(
@@ -180,7 +183,15 @@ class KnowledgeBase:
         return answerer.answer(question, query_vector, hits, idf_weights(total, frequencies))
 
     def _retriever(self) -> HybridRetriever:
-        return HybridRetriever(self.store, self.embedder, self.settings)
+        return HybridRetriever(self.store, self.embedder, self.settings, self.reranker)
+
+    @property
+    def reranker(self) -> Reranker | None:
+        """The configured reranker, loaded once per setting."""
+        if self._reranker_for != self.settings.reranker:
+            self._reranker = load_reranker(self.settings.reranker)
+            self._reranker_for = self.settings.reranker
+        return self._reranker
 
     def documents(self) -> list[DocumentInfo]:
         return self.store.documents()

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .analyzer import analyze
 from .embedders import Embedder, Vectors
 from .indexes import ScoredIds
 from .models import SearchHit
+from .rerank import Reranker, idf_weights
 from .settings import Settings
 from .store import Filters, Store
 
@@ -48,10 +50,17 @@ def weighted_fusion(ranked: RankedLists, weights: dict[str, float]) -> list[tupl
 
 
 class HybridRetriever:
-    def __init__(self, store: Store, embedder: Embedder, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        embedder: Embedder,
+        settings: Settings,
+        reranker: Reranker | None = None,
+    ) -> None:
         self._store = store
         self._embedder = embedder
         self._settings = settings
+        self._reranker = reranker
 
     def retrieve(
         self,
@@ -78,7 +87,12 @@ class HybridRetriever:
             fused = weighted_fusion(ranked, weights)
         else:
             fused = reciprocal_rank_fusion(ranked, settings.rrf_k, weights)
-        return self._hydrate(fused[: limit * 2], ranked)[:limit]
+        if self._reranker is None:
+            return self._hydrate(fused[: limit * 2], ranked)[:limit]
+        depth = max(limit, settings.rerank_depth)
+        hits = self._hydrate(fused[: depth + limit], ranked)[:depth]
+        total, frequencies = self._store.keyword_statistics(analyze(query))
+        return self._reranker.rerank(query, hits, idf_weights(total, frequencies))[:limit]
 
     def _hydrate(self, fused: Sequence[tuple[int, float]], ranked: RankedLists) -> list[SearchHit]:
         rows = self._store.hits([chunk_id for chunk_id, _ in fused])

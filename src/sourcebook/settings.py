@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     keyword_weight: float = Field(1.0, ge=0)
     dense_weight: float = Field(1.0, ge=0)
     exact_vector_search_below: int = Field(20_000, ge=0)
+    reranker: str = Field(
+        "none", description="'learned' (built-in), 'none', or a cross-encoder model folder"
+    )
+    rerank_depth: int = Field(30, ge=1, description="fused candidates the reranker re-orders")
 
     # answers
     evidence_chunks: int = Field(5, ge=1, description="chunks the answer may quote from")

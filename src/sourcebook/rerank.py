@@ -1,0 +1,159 @@
+"""Rerankers: re-order fused candidates with a stronger scorer.
+
+`LearnedReranker` is the built-in default: a linear learning-to-rank model over cheap
+features of (question, chunk) — each retriever's score and rank, idf-weighted term
+coverage of the text and of the heading path, phrase (bigram) and number matches, and the
+chunk's length. Its weights are trained by `benchmarks/train_reranker.py` on the tuning
+split of the evaluation data and shipped as `data/reranker.json` (a few hundred bytes,
+loaded in microseconds). No model weights need to be downloaded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .analyzer import analyze
+from .models import SearchHit
+
+FEATURES = (
+    "bm25_norm",  # BM25 score / best BM25 score in the list
+    "bm25_rrank",  # 1 / BM25 rank (0 when BM25 did not return the chunk)
+    "dense",  # cosine similarity
+    "dense_gap",  # cosine minus the best cosine in the list
+    "dense_rrank",
+    "coverage",  # idf-weighted share of question terms found in the chunk
+    "heading_coverage",  # ... found in the title / heading path
+    "bigram_match",  # share of question token bigrams found in order
+    "number_match",  # share of question numbers found
+    "log_length",  # log of chunk length in tokens
+)
+
+
+def idf_weights(total: int, frequencies: dict[str, int]) -> dict[str, float]:
+    """BM25's idf, floored at a small positive value so every query term counts a little."""
+    return {
+        term: max(0.05, math.log(1 + (total - df + 0.5) / (df + 0.5)))
+        for term, df in frequencies.items()
+    }
+
+
+class Reranker(Protocol):
+    name: str
+
+    def rerank(
+        self, question: str, hits: Sequence[SearchHit], idf: dict[str, float]
+    ) -> list[SearchHit]: ...
+
+
+@dataclass(frozen=True)
+class QueryFeatures:
+    terms: list[str]
+    bigrams: set[tuple[str, str]]
+    numbers: set[str]
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def query_features(question: str) -> QueryFeatures:
+    tokens = analyze(question)
+    return QueryFeatures(
+        terms=list(dict.fromkeys(tokens)),
+        bigrams=set(itertools.pairwise(tokens)),
+        numbers=set(_NUMBER.findall(question)),
+    )
+
+
+def feature_matrix(
+    question: str, hits: Sequence[SearchHit], idf: dict[str, float]
+) -> NDArray[np.float32]:
+    """One row of FEATURES per hit."""
+    query = query_features(question)
+    total_idf = sum(idf.get(t, 0.0) for t in query.terms) or 1.0
+    best_bm25 = max((h.scores.get("bm25", 0.0) for h in hits), default=0.0) or 1.0
+    best_dense = max((h.scores.get("dense", 0.0) for h in hits), default=0.0)
+    rows = np.zeros((len(hits), len(FEATURES)), dtype=np.float32)
+    for i, hit in enumerate(hits):
+        tokens = analyze(hit.text)
+        present = set(tokens)
+        heading = set(analyze(" ".join([hit.title, *hit.heading_path])))
+        pairs = set(itertools.pairwise(tokens))
+        dense = hit.scores.get("dense", 0.0)
+        rows[i] = (
+            hit.scores.get("bm25", 0.0) / best_bm25,
+            1.0 / hit.ranks["bm25"] if "bm25" in hit.ranks else 0.0,
+            dense,
+            dense - best_dense if "dense" in hit.scores else -0.2,
+            1.0 / hit.ranks["dense"] if "dense" in hit.ranks else 0.0,
+            sum(idf.get(t, 0.0) for t in query.terms if t in present) / total_idf,
+            sum(idf.get(t, 0.0) for t in query.terms if t in heading) / total_idf,
+            len(query.bigrams & pairs) / len(query.bigrams) if query.bigrams else 0.0,
+            (
+                sum(1 for n in query.numbers if n in hit.text) / len(query.numbers)
+                if query.numbers
+                else 0.0
+            ),
+            math.log1p(len(tokens)),
+        )
+    return rows
+
+
+class LearnedReranker:
+    """score = w · standardised(features); hits re-sorted by score."""
+
+    name = "learned"
+
+    def __init__(
+        self, weights: Sequence[float], mean: Sequence[float], scale: Sequence[float]
+    ) -> None:
+        self.weights = np.asarray(weights, dtype=np.float32)
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.scale = np.asarray(scale, dtype=np.float32)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> LearnedReranker:
+        if path is None:
+            text = resources.files("sourcebook").joinpath("data/reranker.json").read_text()
+        else:
+            text = path.read_text()
+        model = json.loads(text)
+        if tuple(model["features"]) != FEATURES:
+            raise ValueError("reranker weights were trained for other features; retrain them")
+        return cls(model["weights"], model["mean"], model["scale"])
+
+    def scores(self, features: NDArray[np.float32]) -> NDArray[np.float32]:
+        return np.asarray(((features - self.mean) / self.scale) @ self.weights, dtype=np.float32)
+
+    def rerank(
+        self, question: str, hits: Sequence[SearchHit], idf: dict[str, float]
+    ) -> list[SearchHit]:
+        if not hits:
+            return []
+        scores = self.scores(feature_matrix(question, hits, idf))
+        order = np.argsort(-scores, kind="stable")
+        reranked = []
+        for i in order:
+            hit = hits[int(i)]
+            hit.scores["rerank"] = float(scores[i])
+            reranked.append(hit)
+        return reranked
+
+
+def load_reranker(setting: str) -> Reranker | None:
+    """'none' → no reranking; 'learned' → the built-in model; a folder → a cross-encoder."""
+    if setting in ("", "none"):
+        return None
+    if setting == "learned":
+        return LearnedReranker.load()
+    raise ValueError(f"unknown reranker {setting!r}: use 'learned' or 'none'")
