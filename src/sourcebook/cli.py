@@ -315,6 +315,49 @@ def bench(
             output.write_text(json.dumps(results, indent=2, ensure_ascii=False))
 
 
+@app.command("eval")
+def evaluate(
+    datasets: Annotated[
+        list[str] | None,
+        typer.Argument(help="cranfield, cmrc2018, a BEIR folder or a SQuAD-style .json"),
+    ] = None,
+    split: Annotated[str, typer.Option(help="test (held out), tune, or all")] = "test",
+    model: Annotated[list[str] | None, typer.Option("--model", help="embedding models")] = None,
+    limit: Annotated[int | None, typer.Option(help="at most this many queries")] = None,
+    answers: Annotated[bool, typer.Option(help="also evaluate extractive answers")] = True,
+    work: Annotated[Path, typer.Option(help="scratch folder")] = Path("benchmarks/work/eval"),
+    output: Annotated[Path, typer.Option(help="JSON results")] = Path(
+        "benchmarks/eval/results.json"
+    ),
+    chart: Annotated[Path | None, typer.Option(help="PNG chart")] = Path(
+        "benchmarks/eval/chart.png"
+    ),
+) -> None:
+    """Measure retrieval and answers on evaluation data through the real pipeline."""
+    from .evaluation import run_eval, summarize, write_chart
+    from .settings import DEFAULT_EMBEDDER
+
+    with _errors_to_exit():
+        if split not in ("test", "tune", "all"):
+            raise CliError("--split must be test, tune or all")
+        results = run_eval(
+            datasets or ["cranfield", "cmrc2018"],
+            split,
+            model or [DEFAULT_EMBEDDER],
+            Settings(),
+            work,
+            limit,
+            answers,
+            lambda message: console.print(f"[dim]{escape(message)}[/]"),
+        )
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+        console.print(summarize(results), markup=False)
+        if chart is not None:
+            write_chart(results, chart)
+            console.print(f"chart: {chart}")
+
+
 # --- output helpers ----------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .datasets import EvalDataset, EvalQuery
+from .datasets import EvalDataset, EvalQuery, load_named
 from .kb import KnowledgeBase
 from .metrics import answer_f1, contains_answer, exact_match, mrr_at, ndcg_at, percentile, recall_at
 from .settings import DEFAULT_EMBEDDER, Settings
@@ -26,6 +26,7 @@ class RetrievalConfig:
     name: str
     retrieval: Literal["hybrid", "bm25", "dense"]
     fusion: Literal["rrf", "weighted"] = "rrf"
+    reranker: str = "none"
 
 
 DEFAULT_CONFIGS = (
@@ -33,6 +34,7 @@ DEFAULT_CONFIGS = (
     RetrievalConfig("dense", "dense"),
     RetrievalConfig("hybrid-rrf", "hybrid"),
     RetrievalConfig("hybrid-weighted", "hybrid", "weighted"),
+    RetrievalConfig("hybrid-rrf+rerank", "hybrid", "rrf", "learned"),
 )
 
 Progress = Callable[[str], None]
@@ -78,7 +80,11 @@ def evaluate_retrieval(
     results: dict[str, dict[str, float]] = {}
     for config in configs:
         kb.settings = base.model_copy(
-            update={"retrieval": config.retrieval, "fusion": config.fusion}
+            update={
+                "retrieval": config.retrieval,
+                "fusion": config.fusion,
+                "reranker": config.reranker,
+            }
         )
         sums: dict[str, float] = {}
         latencies = []
@@ -172,11 +178,91 @@ def _strip_citations(text: str) -> str:
     return re.sub(r"\s*\[\d+\]", "", text)
 
 
+def run_eval(
+    dataset_names: Sequence[str],
+    split: str,
+    models: Sequence[str],
+    settings: Settings,
+    work: Path,
+    limit: int | None = None,
+    answers: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Every configuration on every dataset; answers with the first model's defaults."""
+    results: dict[str, Any] = {
+        "split": split,
+        "settings": settings.model_dump(
+            mode="json",
+            include={
+                "chunk_tokens",
+                "chunk_overlap",
+                "candidates",
+                "rrf_k",
+                "rerank_depth",
+                "evidence_chunks",
+                "max_sentences",
+            },
+        ),
+        "datasets": {},
+    }
+    for name in dataset_names:
+        dataset = load_named(name)
+        queries = dataset.split(split)[:limit] if limit else dataset.split(split)
+        entry: dict[str, Any] = {"queries": len(queries), "retrieval": {}}
+        for index, model in enumerate(models):
+            kb = build_kb(dataset, settings.model_copy(update={"embedder": model}), work, progress)
+            configs = [c for c in DEFAULT_CONFIGS if index == 0 or c.retrieval != "bm25"]
+            for config_name, row in evaluate_retrieval(kb, dataset, queries, configs).items():
+                label = config_name if config_name == "bm25" else f"{config_name} ({model})"
+                entry["retrieval"][label] = row
+            if index == 0 and answers and any(q.answers for q in queries):
+                entry["answers"] = evaluate_answers(kb, queries)
+            kb.close()
+        results["datasets"][name] = entry
+    return results
+
+
 def summarize(results: dict[str, Any]) -> str:
-    """A Markdown table of retrieval results, for the terminal and RESULTS.md."""
-    rows = results["retrieval"]
-    metrics = list(next(iter(rows.values())))
-    lines = ["| config | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-    for name, row in rows.items():
-        lines.append(f"| {name} | " + " | ".join(str(row[m]) for m in metrics) + " |")
+    """Markdown tables of the results, for the terminal and RESULTS.md."""
+    lines: list[str] = []
+    for name, entry in results["datasets"].items():
+        rows = entry["retrieval"]
+        metrics = list(next(iter(rows.values())))
+        lines += [
+            f"**{name}**, {results['split']} split, {entry['queries']} queries",
+            "",
+            "| config | " + " | ".join(metrics) + " |",
+            "|---|" + "---|" * len(metrics),
+        ]
+        for config, row in rows.items():
+            lines.append(f"| {config} | " + " | ".join(str(row[m]) for m in metrics) + " |")
+        if "answers" in entry:
+            lines += ["", "| answer metric | value |", "|---|---|"]
+            lines += [f"| {k} | {v} |" for k, v in entry["answers"].items()]
+        lines.append("")
     return "\n".join(lines)
+
+
+def write_chart(results: dict[str, Any], path: Path) -> None:
+    """Bar chart of nDCG@10 and MRR@10 per configuration and dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = results["datasets"]
+    figure, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4.5), squeeze=False)
+    for axis, (name, entry) in zip(axes[0], datasets.items(), strict=True):
+        configs = list(entry["retrieval"])
+        positions = range(len(configs))
+        for offset, metric in ((-0.2, "ndcg@10"), (0.2, "mrr@10")):
+            values = [entry["retrieval"][c][metric] for c in configs]
+            axis.bar([p + offset for p in positions], values, width=0.4, label=metric)
+        axis.set_xticks(list(positions), configs, rotation=30, ha="right", fontsize=8)
+        axis.set_ylim(0, 1)
+        axis.set_title(f"{name} ({results['split']} split)")
+        axis.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
