@@ -27,7 +27,6 @@ import os
 import platform
 import random
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -449,13 +448,27 @@ def _measure_queries(
         }
         result[label]["stages"] = _stage_timings(kb, queries, filters, timed, firsts)
         peak = max(peak, process.memory_info().rss)
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result["rss_ready_mb"] = round(rss_ready / 1e6, 1)
-    result["rss_peak_mb"] = round(
-        max(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 1e6, 1
-    )
+    result["rss_peak_mb"] = round(max(peak, _peak_rss()) / 1e6, 1)
     result["top"] = top
     kb.close()
     return result
+
+
+def _peak_rss() -> int:
+    """This process's peak RSS in bytes (Linux VmHWM).
+
+    Not `getrusage().ru_maxrss`: Linux carries that across exec, so a child started from a
+    big parent would report the parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _stage_timings(
@@ -678,6 +691,7 @@ def run_benchmark(
                 run["top10_overlap_with_precomputed"] = _overlap(run.pop("top"), tops[size])
             results["query"].append(run)
 
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["target"] = _target(results["query"])
     results["total_seconds"] = round(time.perf_counter() - began, 1)
     _print(results, console)

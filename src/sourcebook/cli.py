@@ -353,7 +353,7 @@ def evaluate(
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2, ensure_ascii=False))
         console.print(summarize(results), markup=False)
-        if chart is not None:
+        if chart is not None and chart != Path():  # --chart "" turns the chart off
             write_chart(results, chart)
             console.print(f"chart: {chart}")
 

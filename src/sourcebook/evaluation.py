@@ -43,23 +43,25 @@ Progress = Callable[[str], None]
 def build_kb(
     dataset: EvalDataset, settings: Settings, work: Path, progress: Progress | None = None
 ) -> KnowledgeBase:
-    """Index the dataset once per (dataset, model, chunking); reuse it afterwards."""
+    """Index the dataset once per (dataset, model, chunking). Later runs reuse it: `add`
+    skips unchanged files by hash, and completes a build that was interrupted."""
     model = settings.embedder or DEFAULT_EMBEDDER
     key = f"{dataset.name}-{model}-c{settings.chunk_tokens}-o{settings.chunk_overlap}"
     folder, kb_path = work / key / "docs", work / key / "kb"
     settings = settings.model_copy(update={"kb": kb_path, "embedder": model})
-    if (kb_path / "sourcebook.db").exists():
-        kb = KnowledgeBase(kb_path, settings)
-        if kb.status().documents == len(dataset.documents):
-            return kb
-        kb.close()
     folder.mkdir(parents=True, exist_ok=True)
     for document in dataset.documents:
-        body = f"# {document.title}\n\n{document.text}\n" if document.title else document.text
-        (folder / f"{document.id}.md").write_text(body, encoding="utf-8")
-    kb = KnowledgeBase(kb_path, settings, create=not (kb_path / "sourcebook.db").exists())
+        path = folder / f"{document.id}.md"
+        if not path.exists():
+            body = f"# {document.title}\n\n{document.text}\n" if document.title else document.text
+            path.write_text(body, encoding="utf-8")
+    exists = (kb_path / "sourcebook.db").exists()
+    kb = KnowledgeBase(kb_path, settings, create=not exists)
     if progress:
-        progress(f"indexing {len(dataset.documents)} documents of {dataset.name} with {model}")
+        progress(
+            f"{'checking' if exists else 'indexing'} {len(dataset.documents)} documents "
+            f"of {dataset.name} with {model}"
+        )
     kb.add([folder])
     return kb
 
