@@ -220,7 +220,7 @@ def run_eval(
             if index == 0 and answers and any(q.answers for q in queries):
                 entry["answers"] = evaluate_answers(kb, queries)
             kb.close()
-        results["datasets"][name] = entry
+        results["datasets"][dataset.name] = entry
     return results
 
 

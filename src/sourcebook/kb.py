@@ -10,7 +10,7 @@ from .analyzer import analyze
 from .answerer import ExtractiveAnswerer
 from .calibration import calibration_for
 from .chunker import contextual_text
-from .embedders import EMBEDDERS, Embedder, get_embedder
+from .embedders import EMBEDDERS, Embedder, Vectors, get_embedder
 from .ingest import Ingestor, ProgressCallback, Source
 from .models import Answer, DocumentInfo, SearchHit, Status, SyncReport
 from .rerank import Reranker, idf_weights, load_reranker
@@ -54,6 +54,7 @@ class KnowledgeBase:
         self.store = EmbeddedStore(self.path, model, create=create)
         self._embedder: Embedder | None = embedder
         self._reranker: Reranker | None = None
+        self._query_vectors: dict[str, Vectors] = {}
         self._reranker_for: str | None = None
 
     @classmethod
@@ -160,13 +161,14 @@ class KnowledgeBase:
         """Hybrid (BM25 + dense) search; filters apply before ranking is cut off."""
         if not query.strip():
             raise ValueError("the query is empty")
-        return self._retriever().retrieve(query, limit, filters)
+        vector = self._query_vector(query) if self.settings.retrieval != "bm25" else None
+        return self._retriever().retrieve(query, limit, filters, vector)
 
     def ask(self, question: str, filters: Filters | None = None) -> Answer:
         """An extractive answer with [n] citations, or an explicit "not found"."""
         if not question.strip():
             raise ValueError("the question is empty")
-        query_vector = self.embedder.embed_query(question)
+        query_vector = self._query_vector(question)
         hits = self._retriever().retrieve(
             question, self.settings.evidence_chunks, filters, query_vector
         )
@@ -181,6 +183,17 @@ class KnowledgeBase:
             calibration.threshold if threshold is None else threshold,
         )
         return answerer.answer(question, query_vector, hits, idf_weights(total, frequencies))
+
+    def _query_vector(self, text: str) -> Vectors:
+        """Query embeddings, remembered for repeated questions (a chat asks follow-ups,
+        the evaluation compares configurations on the same query)."""
+        vector = self._query_vectors.pop(text, None)
+        if vector is None:
+            vector = self.embedder.embed_query(text)
+        self._query_vectors[text] = vector
+        while len(self._query_vectors) > 512:
+            self._query_vectors.pop(next(iter(self._query_vectors)))
+        return vector
 
     def _retriever(self) -> HybridRetriever:
         return HybridRetriever(self.store, self.embedder, self.settings, self.reranker)

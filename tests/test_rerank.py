@@ -1,0 +1,57 @@
+"""The built-in reranker: ships with the package, loads fast, re-orders by its features."""
+
+from __future__ import annotations
+
+import time
+
+from sourcebook import KnowledgeBase
+from sourcebook.models import SearchHit
+from sourcebook.rerank import FEATURES, LearnedReranker, feature_matrix
+
+
+def hit(chunk_id: int, text: str, bm25: float, dense: float, heading: str = "") -> SearchHit:
+    return SearchHit(
+        chunk_id=chunk_id,
+        doc_id=chunk_id,
+        path=f"/n/{chunk_id}.md",
+        title="t",
+        kind="markdown",
+        heading_path=[heading] if heading else [],
+        line_start=1,
+        line_end=1,
+        text=text,
+        score=0.0,
+        ranks={"bm25": chunk_id, "dense": chunk_id},
+        scores={"bm25": bm25, "dense": dense},
+    )
+
+
+def test_loads_in_milliseconds_and_matches_features() -> None:
+    started = time.perf_counter()
+    model = LearnedReranker.load()
+    assert time.perf_counter() - started < 0.05
+    assert model.weights.shape == (len(FEATURES),)
+
+
+def test_features_see_coverage_numbers_and_headings() -> None:
+    hits = [
+        hit(1, "Adam 的默认 β2 是 0.999。", 5.0, 0.9, "Adam"),
+        hit(2, "SGD 没有二阶矩。", 1.0, 0.8),
+    ]
+    idf = {"adam": 2.0, "默认": 1.0, "β": 1.0, "2": 0.5}
+    rows = feature_matrix("Adam 默认 β2 0.999", hits, idf)
+    column = {name: i for i, name in enumerate(FEATURES)}
+    assert rows[0, column["coverage"]] > rows[1, column["coverage"]]
+    assert rows[0, column["number_match"]] == 1.0 and rows[1, column["number_match"]] == 0.0
+    assert rows[0, column["heading_coverage"]] > 0
+
+
+def test_reranked_search_keeps_the_right_note_first(notes_kb: KnowledgeBase) -> None:
+    base = notes_kb.settings
+    notes_kb.settings = base.model_copy(update={"reranker": "learned"})
+    try:
+        hits = notes_kb.search("Adam 的默认 β2 是多少？", limit=5)
+        assert hits[0].path.endswith("training/optimizers.md")
+        assert all("rerank" in h.scores for h in hits)
+    finally:
+        notes_kb.settings = base
