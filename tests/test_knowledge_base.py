@@ -194,3 +194,16 @@ def test_opening_with_another_model_names_the_reindex_command(
     )
     with pytest.raises(StoreError, match=f"sourcebook reindex --model {other}"):
         KnowledgeBase(notes_kb.path, Settings(kb=notes_kb.path, embedder=other))
+
+
+def test_near_duplicate_passages_take_one_place(kb_copy: tuple[KnowledgeBase, Path]) -> None:
+    kb, notes = kb_copy
+    original = (notes / "training" / "optimizers.md").read_text(encoding="utf-8")
+    (notes / "copy-of-optimizers.md").write_text(original, encoding="utf-8")
+    edited = original.replace("Adam 默认", "Adam 的默认值:", 1) + "\n补充一句。\n"
+    (notes / "edited-optimizers.md").write_text(edited, encoding="utf-8")
+    kb.sync()
+    hits = kb.search("Adam 的默认 β2 是多少？", limit=5)
+    # the three files hold the same passages at the same places: each passage once
+    places = [(tuple(h.heading_path), h.line_start) for h in hits]
+    assert len(set(places)) == len(places), [h.location for h in hits]

@@ -101,17 +101,31 @@ class HybridRetriever:
             for name, items in ranked.lists.items()
         }
         hits: list[SearchHit] = []
-        seen_texts: set[str] = set()
+        kept_shingles: list[set[str]] = []
         for chunk_id, score in fused:
             hit = rows.get(chunk_id)
             if hit is None:  # deleted since the index was written
                 continue
-            if hit.text in seen_texts:  # the same passage copied into several files
-                continue
-            seen_texts.add(hit.text)
+            shingles = _shingles(hit.text)
+            if any(_overlap(shingles, other) >= NEAR_DUPLICATE for other in kept_shingles):
+                continue  # a copy of a passage already listed (copied note, heavy overlap)
+            kept_shingles.append(shingles)
             hit.score = score
             for name, found in positions.items():
                 if chunk_id in found:
                     hit.ranks[name], hit.scores[name] = found[chunk_id]
             hits.append(hit)
         return hits
+
+
+NEAR_DUPLICATE = 0.8  # share of the smaller passage's shingles found in the other
+
+
+def _shingles(text: str) -> set[str]:
+    """Character 4-grams of the text without whitespace: language-independent."""
+    flat = "".join(text.split())
+    return {flat[i : i + 4] for i in range(max(1, len(flat) - 3))}
+
+
+def _overlap(a: set[str], b: set[str]) -> float:
+    return len(a & b) / max(1, min(len(a), len(b)))
