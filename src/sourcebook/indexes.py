@@ -214,6 +214,9 @@ class VectorIndex:
         ]
 
     def _search_subset(self, query: Vectors, limit: int, keys: Sequence[int]) -> ScoredIds:
+        size = len(self._index)
+        if len(keys) >= self._exact_below and size >= self._exact_below:
+            return self._search_graph_filtered(query, limit, set(keys))
         present = [k for k in keys if self._index.contains(k)]
         if not present:
             return []
@@ -221,6 +224,23 @@ class VectorIndex:
         scores = matrix @ query / np.maximum(np.linalg.norm(matrix, axis=1), 1e-12)
         top = np.argsort(-scores)[:limit]
         return [(int(present[i]), float(scores[i])) for i in top]
+
+    def _search_graph_filtered(self, query: Vectors, limit: int, allowed: set[int]) -> ScoredIds:
+        """A broad filter: search the graph for more neighbours than needed, keep the
+        allowed ones, and widen the search until `limit` of them are found (or every
+        vector has been seen), so the filter never leaves the list short."""
+        size = len(self._index)
+        count = min(size, limit * max(2, 2 * size // max(1, len(allowed))))
+        while True:
+            matches = self._index.search(query, count)
+            found = [
+                (int(k), 1.0 - float(d))
+                for k, d in zip(matches.keys, matches.distances, strict=True)
+                if int(k) in allowed
+            ]
+            if len(found) >= limit or count >= size:
+                return found[:limit]
+            count = min(size, count * 4)
 
     def __len__(self) -> int:
         return len(self._index)

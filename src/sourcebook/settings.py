@@ -43,9 +43,7 @@ class Settings(BaseSettings):
     keyword_weight: float = Field(1.0, ge=0)
     dense_weight: float = Field(1.0, ge=0)
     exact_vector_search_below: int = Field(20_000, ge=0)
-    reranker: str = Field(
-        "none", description="'learned' (built-in), 'none', or a cross-encoder model folder"
-    )
+    reranker: str = Field("learned", description="'learned' (built-in, the default) or 'none'")
     rerank_depth: int = Field(30, ge=1, description="fused candidates the reranker re-orders")
 
     # answers
