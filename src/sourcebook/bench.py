@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,10 +42,8 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from .analyzer import analyze
 from .embedders import EMBEDDERS, Embedder, Vectors, get_embedder
 from .kb import KnowledgeBase
-from .retriever import RankedLists, reciprocal_rank_fusion, weighted_fusion
 from .settings import DEFAULT_EMBEDDER, Settings
 from .store import Filters
 from .text import count_tokens, normalize, sentence_spans
@@ -270,11 +268,14 @@ def write_corpus(folder: Path, passages: Sequence[Passage]) -> int:
 
 
 def mixed_queries(pool: Pool, count: int, seed: int = SEED) -> list[str]:
-    """`count` real questions, alternating Chinese (CMRC) and English (Cranfield)."""
+    """`count` distinct real questions, alternating Chinese (CMRC, about the pool's paragraphs)
+    and English (Cranfield); they repeat only when more are asked for than exist."""
     rng = random.Random(seed + 1)
-    zh = rng.sample(pool.queries_zh, min(len(pool.queries_zh), count))
-    en = [rng.choice(pool.queries_en) for _ in range(count)]  # only 225: repeat if needed
-    return [(zh[i // 2 % len(zh)] if i % 2 == 0 else en[i // 2]) for i in range(count)]
+    zh = list(dict.fromkeys(pool.queries_zh))
+    en = list(dict.fromkeys(pool.queries_en))
+    rng.shuffle(zh)
+    rng.shuffle(en)
+    return [(zh[i // 2 % len(zh)] if i % 2 == 0 else en[i // 2 % len(en)]) for i in range(count)]
 
 
 # ---------------------------------------------------------------------------- embedders
@@ -404,40 +405,102 @@ def _percentiles(seconds: Sequence[float]) -> dict[str, float]:
     }
 
 
+STAGES = ("filter", "embed", "bm25", "dense", "hits", "rerank", "other")
+
+
+class StageClock:
+    """Times the calls a real `kb.search` makes, by wrapping methods of its store and
+    reranker on the instance (so the breakdown follows the product's code as it changes).
+
+    filter = store.allowed_documents; bm25 = store.keyword_search (analysis included);
+    dense = store.vector_search; hits = store.hits (SQL hydration); rerank = reranker.rerank
+    plus store.keyword_statistics; embed = the model; other = the rest of the search
+    (fusion, near-duplicate removal, building results).
+    """
+
+    def __init__(self, kb: KnowledgeBase, embedder: TimedEmbedder) -> None:
+        self.spent: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self._embedder = embedder
+        store = kb.store
+        for method, stage in (
+            ("allowed_documents", "filter"),
+            ("keyword_search", "bm25"),
+            ("vector_search", "dense"),
+            ("hits", "hits"),
+            ("keyword_statistics", "rerank"),
+        ):
+            self._wrap(store, method, stage)
+        reranker = kb.reranker
+        if reranker is not None:
+            self._wrap(reranker, "rerank", "rerank")
+
+    def _wrap(self, owner: object, method: str, stage: str) -> None:
+        original: Callable[..., Any] = getattr(owner, method)
+        spent = self.spent
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spent[stage] += time.perf_counter() - started
+
+        setattr(owner, method, timed)
+
+    def search(
+        self, kb: KnowledgeBase, query: str, filters: Filters | None
+    ) -> tuple[float, dict[str, float], int, list[str]]:
+        """(seconds, seconds per stage, model calls, hit texts) of one `kb.search`."""
+        for stage in self.spent:
+            self.spent[stage] = 0.0
+        before = len(self._embedder.query_seconds)
+        started = time.perf_counter()
+        hits = kb.search(query, limit=LIMIT, filters=filters)
+        total = time.perf_counter() - started
+        model = self._embedder.query_seconds[before:]
+        stages = dict(self.spent)
+        stages["embed"] = sum(model)
+        stages["other"] = max(0.0, total - sum(stages.values()))
+        return total, stages, len(model), [_key(h.text) for h in hits]
+
+
 def _measure_queries(
     kb_path: str, model: str, queries: list[str], warmup: list[str], threads: int | None
 ) -> dict[str, Any]:
-    """The query phase, run in a fresh process: whole searches, then stage by stage."""
+    """The query phase, run in a fresh process.
+
+    Each pass (unfiltered, filtered) opens its own `KnowledgeBase`, so the per-instance cache
+    of query vectors never serves a measured query: every search embeds its query.
+    """
     process = psutil.Process()
     settings = Settings(kb=Path(kb_path))
     timed = TimedEmbedder(get_embedder(model, threads))
-    started = time.perf_counter()
-    kb = KnowledgeBase(kb_path, settings, embedder=timed)
-    open_s = time.perf_counter() - started
-    for query in warmup:
-        kb.search(query, limit=LIMIT)
-    rss_ready = process.memory_info().rss
-    peak = rss_ready
-    result: dict[str, Any] = {"open_s": round(open_s, 3)}
+    result: dict[str, Any] = {}
     top: list[list[str]] = []
+    peak = rss_ready = 0
     for label, filters in (("search", None), ("filtered", Filters(path_glob=FILTER_GLOB))):
+        started = time.perf_counter()
+        kb = KnowledgeBase(kb_path, settings, embedder=timed)
+        result.setdefault("open_s", round(time.perf_counter() - started, 3))
+        for query in warmup:
+            kb.search(query, limit=LIMIT, filters=filters)
+        rss_ready = rss_ready or process.memory_info().rss
+        clock = StageClock(kb, timed)
         totals: list[float] = []
-        embeds: list[float] = []  # model time per search (all its embed_query calls)
-        firsts: list[float] = []  # time of one model call
+        embeds: list[float] = []
         calls: list[int] = []
         hit_counts: list[int] = []
+        stages: dict[str, list[float]] = {stage: [] for stage in STAGES}
         for query in queries:
-            before = len(timed.query_seconds)
-            t0 = time.perf_counter()
-            hits = kb.search(query, limit=LIMIT, filters=filters)
-            totals.append(time.perf_counter() - t0)
-            spent = timed.query_seconds[before:]
-            embeds.append(sum(spent))
-            firsts.append(spent[0] if spent else 0.0)
-            calls.append(len(spent))
-            hit_counts.append(len(hits))
+            total, spent, model_calls, texts = clock.search(kb, query, filters)
+            totals.append(total)
+            embeds.append(spent["embed"])
+            calls.append(model_calls)
+            hit_counts.append(len(texts))
+            for stage, seconds in spent.items():
+                stages[stage].append(seconds)
             if filters is None:
-                top.append([_key(h.text) for h in hits])
+                top.append(texts)
             peak = max(peak, process.memory_info().rss)
         result[label] = {
             "total": _percentiles(totals),
@@ -445,14 +508,13 @@ def _measure_queries(
             "embed_calls_per_search": round(float(np.mean(calls)), 2),
             "retrieval": _percentiles([t - e for t, e in zip(totals, embeds, strict=True)]),
             "mean_hits": round(float(np.mean(hit_counts)), 2),
+            "stages": {stage: _percentiles(values) for stage, values in stages.items()},
         }
-        result[label]["stages"] = _stage_timings(kb, queries, filters, timed, firsts)
-        peak = max(peak, process.memory_info().rss)
+        kb.close()
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result["rss_ready_mb"] = round(rss_ready / 1e6, 1)
     result["rss_peak_mb"] = round(max(peak, _peak_rss()) / 1e6, 1)
     result["top"] = top
-    kb.close()
     return result
 
 
@@ -469,54 +531,6 @@ def _peak_rss() -> int:
     except OSError:
         pass
     return 0
-
-
-def _stage_timings(
-    kb: KnowledgeBase,
-    queries: Sequence[str],
-    filters: Filters | None,
-    timed: TimedEmbedder,
-    embed_seconds: list[float],
-) -> dict[str, dict[str, float]]:
-    """The steps of `HybridRetriever.retrieve`, timed one by one through the store API.
-
-    The query vectors (and their embedding times) are those of the whole-search pass just
-    run, so the model is not run twice per query.
-    """
-    store, settings = kb.store, kb.settings
-    depth = max(settings.candidates, LIMIT)
-    weights = {"bm25": settings.keyword_weight, "dense": settings.dense_weight}
-    stages: dict[str, list[float]] = {
-        k: [] for k in ("filter", "embed", "analyze", "bm25", "dense", "fusion", "hydrate")
-    }
-    for query in queries:
-        t0 = time.perf_counter()
-        doc_ids = store.allowed_documents(filters or Filters())
-        t1 = time.perf_counter()
-        vector = timed.query_vectors[query]
-        t2 = time.perf_counter()
-        analyze(query)
-        t3 = time.perf_counter()
-        keyword = store.keyword_search(query, depth, doc_ids)
-        t4 = time.perf_counter()
-        dense = store.vector_search(vector, depth, doc_ids)
-        t5 = time.perf_counter()
-        ranked = RankedLists({"bm25": keyword, "dense": dense})
-        if settings.fusion == "weighted":
-            fused = weighted_fusion(ranked, weights)
-        else:
-            fused = reciprocal_rank_fusion(ranked, settings.rrf_k, weights)
-        t6 = time.perf_counter()
-        store.hits([chunk_id for chunk_id, _ in fused[: LIMIT * 2]])
-        t7 = time.perf_counter()
-        for name, seconds in zip(
-            stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6), strict=True
-        ):
-            stages[name].append(seconds)
-    stages["embed"] = list(embed_seconds)
-    # keyword_search includes analyze(): report BM25 as the index part alone
-    stages["bm25"] = [b - a for a, b in zip(stages["analyze"], stages["bm25"], strict=True)]
-    return {name: _percentiles(values) for name, values in stages.items()}
 
 
 def _in_fresh_process(
@@ -809,7 +823,7 @@ def _print(results: dict[str, Any], console: Console) -> None:
         )
     console.print(table)
     table = Table(title="Stage p50 ms (unfiltered | filtered)")
-    stages = ("filter", "embed", "analyze", "bm25", "dense", "fusion", "hydrate")
+    stages = STAGES
     table.add_column("chunks", justify="right")
     table.add_column("vectors")
     for stage in stages:
@@ -866,7 +880,7 @@ def results_markdown(results: dict[str, Any]) -> str:
             f"{search['embed']['p50']:.1f} / {search['embed']['p95']:.1f} | "
             f"{_triple(search['retrieval'])} | {_triple(filtered['total'])} |"
         )
-    stages = ("filter", "embed", "analyze", "bm25", "dense", "fusion", "hydrate")
+    stages = STAGES
     lines += [
         "",
         "| chunks | vectors | " + " | ".join(stages) + " |",
