@@ -207,3 +207,15 @@ def test_near_duplicate_passages_take_one_place(kb_copy: tuple[KnowledgeBase, Pa
     # the three files hold the same passages at the same places: each passage once
     places = [(tuple(h.heading_path), h.line_start) for h in hits]
     assert len(set(places)) == len(places), [h.location for h in hits]
+
+
+def test_reindex_switches_the_embedding_model(kb_copy: tuple[KnowledgeBase, Path]) -> None:
+    kb, _ = kb_copy
+    chunks = kb.status().chunks
+    assert kb.reindex("use-multilingual") == chunks
+    assert kb.status().embedder == "use-multilingual"
+    assert kb.store.index_sizes() == (chunks, chunks)
+    assert kb.search("Adam 的默认 β2 是多少？", limit=3)[0].path.endswith("optimizers.md")
+    reopened = KnowledgeBase(kb.path)  # the new identity is what the store now records
+    assert reopened.store.embedder_name == "use-multilingual"
+    reopened.close()

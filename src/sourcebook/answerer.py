@@ -19,7 +19,6 @@ NOT_FOUND = {
     "zh": "知识库中没有找到相关内容。",
     "en": "Not found in the knowledge base.",
 }
-NEAREST = {"zh": "最接近的来源：", "en": "Nearest sources:"}
 
 
 @dataclass(frozen=True)

@@ -51,10 +51,6 @@ class ChunkDraft:
     line_start: int
     line_end: int
 
-    @property
-    def heading_label(self) -> str:
-        return " > ".join(self.heading_path)
-
 
 class DocumentInfo(BaseModel):
     id: int

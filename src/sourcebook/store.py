@@ -586,13 +586,6 @@ class EmbeddedStore:
                 )
         return found
 
-    def neighbours(self, chunk_id: int) -> tuple[int, int] | None:
-        """(document id, ordinal) of a chunk, for diversity checks."""
-        row = self._db.execute(
-            "SELECT doc_id, ordinal FROM chunks WHERE id = ?", (chunk_id,)
-        ).fetchone()
-        return (int(row[0]), int(row[1])) if row else None
-
     # --- status --------------------------------------------------------------------------
 
     def counts(self) -> tuple[int, int]:

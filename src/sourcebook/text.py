@@ -92,11 +92,6 @@ def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def line_of(text: str, offset: int) -> int:
-    """1-based line number of a character offset."""
-    return text.count("\n", 0, offset) + 1
-
-
 class LineIndex:
     """Offset → 1-based line number in O(log n), for many lookups in one document."""
 
