@@ -168,7 +168,7 @@ class ExtractiveAnswerer:
             hit = hits[candidate.hit_index]
             citation.quote_lines.append(_quote_lines(hit, candidate))
             parts.append(_clean(candidate.text) + f" [{numbers[candidate.hit_index]}]")
-        text = ("" if language == "zh" else " ").join(parts)
+        text = " ".join(parts)  # "…显存。 [1] activations…": the marker stays readable
         return Answer(
             question=question,
             text=text,
