@@ -10,7 +10,7 @@ What is measured (see benchmarks/README.md):
 2. Ingestion: a fresh knowledge base per embedding model, `kb.add([folder])` end to end
    (convert, chunk, embed, store, index), and the time spent inside the model alone.
 3. Query latency at each store size for the default model. Embedding 100k chunks with
-   multilingual-e5-small on 2 cores takes about an hour, so these stores are built with
+   multilingual-e5-small on 2 cores takes hours (~6.5 chunks/s), so these stores are built with
    `PrecomputedEmbedder`: a chunk's vector is the normalised mean of the *real* model's vectors
    of its sentences (computed once over the pool and cached). Queries are embedded by the real
    model, and search runs exactly the product's code path. Where time allows, a store of real

@@ -51,7 +51,12 @@ class KnowledgeBase:
                     f"unknown embedding model {name!r}; choose one of: {', '.join(EMBEDDERS)}"
                 )
             model = (name, EMBEDDERS[name].dim)
-        self.store = EmbeddedStore(self.path, model, create=create)
+        self.store = EmbeddedStore(
+            self.path,
+            model,
+            create=create,
+            exact_vector_search_below=self.settings.exact_vector_search_below,
+        )
         self._embedder: Embedder | None = embedder
         self._reranker: Reranker | None = None
         self._query_vectors: dict[str, Vectors] = {}
@@ -140,6 +145,7 @@ class KnowledgeBase:
         with self.store.writing():
             self.store.set_embedder(name, embedder.dim)
             self._embedder = embedder
+            self._query_vectors.clear()  # vectors of the old model must not be reused
             contexts = self.store.chunk_contexts()
             batch = self.settings.embed_batch
             for start in range(0, len(contexts), batch):

@@ -158,7 +158,11 @@ class EmbeddedStore:
     """SQLite + tantivy + usearch in one folder. See the module docstring."""
 
     def __init__(
-        self, folder: Path, model: tuple[str, int] | None = None, create: bool = False
+        self,
+        folder: Path,
+        model: tuple[str, int] | None = None,
+        create: bool = False,
+        exact_vector_search_below: int = 20_000,
     ) -> None:
         """Open (or with `create`, make) the store in `folder`.
 
@@ -182,7 +186,8 @@ class EmbeddedStore:
         self._db.executescript(_SCHEMA)
         self.embedder_name, self.dim = self._check_model(model)
         self._keyword = KeywordIndex(folder / "bm25")
-        self._vectors = VectorIndex(folder / "vectors.usearch", self.dim)
+        self._exact_below = exact_vector_search_below
+        self._vectors = VectorIndex(folder / "vectors.usearch", self.dim, self._exact_below)
         self._lock_file: IO[str] | None = None
         self._pending_since_flush = 0
         self._recover()
@@ -221,7 +226,7 @@ class EmbeddedStore:
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(dim),))
             self._db.execute("DELETE FROM vectors")
         self.embedder_name, self.dim = name, dim
-        self._vectors = VectorIndex(self.folder / "vectors.usearch", dim)
+        self._vectors = VectorIndex(self.folder / "vectors.usearch", dim, self._exact_below)
         self._vectors.clear()
 
     @contextmanager
