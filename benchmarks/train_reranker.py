@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sourcebook.analyzer import analyze
 from sourcebook.datasets import load_named
 from sourcebook.evaluation import build_kb
 from sourcebook.rerank import FEATURES, feature_matrix, idf_weights
-from sourcebook.analyzer import analyze
 from sourcebook.settings import Settings
 
 OUTPUT = Path(__file__).resolve().parents[1] / "src" / "sourcebook" / "data" / "reranker.json"

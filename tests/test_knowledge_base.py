@@ -49,7 +49,8 @@ QUESTIONS = [
 ]
 
 # Known miss, kept visible: a Chinese question over an English PDF; BM25 ranks the PDF
-# first, dense does not, and plain RRF loses it (better fusion is issue 3's work).
+# first, dense does not, and neither fusion nor the reranker brings it into the top 3.
+# The answer is then refused (the judge sees no supporting evidence), not guessed.
 KNOWN_RETRIEVAL_MISSES = {"Mixtral 8x7B 每个 token 激活多少参数？"}
 TOP_THREE_CASES = [
     pytest.param(*case, marks=pytest.mark.xfail(strict=True, reason="known fusion miss"))
@@ -91,6 +92,9 @@ def test_answers_cite_exact_lines(
     notes_kb: KnowledgeBase, question: str, relative: str, phrase: str
 ) -> None:
     answer = notes_kb.ask(question)
+    if question in KNOWN_RETRIEVAL_MISSES:  # the evidence is not retrieved: refuse, not guess
+        assert not answer.found, answer.text
+        return
     assert answer.found, answer.text
     numbers = {c.n for c in answer.citations}
     assert numbers == set(range(1, len(answer.citations) + 1))

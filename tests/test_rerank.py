@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 from sourcebook import KnowledgeBase
+from sourcebook.analyzer import analyze
 from sourcebook.models import SearchHit
-from sourcebook.rerank import FEATURES, LearnedReranker, feature_matrix
+from sourcebook.rerank import FEATURES, LearnedReranker, feature_matrix, text_tokens
 
 
 def hit(chunk_id: int, text: str, bm25: float, dense: float, heading: str = "") -> SearchHit:
@@ -55,3 +56,14 @@ def test_reranked_search_keeps_the_right_note_first(notes_kb: KnowledgeBase) -> 
         assert all("rerank" in h.scores for h in hits)
     finally:
         notes_kb.settings = base
+
+
+def test_stored_tokens_stand_in_for_re_analysis(notes_kb: KnowledgeBase) -> None:
+    """The reranker reads the tokens stored at indexing time instead of re-analysing each
+    candidate; they must be exactly the tokens of the chunk's text (context line removed)."""
+    ids = [row[0] for row in notes_kb.store._db.execute("SELECT id FROM chunks")]
+    hits = notes_kb.store.hits(ids)
+    assert len(hits) > 50 and all(hit.index_tokens for hit in hits.values())
+    assert sum(hit.heading_path != [] for hit in hits.values()) > 20  # with context lines
+    for hit in hits.values():
+        assert text_tokens(hit) == analyze(hit.text), hit.location

@@ -1,5 +1,6 @@
 """Sourcebook: a local-first knowledge base with hybrid search and cited answers."""
 
+from . import _cxx_runtime  # noqa: F401  (first: see its docstring)
 from .kb import KnowledgeBase
 from .models import Answer, Citation, SearchHit, SyncReport
 from .settings import Settings

@@ -7,13 +7,17 @@ evidence is too weak the answer says so, in the question's language.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .analyzer import analyze
+from .calibration import SIGNALS, Judge
 from .embedders import Embedder, Vectors
 from .models import Answer, Citation, Language, SearchHit
 from .text import is_chinese, sentence_spans
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 NOT_FOUND = {
     "zh": "知识库中没有找到相关内容。",
@@ -29,6 +33,7 @@ class _Candidate:
     text: str
     score: float
     coverage: float
+    dense: float
 
 
 class ExtractiveAnswerer:
@@ -36,24 +41,20 @@ class ExtractiveAnswerer:
 
     A sentence scores by how much of the question (idf-weighted terms) it covers and by
     its embedding similarity to the question, so that a sentence answering in other words
-    ("it does not depend on the batch size") can still win. `threshold` applies to the
-    answer's confidence (see `confidence`).
+    ("it does not depend on the batch size") can still win. The `judge` decides from the
+    evidence signals whether to answer at all.
     """
 
     def __init__(
         self,
         embedder: Embedder,
         max_sentences: int,
-        dense_floor: float,
-        dense_ceiling: float,
-        threshold: float,
+        judge: Judge,
         max_embedded_sentences: int = 16,
     ) -> None:
         self.embedder = embedder
         self.max_sentences = max_sentences
-        self.dense_floor = dense_floor
-        self.dense_ceiling = dense_ceiling
-        self.threshold = threshold
+        self.judge = judge
         self.max_embedded_sentences = max_embedded_sentences
 
     def answer(
@@ -67,23 +68,46 @@ class ExtractiveAnswerer:
         terms = list(dict.fromkeys(analyze(question)))
         candidates = self._candidates(terms, query_vector, hits, idf)
         best = max(candidates, key=lambda c: c.score, default=None)
-        confidence = self.confidence(hits, best.coverage if best else 0.0)
-        if best is None or confidence < self.threshold:
-            return self._not_found(question, language, hits, confidence)
+        signals = self.signals(question, terms, hits, candidates, best, idf)
+        confidence = self.judge.confidence(signals)
+        if best is None or confidence < self.judge.threshold:
+            return self._not_found(question, language, hits, confidence, signals)
         chosen = self._choose(candidates, best)
-        return self._compose(question, language, hits, chosen, confidence)
+        return self._compose(question, language, hits, chosen, confidence, signals)
 
-    def confidence(self, hits: Sequence[SearchHit], coverage: float) -> float:
-        """0..1: mean of the rescaled dense similarity of the best chunk and the question
-        coverage of the best sentence."""
-        if not hits:
-            return 0.0
-        dense = max(hit.scores.get("dense", 0.0) for hit in hits)
-        return 0.5 * self._rescale(dense) + 0.5 * coverage
-
-    def _rescale(self, similarity: float) -> float:
-        span = max(self.dense_ceiling - self.dense_floor, 1e-6)
-        return min(1.0, max(0.0, (similarity - self.dense_floor) / span))
+    def signals(
+        self,
+        question: str,
+        terms: list[str],
+        hits: Sequence[SearchHit],
+        candidates: Sequence[_Candidate],
+        best: _Candidate | None,
+        idf: dict[str, float],
+    ) -> dict[str, float]:
+        """The evidence measurements the answer/refuse decision is made from (see
+        `calibration.Judge`); returned with the answer so a refusal can be explained."""
+        if not hits or best is None:
+            return dict.fromkeys(SIGNALS, 0.0)
+        top = hits[0]
+        present = set(analyze(" ".join([top.title, *top.heading_path, top.text])))
+        weights = [idf.get(t, 0.0) for t in terms]
+        highest = max(weights, default=0.0) or 1.0
+        missing = [w for t, w in zip(terms, weights, strict=True) if t not in present]
+        numbers = _NUMBER.findall(question)
+        rerank = [hit.scores.get("rerank", 0.0) for hit in hits[:2]]
+        return {
+            "top_dense": self.judge.rescale(max(hit.scores.get("dense", 0.0) for hit in hits)),
+            "sentence_dense": self.judge.rescale(max(c.dense for c in candidates)),
+            "sentence_coverage": best.coverage,
+            "sentence_score": best.score,
+            "chunk_coverage": 1.0 - sum(missing) / (sum(weights) or 1.0),
+            "missing_term": max(missing, default=0.0) / highest,
+            "numbers_found": (
+                sum(1 for n in numbers if n in top.text) / len(numbers) if numbers else 1.0
+            ),
+            "rerank": rerank[0],
+            "rerank_margin": rerank[0] - rerank[1] if len(rerank) > 1 else 1.0,
+        }
 
     def _candidates(
         self,
@@ -108,8 +132,8 @@ class ExtractiveAnswerer:
             rank_weight = 1.0 / (1.0 + 0.15 * index)
             # slight preference for informative, not overly long sentences
             length_factor = 1.0 / (1.0 + max(0, len(sentence) - 200) / 400)
-            score = (0.5 * coverage + 0.5 * self._rescale(dense)) * rank_weight * length_factor
-            candidates.append(_Candidate(index, start, end, sentence, score, coverage))
+            score = (0.5 * coverage + 0.5 * self.judge.rescale(dense)) * rank_weight * length_factor
+            candidates.append(_Candidate(index, start, end, sentence, score, coverage, dense))
         return candidates
 
     def _similarities(
@@ -119,7 +143,7 @@ class ExtractiveAnswerer:
         sentence costs milliseconds); the others get the floor."""
         order = sorted(range(len(found)), key=lambda i: -found[i][4] / (1 + 0.15 * found[i][0]))
         chosen = order[: self.max_embedded_sentences]
-        similarity = [self.dense_floor] * len(found)
+        similarity = [self.judge.dense_floor] * len(found)
         if chosen:
             vectors = self.embedder.embed_passages([found[i][3] for i in chosen])
             for i, value in zip(chosen, vectors @ query_vector, strict=True):
@@ -153,6 +177,7 @@ class ExtractiveAnswerer:
         hits: Sequence[SearchHit],
         chosen: list[_Candidate],
         confidence: float,
+        signals: dict[str, float],
     ) -> Answer:
         numbers: dict[int, int] = {}
         citations: list[Citation] = []
@@ -176,10 +201,16 @@ class ExtractiveAnswerer:
             language=language,
             citations=citations,
             confidence=round(confidence, 4),
+            signals={name: round(value, 4) for name, value in signals.items()},
         )
 
     def _not_found(
-        self, question: str, language: Language, hits: Sequence[SearchHit], confidence: float
+        self,
+        question: str,
+        language: Language,
+        hits: Sequence[SearchHit],
+        confidence: float,
+        signals: dict[str, float],
     ) -> Answer:
         nearest = [Citation(n=i + 1, hit=hit) for i, hit in enumerate(hits[:3])]
         return Answer(
@@ -189,6 +220,7 @@ class ExtractiveAnswerer:
             language=language,
             citations=nearest,
             confidence=round(confidence, 4),
+            signals={name: round(value, 4) for name, value in signals.items()},
         )
 
 

@@ -68,10 +68,17 @@ def contextual_text(title: str, heading_path: list[str], text: str) -> str:
 
     The heading path (or the title) tells the models what a short passage is about.
     """
+    context = chunk_context(title, heading_path, text)
+    return f"{context}\n{text}" if context else text
+
+
+def chunk_context(title: str, heading_path: list[str], text: str) -> str:
+    """The context line `contextual_text` puts before a chunk ("" when there is none:
+    no headings and no title, or the chunk already starts with it)."""
     context = " > ".join(heading_path) or title
     if context and not text.lstrip("# ").startswith(context):
-        return f"{context}\n{text}"
-    return text
+        return context
+    return ""
 
 
 def _sections(text: str, headings: list[Heading], body_start: int) -> list[_Section]:

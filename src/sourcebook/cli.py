@@ -22,9 +22,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .chat import ChatSession
 from .embedders import EMBEDDERS
+from .generation import final_answer
 from .kb import KnowledgeBase
-from .models import Answer, SearchHit, SyncReport
+from .llm import LLMError
+from .models import Answer, AnswerEvent, AnswerMode, SearchHit, SyncReport
 from .settings import Settings
 from .store import Filters, StoreError
 
@@ -52,7 +55,7 @@ class CliError(Exception):
 def _errors_to_exit() -> Iterator[None]:
     try:
         yield
-    except (StoreError, CliError, ValueError, KeyError) as exc:
+    except (StoreError, CliError, LLMError, ValueError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         errors.print(f"[bold red]error:[/] {escape(str(message))}")
         raise typer.Exit(1) from None
@@ -208,6 +211,15 @@ AfterFilter = Annotated[
     datetime | None, typer.Option("--after", help="modified on/after (ISO date)")
 ]
 BeforeFilter = Annotated[datetime | None, typer.Option("--before", help="modified on/before")]
+ModeOption = Annotated[
+    AnswerMode | None,
+    typer.Option(
+        "--mode",
+        help="extractive: quote the sources; generate: a language model writes the answer "
+        "and every sentence is checked against its sources [env: SOURCEBOOK_ANSWER_MODE; "
+        "default: extractive]",
+    ),
+]
 
 
 @app.command()
@@ -246,15 +258,49 @@ def ask(
     tag: TagFilter = None,
     after: AfterFilter = None,
     before: BeforeFilter = None,
+    mode: ModeOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Answer from the knowledge base, citing a source after every sentence."""
     with _errors_to_exit(), _open(kb) as base:
-        answer = base.ask(question, _filters(path, tag, after, before))
-        if as_json:
-            _emit_json(answer)
-        else:
-            _print_answer(answer)
+        events = base.ask_stream(question, _filters(path, tag, after, before), mode)
+        _show_answer(events, as_json)
+
+
+@app.command()
+def chat(
+    kb: KbOption = None,
+    path: PathFilter = None,
+    tag: TagFilter = None,
+    after: AfterFilter = None,
+    before: BeforeFilter = None,
+    mode: ModeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Ask questions one per line (from the terminal or piped in); follow-ups such as
+    "那它的缺点呢？" are understood from the conversation. Ends at end of input."""
+    with _errors_to_exit(), _open(kb) as base:
+        session = ChatSession(base, mode, _filters(path, tag, after, before))
+        interactive = sys.stdin.isatty() and not as_json
+        while True:
+            if interactive:
+                console.print("[bold green]?[/] ", end="")
+            line = sys.stdin.readline()
+            if not line:
+                break
+            question = line.strip()
+            if not question:
+                continue
+            standalone = session.standalone(question)
+            if standalone != question and not as_json:
+                console.print(f"[dim]→ {escape(standalone)}[/]")
+            events = session.ask_stream(question, standalone)
+            if as_json:  # one line per turn
+                final_answer(events)
+                sys.stdout.write(session.history[-1].model_dump_json() + "\n")
+            else:
+                _show_answer(events, as_json=False)
+                console.print()
 
 
 @app.command()
@@ -325,6 +371,12 @@ def evaluate(
     model: Annotated[list[str] | None, typer.Option("--model", help="embedding models")] = None,
     limit: Annotated[int | None, typer.Option(help="at most this many queries")] = None,
     answers: Annotated[bool, typer.Option(help="also evaluate extractive answers")] = True,
+    answer_limit: Annotated[
+        int | None, typer.Option(help="evaluate answers on at most this many queries")
+    ] = None,
+    generate: Annotated[
+        bool, typer.Option(help="also evaluate generated answers (SOURCEBOOK_LLM_* model)")
+    ] = False,
     work: Annotated[Path, typer.Option(help="scratch folder")] = Path("benchmarks/work/eval"),
     output: Annotated[Path, typer.Option(help="JSON results")] = Path(
         "benchmarks/eval/results.json"
@@ -349,6 +401,8 @@ def evaluate(
             limit,
             answers,
             lambda message: console.print(f"[dim]{escape(message)}[/]"),
+            answer_limit,
+            generate,
         )
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2, ensure_ascii=False))
@@ -356,6 +410,34 @@ def evaluate(
         if chart is not None and chart != Path():  # --chart "" turns the chart off
             write_chart(results, chart)
             console.print(f"chart: {chart}")
+
+
+@app.command()
+def serve(
+    kb: KbOption = None,
+    host: Annotated[
+        str,
+        typer.Option(
+            help="address to listen on: loopback only (127.0.0.1, ::1, localhost) until "
+            "users and authentication arrive"
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8321,
+) -> None:
+    """Serve the HTTP API (/api, docs at /docs) and an OpenAI-compatible endpoint (/v1)."""
+    # imported here: the web stack is not needed by the other commands
+    from .server import check_host, run_server
+
+    with _errors_to_exit():
+        check_host(host)
+        with _open(kb) as base:
+            where = f"[{host}]" if ":" in host else host
+            console.print(
+                f"Serving [bold]{escape(str(base.path))}[/] at http://{where}:{port} "
+                f"(API docs: http://{where}:{port}/docs, OpenAI base URL: "
+                f"http://{where}:{port}/v1)"
+            )
+            run_server(base, host, port)
 
 
 # --- output helpers ----------------------------------------------------------------------
@@ -408,13 +490,45 @@ def _finish_report(report: SyncReport, as_json: bool) -> None:
         raise typer.Exit(2)
 
 
-def _print_answer(answer: Answer) -> None:
-    style = "bold" if answer.found else "bold yellow"
-    text = escape(answer.text)
-    for citation in answer.citations:
-        text = text.replace(f"\\[{citation.n}]", f"[bold cyan]\\[{citation.n}][/]")
-    console.print(f"[{style}]{text}[/]")
-    console.print()
+def _show_answer(events: Iterator[AnswerEvent], as_json: bool) -> None:
+    """Print a generated answer's text as it arrives, then the verified answer and its
+    sources; with --json only the final answer."""
+    streamed: list[str] = []
+    for event in events:
+        if event.answer is None:
+            if not as_json:
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+                streamed.append(event.text)
+            continue
+        if as_json:
+            _emit_json(event.answer)
+            return
+        if streamed:
+            sys.stdout.write("\n\n")
+        _print_answer(event.answer, "".join(streamed))
+
+
+def _print_answer(answer: Answer, streamed: str = "") -> None:
+    """The answer and its sources; after a streamed draft, what verification changed."""
+    verification = answer.verification
+    if streamed and verification is not None:
+        if verification.notice:
+            console.print(f"[yellow]{escape(verification.notice)}[/]")
+        for sentence in verification.sentences:
+            if not sentence.supported:
+                console.print(f"[dim]  removed: {escape(sentence.text)} ({sentence.reason})[/]")
+    if not streamed or " ".join(streamed.split()) != " ".join(answer.text.split()):
+        style = "bold" if answer.found else "bold yellow"
+        text = escape(answer.text)
+        for citation in answer.citations:
+            text = text.replace(f"\\[{citation.n}]", f"[bold cyan]\\[{citation.n}][/]")
+        if streamed and answer.found:
+            console.print("[bold]Verified answer[/]")
+        console.print(f"[{style}]{text}[/]")
+        console.print()
+    if answer.cached:
+        console.print("[dim](from the answer cache)[/]")
     if answer.citations:
         header = (
             "Sources"

@@ -172,6 +172,46 @@ def evaluate_answers(
     }
 
 
+def evaluate_generation(kb: KnowledgeBase, queries: Sequence[EvalQuery]) -> dict[str, Any]:
+    """Generated answers (settings' language model) through `ask(mode="generate")`: how
+    much of what the model wrote its citations support, and what verification did. Works
+    on any dataset (no gold answers needed); contains-gold is added where there are some."""
+    drafts = supported = invalid = bad_numbers = fell_back = refused = contained = 0
+    with_gold = 0
+    latencies: list[float] = []
+    for query in queries:
+        started = time.perf_counter()
+        answer = kb.ask(query.text, mode="generate")
+        latencies.append((time.perf_counter() - started) * 1000)
+        numbers = {c.n for c in answer.citations}
+        bad_numbers += sum(1 for n in _cited_numbers(answer.text) if n not in numbers)
+        refused += not answer.found
+        if query.answers and answer.found:
+            with_gold += 1
+            contained += contains_answer(_strip_citations(answer.text), query.answers)
+        check = answer.verification
+        if check is None:  # refused before the model was asked
+            continue
+        drafts += len(check.sentences)
+        supported += sum(s.supported for s in check.sentences)
+        invalid += len(check.invalid_citations)
+        fell_back += check.fell_back
+    count = max(1, len(queries))
+    return {
+        "questions": len(queries),
+        "model": kb.llm.name,
+        "generated_sentences": drafts,
+        "supported_sentence_share": round(supported / max(1, drafts), 4),
+        "invalid_citations_in_drafts": invalid,
+        "citations_to_missing_sources": bad_numbers,  # after verification: must be 0
+        "fell_back_to_extractive": round(fell_back / count, 4),
+        "refused": round(refused / count, 4),
+        "answer_contains_gold": round(contained / max(1, with_gold), 4) if with_gold else None,
+        "ask_p50_ms": round(percentile(latencies, 0.5), 1),
+        "ask_p95_ms": round(percentile(latencies, 0.95), 1),
+    }
+
+
 def _cited_numbers(text: str) -> list[int]:
     return [int(n) for n in re.findall(r"\[(\d+)\]", text)]
 
@@ -189,8 +229,12 @@ def run_eval(
     limit: int | None = None,
     answers: bool = True,
     progress: Progress | None = None,
+    answer_limit: int | None = None,
+    generate: bool = False,
 ) -> dict[str, Any]:
-    """Every configuration on every dataset; answers with the first model's defaults."""
+    """Every configuration on every dataset; answers with the first model's defaults, on
+    the first `answer_limit` queries (each is asked twice, with and without its paragraph);
+    `generate` adds generated answers (the configured language model) on those queries."""
     results: dict[str, Any] = {
         "split": split,
         "settings": settings.model_dump(
@@ -218,7 +262,9 @@ def run_eval(
                 label = config_name if config_name == "bm25" else f"{config_name} ({model})"
                 entry["retrieval"][label] = row
             if index == 0 and answers and any(q.answers for q in queries):
-                entry["answers"] = evaluate_answers(kb, queries)
+                entry["answers"] = evaluate_answers(kb, queries[:answer_limit])
+            if index == 0 and generate:
+                entry["generated_answers"] = evaluate_generation(kb, queries[:answer_limit])
             kb.close()
         results["datasets"][dataset.name] = entry
     return results
@@ -238,9 +284,10 @@ def summarize(results: dict[str, Any]) -> str:
         ]
         for config, row in rows.items():
             lines.append(f"| {config} | " + " | ".join(str(row[m]) for m in metrics) + " |")
-        if "answers" in entry:
-            lines += ["", "| answer metric | value |", "|---|---|"]
-            lines += [f"| {k} | {v} |" for k, v in entry["answers"].items()]
+        for key, title in (("answers", "answer metric"), ("generated_answers", "generated")):
+            if key in entry:
+                lines += ["", f"| {title} | value |", "|---|---|"]
+                lines += [f"| {k} | {v} |" for k, v in entry[key].items()]
         lines.append("")
     return "\n".join(lines)
 

@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 from .analyzer import analyze
 from .answerer import ExtractiveAnswerer
-from .calibration import calibration_for
+from .calibration import judge_for
 from .chunker import contextual_text
 from .embedders import EMBEDDERS, Embedder, Vectors, get_embedder
+from .generation import PROMPT_VERSION, GroundedGenerator, Verifier, final_answer
 from .ingest import Ingestor, ProgressCallback, Source
-from .models import Answer, DocumentInfo, SearchHit, Status, SyncReport
+from .llm import LLM, create_llm
+from .models import (
+    Answer,
+    AnswerEvent,
+    AnswerMode,
+    DocumentInfo,
+    SearchHit,
+    Status,
+    SyncReport,
+)
 from .rerank import Reranker, idf_weights, load_reranker
 from .retriever import HybridRetriever
 from .settings import DEFAULT_EMBEDDER, Settings
-from .store import EmbeddedStore, Filters, StoreError
+from .store import EmbeddedStore, Filters, StoreError, text_hash
+from .text import normalize
+
+SyncState = Literal["indexed", "changed", "missing"]
 
 
 class KnowledgeBase:
@@ -33,11 +49,13 @@ class KnowledgeBase:
         settings: Settings | None = None,
         create: bool = False,
         embedder: Embedder | None = None,
+        llm: LLM | None = None,
     ) -> None:
         """Open the knowledge base in `path` (default: settings.kb).
 
         `embedder` replaces the registered model of the same name (benchmarks and tests
         use it to supply precomputed vectors); its `name` must match the store's model.
+        `llm` replaces the language model the settings configure (generate mode).
         """
         self.settings = settings or Settings()
         self.path = Path(path) if path is not None else self.settings.kb
@@ -61,6 +79,7 @@ class KnowledgeBase:
         self._reranker: Reranker | None = None
         self._query_vectors: dict[str, Vectors] = {}
         self._reranker_for: str | None = None
+        self._llm = llm
 
     @classmethod
     def create(
@@ -74,6 +93,13 @@ class KnowledgeBase:
         if self._embedder is None:
             self._embedder = get_embedder(self.store.embedder_name, self.settings.threads)
         return self._embedder
+
+    @property
+    def llm(self) -> LLM:
+        """The language model of the generate mode (`SOURCEBOOK_LLM_*`), made on first use."""
+        if self._llm is None:
+            self._llm = create_llm(self.settings)
+        return self._llm
 
     # --- writing -------------------------------------------------------------------------
 
@@ -97,7 +123,9 @@ class KnowledgeBase:
             for source in sources:
                 if source.root.exists():
                     self.store.add_source(str(source.root), include, exclude)
-            return self._ingestor().run(sources, prune=True, progress=progress)
+            report = self._ingestor().run(sources, prune=True, progress=progress)
+            report.cached_answers_purged = self.store.purge_cached_answers()
+            return report
 
     def sync(self, progress: ProgressCallback | None = None) -> SyncReport:
         """Re-read every source: new and changed files are indexed, deleted ones removed."""
@@ -118,6 +146,7 @@ class KnowledgeBase:
                             self.store.remove_document(document.path)
                             report.removed += 1
                             report.chunks_removed += document.chunks
+            report.cached_answers_purged = self.store.purge_cached_answers()
             return report
 
     def remove(self, paths: Sequence[str | Path]) -> list[str]:
@@ -132,6 +161,7 @@ class KnowledgeBase:
                     if document.path == target or document.path.startswith(prefix):
                         self.store.remove_document(document.path)
                         removed.append(document.path)
+            self.store.purge_cached_answers()
         return removed
 
     def reindex(self, model: str | None = None) -> int:
@@ -170,25 +200,112 @@ class KnowledgeBase:
         vector = self._query_vector(query) if self.settings.retrieval != "bm25" else None
         return self._retriever().retrieve(query, limit, filters, vector)
 
-    def ask(self, question: str, filters: Filters | None = None) -> Answer:
-        """An extractive answer with [n] citations, or an explicit "not found"."""
+    def ask(
+        self, question: str, filters: Filters | None = None, mode: AnswerMode | None = None
+    ) -> Answer:
+        """An answer with [n] citations, or an explicit "not found".
+
+        `mode` (default: settings.answer_mode): "extractive" quotes evidence sentences;
+        "generate" has the configured language model write the answer and verifies it
+        (see `ask_stream`).
+        """
+        if self._mode(mode) == "generate":
+            return final_answer(self.ask_stream(question, filters, "generate"))
+        hits, query_vector = self._evidence(question, filters)
+        return self._extractive(question, query_vector, hits)
+
+    def ask_stream(
+        self, question: str, filters: Filters | None = None, mode: AnswerMode | None = None
+    ) -> Iterator[AnswerEvent]:
+        """The answer as events: in generate mode the model's text as it is produced
+        ("token"), then the verified answer ("answer"); otherwise only the answer.
+
+        A generated answer is cached (settings.answer_cache) under the question, the
+        evidence chunks and their documents' versions, the model and the answer settings;
+        a cached answer comes as the answer event alone, with `cached` set.
+        """
+        generate = self._mode(mode) == "generate"
+        hits, query_vector = self._evidence(question, filters)
+        if not generate:
+            yield AnswerEvent(type="answer", answer=self._extractive(question, query_vector, hits))
+            return
+        key, content_hashes = self._answer_key(question, hits)
+        if self.settings.answer_cache:
+            cached = self.store.cached_answer(key)
+            if cached is not None:
+                answer = Answer.model_validate_json(cached).model_copy(update={"cached": True})
+                yield AnswerEvent(type="answer", answer=answer)
+                return
+        fallback = self._extractive(question, query_vector, hits)
+        generator = GroundedGenerator(
+            self.llm,
+            Verifier(self.embedder, self._idf, judge_for(self.store.embedder_name, False).rescale),
+            self.settings.llm_context_tokens,
+            self.settings.llm_max_tokens,
+            self.settings.llm_temperature,
+        )
+        for event in generator.stream(question, hits, fallback):
+            if event.answer is not None and self.settings.answer_cache:
+                self.store.put_cached_answer(key, event.answer.model_dump_json(), content_hashes)
+            yield event
+
+    def _mode(self, mode: AnswerMode | None) -> AnswerMode:
+        chosen = mode or self.settings.answer_mode
+        if chosen not in ("extractive", "generate"):
+            raise ValueError(f"unknown answer mode {chosen!r}; use 'extractive' or 'generate'")
+        return chosen
+
+    def _evidence(self, question: str, filters: Filters | None) -> tuple[list[SearchHit], Vectors]:
         if not question.strip():
             raise ValueError("the question is empty")
         query_vector = self._query_vector(question)
         hits = self._retriever().retrieve(
             question, self.settings.evidence_chunks, filters, query_vector
         )
+        return hits, query_vector
+
+    def _extractive(self, question: str, query_vector: Vectors, hits: list[SearchHit]) -> Answer:
         total, frequencies = self.store.keyword_statistics(analyze(question))
-        calibration = calibration_for(self.store.embedder_name)
-        threshold = self.settings.min_confidence
+        # the trained judge reads the built-in reranker's score; other rerankers get the rule
+        trained = self.settings.trained_judge and self.settings.reranker == "learned"
+        judge = judge_for(self.store.embedder_name, trained)
         answerer = ExtractiveAnswerer(
             self.embedder,
             self.settings.max_sentences,
-            calibration.dense_floor,
-            calibration.dense_ceiling,
-            calibration.threshold if threshold is None else threshold,
+            judge.with_threshold(self.settings.min_confidence),
         )
         return answerer.answer(question, query_vector, hits, idf_weights(total, frequencies))
+
+    def _idf(self, terms: Sequence[str]) -> dict[str, float]:
+        return idf_weights(*self.store.keyword_statistics(terms))
+
+    def _answer_key(self, question: str, hits: Sequence[SearchHit]) -> tuple[str, list[str]]:
+        """The answer-cache key, and the content hashes of the evidence documents (an
+        edited or removed document changes its hash: a miss, and `sync` purges the row)."""
+        documents = {hit.path: self.store.document(hit.path) for hit in hits}
+        content_hashes = [d.content_hash for d in documents.values() if d is not None]
+        s = self.settings
+        identity = {
+            "prompt": PROMPT_VERSION,
+            "question": " ".join(normalize(question).casefold().split()),
+            "evidence": [
+                [hit.chunk_id, d.content_hash if (d := documents[hit.path]) else None]
+                for hit in hits
+            ],
+            "mode": "generate",
+            "model": self.llm.name,
+            "embedder": self.store.embedder_name,
+            "settings": [
+                s.llm_context_tokens,
+                s.llm_max_tokens,
+                s.llm_temperature,
+                s.max_sentences,
+                s.min_confidence,
+                s.trained_judge,
+                s.reranker,
+            ],
+        }
+        return text_hash(json.dumps(identity, ensure_ascii=False, sort_keys=True)), content_hashes
 
     def _query_vector(self, text: str) -> Vectors:
         """Query embeddings, remembered for repeated questions (a chat asks follow-ups,
@@ -208,7 +325,7 @@ class KnowledgeBase:
     def reranker(self) -> Reranker | None:
         """The configured reranker, loaded once per setting."""
         if self._reranker_for != self.settings.reranker:
-            self._reranker = load_reranker(self.settings.reranker)
+            self._reranker = load_reranker(self.settings.reranker, self.settings.threads)
             self._reranker_for = self.settings.reranker
         return self._reranker
 
@@ -229,6 +346,48 @@ class KnowledgeBase:
         start = max(1, line_start or 1)
         end = min(len(lines), line_end or len(lines))
         return "\n".join(lines[start - 1 : end])
+
+    def document_by_id(self, doc_id: int) -> DocumentInfo | None:
+        """The indexed document with this id; re-indexing a changed file gives it a new id."""
+        return next((d for d in self.store.documents() if d.id == doc_id), None)
+
+    def sync_state(self, document: DocumentInfo) -> SyncState:
+        """Whether a document's file still holds what was indexed: "indexed" (yes),
+        "changed" (`sync` would re-index it) or "missing" (`sync` would remove it).
+        Only a file whose size or time differs is read, to compare its content hash."""
+        try:
+            stat = Path(document.path).stat()
+            # `modified` went through a datetime: microseconds, not the file system's ns
+            same_time = abs(stat.st_mtime - document.modified.timestamp()) < 1e-3
+            if stat.st_size == document.size and same_time:
+                return "indexed"
+            data = Path(document.path).read_bytes()
+        except OSError:
+            return "missing"
+        digest = hashlib.blake2b(data, digest_size=16).hexdigest()  # as the ingestor hashes
+        return "indexed" if digest == document.content_hash else "changed"
+
+    def resync(self, path: str | Path) -> SyncReport:
+        """Re-read one indexed document: re-indexed if its file changed, removed if the
+        file is gone. Unlike `add`, this does not make the file a source of its own."""
+        key = Path(path).expanduser().resolve()
+        document = self.store.document(str(key))
+        if document is None:
+            raise KeyError(f"{path} is not in the knowledge base")
+        with self.store.writing():
+            if key.is_file():
+                report = self._ingestor().run([Source(key)], prune=False)
+            else:
+                self.store.remove_document(document.path)
+                report = SyncReport(removed=1, chunks_removed=document.chunks)
+            report.cached_answers_purged = self.store.purge_cached_answers()
+            return report
+
+    @property
+    def can_generate(self) -> bool:
+        """Whether a language model is configured for generate mode (without loading it)."""
+        s = self.settings
+        return self._llm is not None or s.llm_backend == "openai" or s.llm_gguf is not None
 
     def status(self) -> Status:
         documents, chunks = self.store.counts()

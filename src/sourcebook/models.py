@@ -81,6 +81,9 @@ class SearchHit(BaseModel):
     score: float
     ranks: dict[str, int] = Field(default_factory=dict)
     scores: dict[str, float] = Field(default_factory=dict)
+    # the keyword tokens of the chunk as indexed (context line first, see
+    # chunker.contextual_text); internal, so that the reranker need not re-analyse the text
+    index_tokens: list[str] = Field(default_factory=list, exclude=True, repr=False)
 
     @property
     def location(self) -> str:
@@ -101,16 +104,80 @@ class Citation(BaseModel):
 
 
 Language = Literal["zh", "en"]
+AnswerMode = Literal["extractive", "generate"]
+
+
+class SentenceSupport(BaseModel):
+    """How one sentence of a generated answer was checked against the sources it cites.
+
+    `citations` are the numbers as the model wrote them. `lexical` is the idf-weighted
+    share of the sentence's terms found in the cited evidence, `embedding` the best cosine
+    between the sentence and a cited chunk. `reason` says why an unsupported sentence
+    was removed.
+    """
+
+    text: str
+    citations: list[int] = Field(default_factory=list)
+    lexical: float = 0.0
+    embedding: float = 0.0
+    supported: bool
+    reason: str | None = None
+
+
+class Verification(BaseModel):
+    """What checking a generated answer found and did.
+
+    `fell_back`: nothing the model wrote could be verified, so the answer's text is the
+    extractive answer; `notice` explains this (or the removals) in the question's language.
+    """
+
+    model: str
+    draft: str  # the model's reply before verification
+    sentences: list[SentenceSupport] = Field(default_factory=list)
+    invalid_citations: list[int] = Field(default_factory=list)
+    removed: list[str] = Field(default_factory=list)
+    fell_back: bool = False
+    notice: str | None = None
 
 
 class Answer(BaseModel):
+    """An answer with numbered sources; every [n] in `text` is one of `citations`.
+
+    `mode` is the answer mode asked for. In "generate" mode `verification` records how the
+    model's reply was checked; it is None when the model was not asked because retrieval
+    found no sufficient evidence (the answer is then "not found"). `cached` is True when
+    the answer came from the answer cache.
+    """
+
     question: str
     text: str
-    mode: Literal["extractive"] = "extractive"
+    mode: AnswerMode = "extractive"
     found: bool
     language: Language
     citations: list[Citation]
     confidence: float
+    verification: Verification | None = None
+    cached: bool = False
+
+
+class AnswerEvent(BaseModel):
+    """One event of a streamed answer: a piece of the model's reply as it is produced
+    ("token"), then exactly one final "answer" carrying the verified `Answer`."""
+
+    type: Literal["token", "answer"]
+    text: str = ""
+    answer: Answer | None = None
+
+
+class ChatTurn(BaseModel):
+    """One exchange of a chat: the question as typed, the standalone question that was
+    searched for (follow-ups are rewritten), and the answer."""
+
+    question: str
+    standalone: str
+    answer: Answer
+    # the evidence measurements behind `confidence` (see calibration.SIGNALS)
+    signals: dict[str, float] = Field(default_factory=dict)
 
 
 class FileIssue(BaseModel):
@@ -128,6 +195,7 @@ class SyncReport(BaseModel):
     chunks_added: int = 0
     chunks_removed: int = 0
     chunks_embedded: int = 0
+    cached_answers_purged: int = 0  # generated answers built from changed or removed files
     seconds: float = 0.0
 
 

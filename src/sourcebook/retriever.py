@@ -89,10 +89,13 @@ class HybridRetriever:
             fused = reciprocal_rank_fusion(ranked, settings.rrf_k, weights)
         if self._reranker is None:
             return self._hydrate(fused[: limit * 2], ranked)[:limit]
-        depth = max(limit, settings.rerank_depth)
-        hits = self._hydrate(fused[: depth + limit], ranked)[:depth]
+        # the reranker re-orders the best `rerank_depth` fused candidates; any further
+        # results a long list asks for follow in fused order
+        depth = settings.rerank_depth
+        hits = self._hydrate(fused[: max(depth, limit) + limit], ranked)[: max(depth, limit)]
         total, frequencies = self._store.keyword_statistics(analyze(query))
-        return self._reranker.rerank(query, hits, idf_weights(total, frequencies))[:limit]
+        head = self._reranker.rerank(query, hits[:depth], idf_weights(total, frequencies))
+        return (head + hits[depth:])[:limit]
 
     def _hydrate(self, fused: Sequence[tuple[int, float]], ranked: RankedLists) -> list[SearchHit]:
         rows = self._store.hits([chunk_id for chunk_id, _ in fused])
@@ -101,15 +104,13 @@ class HybridRetriever:
             for name, items in ranked.lists.items()
         }
         hits: list[SearchHit] = []
-        kept_shingles: list[set[str]] = []
+        seen = NearDuplicates()
         for chunk_id, score in fused:
             hit = rows.get(chunk_id)
             if hit is None:  # deleted since the index was written
                 continue
-            shingles = _shingles(hit.text)
-            if any(_overlap(shingles, other) >= NEAR_DUPLICATE for other in kept_shingles):
+            if not seen.add(hit.index_tokens or analyze(hit.text)):
                 continue  # a copy of a passage already listed (copied note, heavy overlap)
-            kept_shingles.append(shingles)
             hit.score = score
             for name, found in positions.items():
                 if chunk_id in found:
@@ -118,14 +119,39 @@ class HybridRetriever:
         return hits
 
 
-NEAR_DUPLICATE = 0.8  # share of the smaller passage's shingles found in the other
+class NearDuplicates:
+    """Recognises passages that are mostly contained in one already seen.
 
+    A passage is a set of hashed token trigrams, sampled (hash mod 4 = 0, a standard
+    unbiased sketch of set containment) so long passages stay cheap; an inverted index from
+    trigram to the passages holding it finds the overlapping ones without comparing every
+    pair (pairwise comparison cost tens of milliseconds for 60 long candidates).
+    """
 
-def _shingles(text: str) -> set[str]:
-    """Character 4-grams of the text without whitespace: language-independent."""
-    flat = "".join(text.split())
-    return {flat[i : i + 4] for i in range(max(1, len(flat) - 3))}
+    THRESHOLD = 0.8  # share of the smaller passage's trigrams found in the other
 
+    def __init__(self) -> None:
+        self._postings: dict[int, list[int]] = {}
+        self._sizes: list[int] = []
 
-def _overlap(a: set[str], b: set[str]) -> float:
-    return len(a & b) / max(1, min(len(a), len(b)))
+    def add(self, tokens: Sequence[str]) -> bool:
+        """Remember the passage and return True, or return False for a near-duplicate."""
+        grams = (
+            zip(tokens, tokens[1:], tokens[2:], strict=False)
+            if len(tokens) >= 3
+            else [tuple(tokens)]
+        )
+        hashes = {hash(gram) for gram in grams}
+        sketch = {h for h in hashes if h & 3 == 0} or hashes
+        shared: dict[int, int] = {}
+        for h in sketch:
+            for other in self._postings.get(h, ()):
+                shared[other] = shared.get(other, 0) + 1
+        for other, count in shared.items():
+            if count >= self.THRESHOLD * min(len(sketch), self._sizes[other]):
+                return False
+        index = len(self._sizes)
+        self._sizes.append(len(sketch))
+        for h in sketch:
+            self._postings.setdefault(h, []).append(index)
+        return True

@@ -43,7 +43,11 @@ class Settings(BaseSettings):
     keyword_weight: float = Field(1.0, ge=0)
     dense_weight: float = Field(1.0, ge=0)
     exact_vector_search_below: int = Field(20_000, ge=0)
-    reranker: str = Field("learned", description="'learned' (built-in, the default) or 'none'")
+    reranker: str = Field(
+        "learned",
+        description="'learned' (built-in, the default), 'none', or the folder of a "
+        "cross-encoder exported to ONNX (docs/reranking.md)",
+    )
     rerank_depth: int = Field(30, ge=1, description="fused candidates the reranker re-orders")
 
     # answers
@@ -52,3 +56,31 @@ class Settings(BaseSettings):
     min_confidence: float | None = Field(
         None, description="refusal threshold; default: the calibrated value of the model"
     )
+    trained_judge: bool = Field(
+        True, description="decide answer/refuse with the trained judge (False: a simple rule)"
+    )
+
+    # generated answers (answer_mode="generate"); the extractive answer stays the default
+    # and the fallback when a generated answer fails verification
+    answer_mode: Literal["extractive", "generate"] = "extractive"
+    llm_backend: Literal["llama-cpp", "openai"] = Field(
+        "llama-cpp", description="'llama-cpp' (a GGUF file, in-process) or 'openai' (an endpoint)"
+    )
+    llm_gguf: Path | None = Field(None, description="GGUF model file for the llama-cpp backend")
+    llm_base_url: str = Field(
+        "http://127.0.0.1:8080/v1", description="OpenAI-compatible endpoint (ending in /v1)"
+    )
+    llm_model: str | None = Field(
+        None, description="model name at the endpoint (default: its only model)"
+    )
+    llm_api_key_env: str = Field(
+        "OPENAI_API_KEY", description="environment variable holding the endpoint's API key"
+    )
+    llm_context_tokens: int = Field(1536, ge=128, description="token budget for the evidence")
+    llm_max_tokens: int = Field(256, ge=1, description="longest generated answer, in tokens")
+    llm_temperature: float = Field(0.0, ge=0.0, le=2.0)
+    # one thread is often faster than two when another process is busy (RESOURCES.md)
+    llm_threads: int = Field(1, ge=1, description="CPU threads for llama.cpp")
+    llm_timeout: float = Field(120.0, gt=0, description="seconds to wait for the endpoint")
+    llm_retries: int = Field(3, ge=0, le=10, description="retries on connect errors, 429, 5xx")
+    answer_cache: bool = Field(True, description="cache generated answers in the store")

@@ -151,6 +151,10 @@ CREATE TABLE IF NOT EXISTS vectors (text_hash TEXT PRIMARY KEY, vector BLOB NOT 
 CREATE TABLE IF NOT EXISTS change_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, chunk_id INTEGER NOT NULL, op TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS answer_cache (
+    key TEXT PRIMARY KEY, answer TEXT NOT NULL, content_hashes TEXT NOT NULL,
+    created REAL NOT NULL
+);
 """
 
 
@@ -570,7 +574,7 @@ class EmbeddedStore:
             marks = ",".join("?" * len(batch))
             rows = self._db.execute(
                 "SELECT c.id, c.doc_id, d.path, d.title, d.kind, c.heading_path, c.line_start,"
-                " c.line_end, c.page_start, c.page_end, c.text FROM chunks c"
+                " c.line_end, c.page_start, c.page_end, c.text, c.tokens FROM chunks c"
                 f" JOIN documents d ON d.id = c.doc_id WHERE c.id IN ({marks})",
                 batch,
             )
@@ -588,8 +592,38 @@ class EmbeddedStore:
                     page_end=row[9],
                     text=row[10],
                     score=0.0,
+                    index_tokens=row[11].split(" ") if row[11] else [],
                 )
         return found
+
+    # --- answer cache --------------------------------------------------------------------
+
+    def cached_answer(self, key: str) -> str | None:
+        """A cached answer (JSON) by its key; the caller builds keys that change whenever
+        the evidence or the answer settings do."""
+        row = self._db.execute("SELECT answer FROM answer_cache WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def put_cached_answer(self, key: str, answer: str, content_hashes: Sequence[str]) -> None:
+        """Remember an answer with the content hashes of the documents it was built from."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO answer_cache VALUES (?, ?, ?, ?)",
+                (key, answer, json.dumps(sorted(set(content_hashes))), time.time()),
+            )
+
+    def purge_cached_answers(self) -> int:
+        """Drop cached answers built from a document version that is no longer indexed
+        (the document changed or was removed); returns how many."""
+        current = {row[0] for row in self._db.execute("SELECT content_hash FROM documents")}
+        stale = [
+            key
+            for key, hashes in self._db.execute("SELECT key, content_hashes FROM answer_cache")
+            if not set(json.loads(hashes)) <= current
+        ]
+        with self._transaction():
+            self._db.executemany("DELETE FROM answer_cache WHERE key = ?", ((k,) for k in stale))
+        return len(stale)
 
     # --- status --------------------------------------------------------------------------
 

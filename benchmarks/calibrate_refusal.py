@@ -1,0 +1,121 @@
+"""Calibrate the answer-or-refuse decision (src/sourcebook/data/answerability.json).
+
+For CMRC 2018 questions of the *tuning* split, `KnowledgeBase.ask` runs twice: with the
+question's own paragraph indexed (answerable) and with it excluded from retrieval
+(unanswerable: the rest of the article is still there, which makes this hard). The
+evidence signals of each answer (calibration.SIGNALS) are labelled 1/0 and a logistic
+judge is fit; the threshold is the one that refuses the most unanswerable questions while
+refusing at most `--max-answerable-refusals` of the answerable ones on the tuning split.
+The held-out *test* split is then measured once with the chosen judge and reported; it is
+not used for any choice.
+
+    python benchmarks/calibrate_refusal.py [--tune-limit 400] [--test-limit 400]
+
+Signals are cached in benchmarks/work/refusal/ so that refitting is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sourcebook.calibration import SIGNALS, Judge, fit_judge, judge_for
+from sourcebook.datasets import EvalQuery, load_named
+from sourcebook.evaluation import build_kb
+from sourcebook.kb import KnowledgeBase
+from sourcebook.settings import DEFAULT_EMBEDDER, Settings
+from sourcebook.store import Filters
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT = ROOT / "src" / "sourcebook" / "data" / "answerability.json"
+
+
+def signals(kb: KnowledgeBase, queries: list[EvalQuery], cache: Path) -> list[dict[str, float]]:
+    """One row per (question, condition): the signals and label 1 answerable / 0 not."""
+    rows: dict[str, dict[str, float]] = {}
+    if cache.exists():
+        rows = {r["key"]: r for r in map(json.loads, cache.read_text().splitlines())}
+    with cache.open("a", encoding="utf-8") as out:
+        for number, query in enumerate(queries):
+            own = next(iter(query.relevant))
+            for label, filters in ((1, None), (0, Filters(exclude_glob=f"*/{own}.md"))):
+                key = f"{query.id}:{label}"
+                if key in rows:
+                    continue
+                answer = kb.ask(query.text, filters)
+                rows[key] = {"key": key, "label": label, **answer.signals}
+                out.write(json.dumps(rows[key], ensure_ascii=False) + "\n")
+                out.flush()
+            if number % 50 == 0:
+                print(f"  {cache.stem}: {number}/{len(queries)}", flush=True)
+    wanted = {f"{q.id}:{label}" for q in queries for label in (0, 1)}
+    return [row for key, row in rows.items() if key in wanted]
+
+
+def rates(judge: Judge, rows: list[dict[str, float]]) -> tuple[float, float]:
+    """(share of answerable refused, share of unanswerable refused)."""
+    refused = [(judge.confidence(r) < judge.threshold, r["label"]) for r in rows]
+    answerable = [r for r, label in refused if label == 1]
+    unanswerable = [r for r, label in refused if label == 0]
+    return sum(answerable) / len(answerable), sum(unanswerable) / len(unanswerable)
+
+
+def choose_threshold(judge: Judge, rows: list[dict[str, float]], max_refused: float) -> Judge:
+    positives = sorted(judge.confidence(r) for r in rows if r["label"] == 1)
+    allowed = int(max_refused * len(positives))  # answerable questions we may refuse
+    return judge.with_threshold(positives[allowed] if allowed < len(positives) else 1.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "eval")
+    parser.add_argument("--tune-limit", type=int, default=400)
+    parser.add_argument("--test-limit", type=int, default=400)
+    parser.add_argument("--max-answerable-refusals", type=float, default=0.03)
+    args = parser.parse_args()
+
+    dataset = load_named("cmrc2018")
+    settings = Settings(embedder=DEFAULT_EMBEDDER, trained_judge=False)
+    kb = build_kb(dataset, settings, args.work, print)
+    cache = ROOT / "benchmarks" / "work" / "refusal"
+    cache.mkdir(parents=True, exist_ok=True)
+    tune = signals(kb, dataset.split("tune")[: args.tune_limit], cache / "tune.jsonl")
+    rule = judge_for(DEFAULT_EMBEDDER, trained=False)
+    fitted = fit_judge(rule, [[r[s] for s in SIGNALS] for r in tune], [r["label"] for r in tune])
+    judge = choose_threshold(fitted, tune, args.max_answerable_refusals)
+    test = signals(kb, dataset.split("test")[: args.test_limit], cache / "test.jsonl")
+    kb.close()
+
+    weights = zip(SIGNALS, judge.weights, strict=True)
+    print("signal weights: " + ", ".join(f"{s} {w:+.2f}" for s, w in weights))
+    print(f"threshold {judge.threshold:.3f}")
+    print("                          refused: answerable  unanswerable")
+    for name, candidate, rows in (
+        ("rule (before), tune", rule, tune),
+        ("rule (before), test", rule, test),
+        ("trained judge, tune", judge, tune),
+        ("trained judge, test", judge, test),
+    ):
+        answerable, unanswerable = rates(candidate, rows)
+        print(f"  {name:24s} {answerable:9.1%}  {unanswerable:12.1%}   n={len(rows) // 2}")
+
+    entry = {
+        "signals": list(SIGNALS),
+        "dense_floor": judge.dense_floor,
+        "dense_ceiling": judge.dense_ceiling,
+        "threshold": round(judge.threshold, 6),
+        "weights": [round(w, 6) for w in judge.weights],
+        "bias": round(judge.bias, 6),
+        "mean": [round(m, 6) for m in judge.mean],
+        "scale": [round(s, 6) for s in judge.scale],
+        "trained_on": f"cmrc2018 tune split, {len(tune) // 2} questions x 2 conditions",
+    }
+    existing = json.loads(OUTPUT.read_text()) if OUTPUT.exists() else {}
+    existing[DEFAULT_EMBEDDER] = entry
+    OUTPUT.write_text(json.dumps(existing, indent=1) + "\n")
+    print(f"wrote {OUTPUT.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,887 @@
+"""`sourcebook serve`: the HTTP API (REST under /api) and an OpenAI-compatible endpoint
+(/v1), both working only through `KnowledgeBase`.
+
+Concurrency. FastAPI runs these (synchronous) routes on a thread pool, so one
+`KnowledgeBase` is used from several threads. Reads share it: the store's SQLite
+connection is opened with `check_same_thread=False` in serialised mode, and 180
+concurrent search + ask calls from 2, 4 and 8 threads gave the same results as
+sequential ones, without errors. Writes (upload, delete, re-sync) are exclusive, also
+against reads: while a document is written, the shared connection is inside the
+writer's transaction (a reader on it would see half a document) and the vector index
+is swapped and modified in place. `ReadWriteLock` does both; a streamed answer holds
+the read lock until its last event.
+
+Every request has a `Caller`. Until users and access control arrive it is always the
+local user, and the server only listens on a loopback address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import Receive, Scope, Send
+
+from . import __version__
+from .chat import ChatSession
+from .converters import kind_of
+from .kb import KnowledgeBase, SyncState
+from .llm import LLMError
+from .models import (
+    Answer,
+    AnswerEvent,
+    AnswerMode,
+    Citation,
+    DocumentInfo,
+    SearchHit,
+    Status,
+    SyncReport,
+)
+from .store import Filters, StoreError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8321
+UPLOADS = "uploads"  # folder inside the knowledge base folder that receives uploads
+MODEL = "sourcebook"  # the extractive answers
+GENERATE_MODEL = "sourcebook-generate"  # generated, verified answers (when an LLM is set)
+# earlier user turns of an OpenAI chat replayed to understand a follow-up; the condenser
+# looks no further back than the last few turns anyway
+HISTORY_TURNS = 3
+
+
+def check_host(host: str) -> None:
+    """Refuse an address other machines could reach: there is no authentication yet."""
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(
+            f"refusing to listen on {host}: the API has no authentication yet (users and "
+            "access control come later), so it only listens on a loopback address "
+            "(127.0.0.1, ::1, localhost); reach it from elsewhere through an SSH tunnel"
+        )
+
+
+# --- who is asking ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who makes a request. Users and access control will derive it from credentials;
+    for now it is always the local user, who may do everything."""
+
+    name: str
+    can_write: bool
+
+
+LOCAL_USER = Caller(name="local", can_write=True)
+
+
+def current_caller(request: Request) -> Caller:
+    """The caller of this request, kept on the request for what runs after the route."""
+    request.state.caller = LOCAL_USER
+    return LOCAL_USER
+
+
+def writer(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:
+    if not caller.can_write:
+        raise HTTPException(403, f"{caller.name} may not change the knowledge base")
+    return caller
+
+
+# --- concurrency -----------------------------------------------------------------------
+
+
+class ReadWriteLock:
+    """Many readers or one writer. A waiting writer holds back new readers, so a steady
+    stream of searches cannot starve an upload. Not bound to a thread: a streamed answer
+    takes the read lock in one worker thread and may release it in another."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    def acquire_read(self) -> None:
+        with self._condition:
+            while self._writing or self._writers_waiting:
+                self._condition.wait()
+            self._readers += 1
+
+    def release_read(self) -> None:
+        with self._condition:
+            self._readers -= 1
+            if self._readers == 0:
+                self._condition.notify_all()
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        self.acquire_read()
+        try:
+            yield
+        finally:
+            self.release_read()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._condition:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._condition.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._writing = False
+                self._condition.notify_all()
+
+
+# --- request and response models -------------------------------------------------------
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorResponse(BaseModel):
+    error: OpenAIErrorBody
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    knowledge_base: str
+    embedder: str
+    generate: bool = Field(description="whether a language model is configured")
+
+
+class FilterSpec(BaseModel):
+    """Metadata filters, applied before ranking is cut off."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(None, description="only documents whose path matches this glob")
+    exclude: str | None = Field(None, description="leave out documents matching this glob")
+    tags: list[str] = Field(default_factory=list, description="only documents with all tags")
+    after: datetime | None = Field(None, description="modified on or after")
+    before: datetime | None = Field(None, description="modified on or before")
+
+    def to_filters(self) -> Filters:
+        return Filters(
+            path_glob=self.path,
+            exclude_glob=self.exclude,
+            tags=tuple(self.tags),
+            modified_after=self.after,
+            modified_before=self.before,
+        )
+
+
+class AskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, description="a question, in Chinese or English")
+    mode: AnswerMode | None = Field(None, description="default: the server's answer mode")
+    filters: FilterSpec | None = None
+
+
+class DocumentStatus(DocumentInfo):
+    state: SyncState = Field(
+        description="indexed: the file holds what was indexed; changed: a sync would "
+        "re-index it; missing: the file is gone"
+    )
+    uploaded: bool = Field(description="whether it came in through POST /api/documents")
+
+
+class UploadedFile(BaseModel):
+    name: str
+    status: Literal["indexed", "unchanged", "failed", "unsupported"]
+    reason: str | None = None
+    document: DocumentInfo | None = None
+
+
+class UploadReport(BaseModel):
+    files: list[UploadedFile]
+    report: SyncReport | None = Field(None, description="None when no file could be indexed")
+
+
+class Removal(BaseModel):
+    document: DocumentInfo
+    file_deleted: bool = Field(
+        description="an uploaded document's file is deleted; a file from an added folder is "
+        "kept, and the next sync of that folder indexes it again"
+    )
+
+
+class Resync(BaseModel):
+    report: SyncReport
+    document: DocumentInfo | None = Field(description="None when the file was gone")
+
+
+class DocumentText(BaseModel):
+    id: int
+    path: str
+    line_start: int
+    line_end: int
+    text: str
+
+
+class Collection(BaseModel):
+    path: str
+    documents: int
+    uploads: bool
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text or "" for part in self.content if part.type == "text")
+        return self.content or ""
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat request; fields Sourcebook has no use for (temperature, …) are
+    accepted and ignored. `filters` is an extension (the openai client's `extra_body`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    filters: FilterSpec | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    citations: list[Citation] = Field(description="the sources behind the [n] markers")
+    found: bool = Field(description="False when the knowledge base has no answer")
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop"] = "stop"
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "sourcebook"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class OpenAIError(Exception):
+    """An error answered in OpenAI's format, which OpenAI clients show to their user."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+# --- errors ----------------------------------------------------------------------------
+
+Responses = dict[int | str, dict[str, Any]]
+_BAD_INPUT: Responses = {
+    400: {"model": ErrorResponse, "description": "bad input (an empty question, …)"}
+}
+_NO_MODEL: Responses = {
+    503: {"model": ErrorResponse, "description": "the language model is unavailable"}
+}
+_NOT_FOUND: Responses = {404: {"model": ErrorResponse, "description": "no document with this id"}}
+_WRITE_ERRORS: Responses = {
+    403: {"model": ErrorResponse, "description": "the caller may not change the knowledge base"},
+    409: {"model": ErrorResponse, "description": "another process is writing"},
+}
+_OPENAI_ERRORS: Responses = {
+    code: {"model": OpenAIErrorResponse, "description": description}
+    for code, description in (
+        (400, "bad input (no user message, an empty question)"),
+        (404, "unknown model"),
+        (503, "the language model is unavailable"),
+    )
+}
+_EVENT_STREAM = "text/event-stream"
+
+
+def _as_json(responses: Responses) -> Responses:
+    """Error responses of an event-stream route: these are JSON (FastAPI would otherwise
+    describe them with the route's media type; the models are registered by other routes)."""
+    return {
+        code: {
+            "description": response["description"],
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{response['model'].__name__}"}
+                }
+            },
+        }
+        for code, response in responses.items()
+    }
+
+
+def _status_of(exc: Exception) -> int:
+    if isinstance(exc, LLMError):
+        return 503
+    if isinstance(exc, StoreError):
+        return 409
+    return 400
+
+
+@contextmanager
+def _kb_errors(openai: bool = False) -> Iterator[None]:
+    """The facade's errors as HTTP errors: their messages say what to do."""
+    try:
+        yield
+    except (ValueError, StoreError, LLMError) as exc:
+        if openai:
+            raise OpenAIError(_status_of(exc), str(exc)) from exc
+        raise HTTPException(_status_of(exc), str(exc)) from exc
+
+
+# --- streaming -------------------------------------------------------------------------
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events computed under the read lock. `close` (release the lock, stop
+    the answer) runs however the response ends: finished, client gone, or cancelled."""
+
+    media_type = _EVENT_STREAM
+
+    def __init__(self, chunks: Iterator[str], close: Callable[[], None]) -> None:
+        super().__init__(chunks, headers={"Cache-Control": "no-cache"})
+        self._close = close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._close()
+
+
+def _sse(data: str, event: str | None = None) -> str:
+    return (f"event: {event}\n" if event else "") + f"data: {data}\n\n"
+
+
+def _stream(
+    lock: ReadWriteLock,
+    start: Callable[[], Iterator[AnswerEvent]],
+    encode: Callable[[AnswerEvent], Iterator[str]],
+    error: Callable[[Exception], str],
+    openai: bool = False,
+) -> EventStream:
+    """An event stream over `start()`'s answer events. The first event is computed before
+    the response begins, so bad input gets an error status rather than a broken stream;
+    a later failure (the model endpoint going away) is sent as an `error` chunk."""
+    lock.acquire_read()
+    released = threading.Event()
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            lock.release_read()
+
+    try:
+        with _kb_errors(openai):
+            events = _closable(start())
+            first = next(events)
+    except BaseException:
+        release()
+        raise
+
+    def chunks() -> Iterator[str]:
+        try:
+            yield from encode(first)
+            for event in events:
+                yield from encode(event)
+        except (ValueError, StoreError, LLMError) as exc:
+            yield error(exc)
+        release()  # the answer is complete; only sending the last chunks remains
+
+    def close() -> None:
+        events.close()
+        release()
+
+    return EventStream(chunks(), close)
+
+
+def _closable(events: Iterator[AnswerEvent]) -> Generator[AnswerEvent, None, None]:
+    """`events` as a generator, whose close() reaches them (`yield from` forwards it)."""
+    yield from events
+
+
+# --- the application -------------------------------------------------------------------
+
+
+def create_app(kb: KnowledgeBase) -> FastAPI:
+    """The API over one open knowledge base (which the caller closes after serving)."""
+    lock = ReadWriteLock()
+    uploads = (kb.path / UPLOADS).resolve()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # load the models now rather than in the first request (a first search would take
+        # seconds, and two of them at once would load the models twice)
+        await run_in_threadpool(lambda: (kb.embedder, kb.reranker))
+        yield
+
+    app = FastAPI(
+        title="Sourcebook",
+        version=__version__,
+        description="Search your own notes and get answers that cite a source after every "
+        "sentence (or say that the knowledge base has no answer). REST under /api, an "
+        "OpenAI-compatible chat endpoint under /v1.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(OpenAIError)
+    async def openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
+        kind = "invalid_request_error" if exc.status < 500 else "server_error"
+        body = OpenAIErrorResponse(
+            error=OpenAIErrorBody(message=exc.message, type=kind, code=exc.code)
+        )
+        return JSONResponse(body.model_dump(), status_code=exc.status)
+
+    app.include_router(_api_routes(kb, lock, uploads))
+    app.include_router(_openai_routes(kb, lock))
+    return app
+
+
+def _api_routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRouter:
+    api = APIRouter(prefix="/api", dependencies=[Depends(current_caller)])
+
+    def find(doc_id: int) -> DocumentInfo:
+        document = kb.document_by_id(doc_id)
+        if document is None:
+            raise HTTPException(404, f"no document with id {doc_id} (ids change on re-index)")
+        return document
+
+    @api.get("/health", response_model=Health, tags=["status"])
+    def health() -> Health:
+        """Whether the server is up; answers without waiting for a write to finish."""
+        return Health(
+            version=__version__,
+            knowledge_base=str(kb.path.resolve()),
+            embedder=kb.store.embedder_name,
+            generate=kb.can_generate,
+        )
+
+    @api.get("/status", response_model=Status, tags=["status"])
+    def status() -> Status:
+        """Documents, chunks, model, size and sources of the knowledge base."""
+        with lock.reading():
+            return kb.status()
+
+    @api.get("/documents", response_model=list[DocumentStatus], tags=["documents"])
+    def documents() -> list[DocumentStatus]:
+        """Every indexed document, and whether its file still holds what was indexed."""
+        with lock.reading():
+            return [
+                DocumentStatus(
+                    **d.model_dump(),
+                    state=kb.sync_state(d),
+                    uploaded=Path(d.path).parent == uploads,
+                )
+                for d in kb.documents()
+            ]
+
+    @api.post(
+        "/documents",
+        response_model=UploadReport,
+        tags=["documents"],
+        responses={
+            400: {"model": ErrorResponse, "description": "a file name with a folder in it"},
+            **_WRITE_ERRORS,
+            413: {"model": ErrorResponse, "description": "a file over the size limit"},
+        },
+    )
+    def upload(
+        files: Annotated[list[UploadFile], File(description="one or more files to index")],
+        _: Annotated[Caller, Depends(writer)],
+    ) -> UploadReport:
+        """Save files into the knowledge base's uploads folder and index them. A file of
+        an unsupported type, or one that cannot be parsed, is reported and not kept; the
+        others are indexed. An upload replaces an earlier one of the same name."""
+        limit_mb = kb.settings.max_file_mb
+        names = [_upload_name(f.filename) for f in files]
+        if len(set(names)) < len(names):
+            raise HTTPException(400, "the same file name appears twice in one upload")
+        for name, file in zip(names, files, strict=True):
+            if (file.size or 0) > limit_mb * 1024 * 1024:
+                raise HTTPException(
+                    413, f"{name} is larger than the {limit_mb:g} MB limit (SOURCEBOOK_MAX_FILE_MB)"
+                )
+        results = {
+            name: UploadedFile(name=name, status="unsupported", reason="unsupported file type")
+            for name in names
+            if kind_of(Path(name)) is None
+        }
+        wanted = [(n, f) for n, f in zip(names, files, strict=True) if n not in results]
+        if not wanted:
+            return UploadReport(files=[results[name] for name in names])
+        with lock.writing(), _kb_errors():
+            before = {d.path: d.content_hash for d in kb.documents()}
+            backups: dict[str, Path | None] = {}
+            try:
+                for name, file in wanted:
+                    backups[name] = _save(uploads, name, file)
+                report = kb.add([uploads])
+            except BaseException:
+                for name, backup in backups.items():
+                    _restore(uploads / name, backup)
+                raise
+            failed = {issue.path: issue.reason for issue in report.failed}
+            indexed = {d.path: d for d in kb.documents()}
+            for name, _file in wanted:
+                path = str(uploads / name)
+                backup = backups[name]
+                if path in failed:
+                    # keep the earlier upload of this name, which is still indexed
+                    _restore(uploads / name, backup)
+                    results[name] = UploadedFile(name=name, status="failed", reason=failed[path])
+                    continue
+                if backup is not None:
+                    backup.unlink()
+                document = indexed[path]
+                same = before.get(path) == document.content_hash
+                results[name] = UploadedFile(
+                    name=name, status="unchanged" if same else "indexed", document=document
+                )
+        return UploadReport(files=[results[name] for name in names], report=report)
+
+    @api.delete(
+        "/documents/{doc_id}",
+        response_model=Removal,
+        tags=["documents"],
+        responses={**_NOT_FOUND, **_WRITE_ERRORS},
+    )
+    def delete(doc_id: int, _: Annotated[Caller, Depends(writer)]) -> Removal:
+        """Remove a document from every index (and, if it was uploaded, its file)."""
+        with lock.writing(), _kb_errors():
+            document = find(doc_id)
+            path = Path(document.path)
+            uploaded = path.parent == uploads
+            if uploaded:
+                path.unlink(missing_ok=True)
+            kb.remove([path])
+            return Removal(document=document, file_deleted=uploaded)
+
+    @api.post(
+        "/documents/{doc_id}/sync",
+        response_model=Resync,
+        tags=["documents"],
+        responses={**_NOT_FOUND, **_WRITE_ERRORS},
+    )
+    def resync(doc_id: int, _: Annotated[Caller, Depends(writer)]) -> Resync:
+        """Re-read one document's file: re-indexed if it changed (it then gets a new id),
+        removed if it is gone."""
+        with lock.writing(), _kb_errors():
+            document = find(doc_id)
+            report = kb.resync(document.path)
+            current = next((d for d in kb.documents() if d.path == document.path), None)
+            return Resync(report=report, document=current)
+
+    @api.get(
+        "/documents/{doc_id}/text",
+        response_model=DocumentText,
+        tags=["documents"],
+        responses={**_NOT_FOUND, **_BAD_INPUT},
+    )
+    def document_text(
+        doc_id: int,
+        start: Annotated[int | None, Query(ge=1, description="first line (1-based)")] = None,
+        end: Annotated[int | None, Query(ge=1, description="last line (inclusive)")] = None,
+    ) -> DocumentText:
+        """The document's indexed text (what citations' line numbers refer to), or a
+        line range of it."""
+        if start is not None and end is not None and end < start:
+            raise HTTPException(400, f"end ({end}) is before start ({start})")
+        with lock.reading():
+            document = find(doc_id)
+            text = kb.document_text(document.path, start, end)
+        first = start or 1
+        return DocumentText(
+            id=doc_id,
+            path=document.path,
+            line_start=first,
+            line_end=first + text.count("\n"),
+            text=text,
+        )
+
+    @api.get("/search", response_model=list[SearchHit], tags=["answers"], responses=_BAD_INPUT)
+    def search(
+        q: Annotated[str, Query(min_length=1, description="what to look for")],
+        limit: Annotated[int, Query(ge=1, le=1000)] = 10,
+        path: Annotated[str | None, Query(description="only paths matching this glob")] = None,
+        tag: Annotated[list[str] | None, Query(description="only with this tag")] = None,
+        after: Annotated[datetime | None, Query(description="modified on or after")] = None,
+        before: Annotated[datetime | None, Query(description="modified on or before")] = None,
+    ) -> list[SearchHit]:
+        """Hybrid (BM25 + dense) search over the chunks, best first."""
+        filters = FilterSpec(path=path, tags=tag or [], after=after, before=before)
+        with lock.reading(), _kb_errors():
+            return kb.search(q, limit, filters.to_filters())
+
+    @api.post(
+        "/ask", response_model=Answer, tags=["answers"], responses={**_BAD_INPUT, **_NO_MODEL}
+    )
+    def ask(body: AskRequest) -> Answer:
+        """An answer citing a source after every sentence, or an explicit "not found"."""
+        filters = body.filters.to_filters() if body.filters else None
+        with lock.reading(), _kb_errors():
+            return kb.ask(body.question, filters, body.mode)
+
+    @api.post(
+        "/ask/stream",
+        response_class=EventStream,
+        status_code=200,
+        tags=["answers"],
+        responses={
+            200: {
+                "description": 'server-sent events: `token` events ({"text": …}) while a '
+                "language model writes (generate mode only), then one `answer` event whose "
+                'data is the Answer (see POST /api/ask); `error` ({"detail": …}) if '
+                "answering fails midway",
+                "content": {_EVENT_STREAM: {"schema": {"type": "string"}}},
+            },
+            **_as_json({**_BAD_INPUT, **_NO_MODEL}),
+        },
+    )
+    def ask_stream(body: AskRequest) -> EventStream:
+        """The answer as server-sent events, for showing a generated answer as it is
+        written. The final `answer` event carries the verified answer."""
+        filters = body.filters.to_filters() if body.filters else None
+
+        def encode(event: AnswerEvent) -> Iterator[str]:
+            if event.answer is not None:
+                yield _sse(event.answer.model_dump_json(), "answer")
+            else:
+                yield _sse(json.dumps({"text": event.text}, ensure_ascii=False), "token")
+
+        return _stream(
+            lock,
+            lambda: kb.ask_stream(body.question, filters, body.mode),
+            encode,
+            lambda exc: _sse(json.dumps({"detail": str(exc)}, ensure_ascii=False), "error"),
+        )
+
+    @api.get("/collections", response_model=list[Collection], tags=["documents"])
+    def collections() -> list[Collection]:
+        """The knowledge base's sources (folders and files added, and the uploads)."""
+        with lock.reading():
+            sources = kb.status().sources
+            paths = [d.path for d in kb.documents()]
+        return [
+            Collection(
+                path=source,
+                documents=sum(p == source or p.startswith(source.rstrip("/") + "/") for p in paths),
+                uploads=Path(source) == uploads,
+            )
+            for source in sources
+        ]
+
+    return api
+
+
+def _upload_name(raw: str | None) -> str:
+    """The file name an upload is saved under; anything that could leave the uploads
+    folder (a path, '..') or be skipped as hidden is refused, not cleaned up."""
+    name = raw or ""
+    if (
+        not name.strip()
+        or name.startswith(".")
+        or any(c in name for c in "/\\\0")
+        or len(name.encode("utf-8")) > 255
+    ):
+        raise HTTPException(
+            400,
+            f"invalid file name {raw!r}: give a plain file name, without folders and "
+            "not starting with '.'",
+        )
+    return name
+
+
+def _save(folder: Path, name: str, upload: UploadFile) -> Path | None:
+    """Write an upload to `folder/name` (the file appears whole or not at all). An
+    earlier file of that name is moved aside and returned, to restore if the new one
+    cannot be indexed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / name
+    partial = folder / f".{name}.partial"  # hidden: never picked up as a document
+    with partial.open("wb") as out:
+        upload.file.seek(0)
+        while block := upload.file.read(1 << 20):
+            out.write(block)
+    backup = None
+    if target.exists():
+        backup = folder / f".{name}.previous"
+        os.replace(target, backup)
+    os.replace(partial, target)
+    return backup
+
+
+def _restore(target: Path, backup: Path | None) -> None:
+    if backup is None:
+        target.unlink(missing_ok=True)
+    else:
+        os.replace(backup, target)
+
+
+# --- OpenAI-compatible -----------------------------------------------------------------
+
+
+def _openai_routes(kb: KnowledgeBase, lock: ReadWriteLock) -> APIRouter:
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(current_caller)], tags=["openai"])
+    started = int(time.time())
+
+    def models() -> list[str]:
+        return [MODEL, GENERATE_MODEL] if kb.can_generate else [MODEL]
+
+    @v1.get("/models", response_model=ModelList)
+    def list_models() -> ModelList:
+        """`sourcebook` answers extractively; `sourcebook-generate` (listed when a
+        language model is configured) writes the answer and verifies every sentence."""
+        return ModelList(data=[ModelCard(id=m, created=started) for m in models()])
+
+    @v1.post(
+        "/chat/completions",
+        response_model=ChatCompletion,
+        responses={
+            200: {
+                "description": "the completion, or with `stream` server-sent "
+                "`chat.completion.chunk`s ending in `data: [DONE]`; the last chunk's delta "
+                "carries `citations`",
+                "content": {_EVENT_STREAM: {"schema": {"type": "string"}}},
+            },
+            **_OPENAI_ERRORS,
+        },
+    )
+    def chat_completions(body: ChatCompletionRequest) -> ChatCompletion | EventStream:
+        """The last user message is the question; earlier user messages let a follow-up
+        ("那它的缺点呢？") be understood. System messages are ignored: answers come only
+        from the knowledge base. The content is the answer with its [n] markers, and
+        `citations` lists the sources. A streamed answer is sent once verified."""
+        if body.model not in models():
+            raise OpenAIError(
+                404,
+                f"the model {body.model!r} does not exist; use one of: {', '.join(models())}",
+                "model_not_found",
+            )
+        mode: AnswerMode = "generate" if body.model == GENERATE_MODEL else "extractive"
+        if body.messages[-1].role != "user":
+            raise OpenAIError(400, "the last message must be the user's question")
+        question = body.messages[-1].text()
+        if not question.strip():
+            raise OpenAIError(400, "the question is empty")
+        earlier = [m.text() for m in body.messages[:-1] if m.role == "user" and m.text().strip()]
+        filters = body.filters.to_filters() if body.filters else None
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+
+        def start() -> Iterator[AnswerEvent]:
+            session = ChatSession(kb, mode, filters)
+            for turn in earlier[-HISTORY_TURNS:]:
+                session.ask(turn)
+            # only the verified answer is sent: the draft a model streams may lose sentences
+            return (e for e in session.ask_stream(question) if e.answer is not None)
+
+        if not body.stream:
+            with lock.reading(), _kb_errors(openai=True):
+                answer = next(start()).answer
+            assert answer is not None  # start() yields only answer events
+            message = AssistantMessage(
+                content=answer.text, citations=answer.citations, found=answer.found
+            )
+            return ChatCompletion(
+                id=completion_id,
+                created=created,
+                model=body.model,
+                choices=[ChatChoice(message=message)],
+            )
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+            data = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": body.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            return _sse(json.dumps(data, ensure_ascii=False))
+
+        def encode(event: AnswerEvent) -> Iterator[str]:
+            answer = event.answer
+            assert answer is not None
+            yield chunk({"role": "assistant", "content": ""})
+            yield chunk({"content": answer.text})
+            citations = [c.model_dump(mode="json") for c in answer.citations]
+            yield chunk({"citations": citations, "found": answer.found}, "stop")
+            yield _sse("[DONE]")
+
+        def error(exc: Exception) -> str:
+            body = OpenAIErrorBody(message=str(exc), type="server_error")
+            return _sse(json.dumps({"error": body.model_dump()}, ensure_ascii=False))
+
+        return _stream(lock, start, encode, error, openai=True)
+
+    return v1
+
+
+def run_server(kb: KnowledgeBase, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    """Serve until interrupted (Ctrl-C)."""
+    check_host(host)
+    uvicorn.run(create_app(kb), host=host, port=port, log_level="info")
