@@ -9,7 +9,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from sourcebook import KnowledgeBase
+from sourcebook import KnowledgeBase, Settings
 from sourcebook.cli import app as cli_app
+from sourcebook.llm import Message
 from sourcebook.models import Answer
 from sourcebook.server import ReadWriteLock, check_host, create_app
+from sourcebook.text import count_tokens
 
 # known-good pairs from test_knowledge_base.QUESTIONS: (question, answering file, phrase)
 CHINESE = ("LoRA 的 rank r 一般取多少？", "llm/lora.md", "8 或 16")
@@ -298,7 +300,7 @@ def test_corrupt_pdf_is_reported_and_the_rest_indexed(
         "/api/documents",
         files=[
             ("files", ("broken.pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog", "application/pdf")),
-            ("files", ("sourdough.md", NEW_NOTE.encode(), "text/markdown")),
+            ("files", ("面包笔记.md", NEW_NOTE.encode(), "text/markdown")),
             ("files", ("tool.exe", b"MZ\x90\x00", "application/octet-stream")),
         ],
     )
@@ -306,10 +308,10 @@ def test_corrupt_pdf_is_reported_and_the_rest_indexed(
     results = {f["name"]: f for f in response.json()["files"]}
     assert results["broken.pdf"]["status"] == "failed" and results["broken.pdf"]["reason"]
     assert results["tool.exe"]["status"] == "unsupported"
-    assert results["sourdough.md"]["status"] == "indexed"
-    assert sorted(p.name for p in (kb.path / "uploads").iterdir()) == ["sourdough.md"]
+    assert results["面包笔记.md"]["status"] == "indexed"
+    assert sorted(p.name for p in (kb.path / "uploads").iterdir()) == ["面包笔记.md"]
     hits = client.get("/api/search", params={"q": "sourdough levain ratio", "limit": 1}).json()
-    assert hits[0]["path"].endswith("uploads/sourdough.md")
+    assert hits[0]["path"].endswith("uploads/面包笔记.md")
 
 
 def test_resync_one_document(
@@ -357,6 +359,27 @@ def test_searches_during_uploads(kb_copy: tuple[KnowledgeBase, Path]) -> None:
             stop.set()
             codes = [code for future in searches for code in future.result()]
     assert codes and set(codes) == {200}
+
+
+def test_concurrent_reads_match_sequential_ones(live: str) -> None:
+    """The measurement behind letting reads share the knowledge base (see server.py)."""
+    questions = [
+        CHINESE[0],
+        ENGLISH[0],
+        "GPT-2 的词表有多大？",
+        "Why use LayerNorm in Transformers?",
+    ]
+    with httpx.Client(base_url=live, timeout=120) as http:
+
+        def ranking(question: str) -> list[int]:
+            response = http.get("/api/search", params={"q": question, "limit": 5})
+            assert response.status_code == 200
+            return [hit["chunk_id"] for hit in response.json()]
+
+        expected = [ranking(q) for q in questions]
+        with ThreadPoolExecutor(4) as pool:
+            concurrent = list(pool.map(ranking, questions * 3))
+    assert concurrent == expected * 3
 
 
 def test_read_write_lock_excludes_writers_from_readers() -> None:
@@ -474,6 +497,96 @@ def test_openai_errors(ai: openai.OpenAI, live: str) -> None:
     )
     assert raw.status_code == 400
     assert json.loads(raw.text)["error"]["message"] == "the question is empty"
+
+
+# --- generate mode (a scripted model; retrieval and verification are the real ones) --------
+
+# the first sentence is supported by the top passage, the second by nothing
+DRAFT = (
+    "Each worker loads prefetch_factor batches in advance, two by default [1]. "
+    "The Eiffel Tower is in Paris [1]."
+)
+
+
+class ScriptedLLM:
+    """Replies with `DRAFT` word by word, `delay` seconds apart."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+
+    def stream(
+        self, messages: Sequence[Message], max_tokens: int, temperature: float
+    ) -> Iterator[str]:
+        for piece in re.findall(r"\S+\s*", DRAFT):
+            time.sleep(self.delay)
+            yield piece
+
+    def complete(self, messages: Sequence[Message], max_tokens: int, temperature: float) -> str:
+        return "".join(self.stream(messages, max_tokens, temperature))
+
+    def count_tokens(self, text: str) -> int:
+        return count_tokens(text)
+
+
+@pytest.fixture
+def generating(kb_copy: tuple[KnowledgeBase, Path]) -> Iterator[tuple[str, ScriptedLLM]]:
+    """A live server whose knowledge base (a writable copy) has a language model."""
+    path = kb_copy[0].path
+    llm = ScriptedLLM()
+    settings = Settings(kb=path, answer_cache=False)
+    with KnowledgeBase(path, settings, llm=llm) as kb, LiveServer(create_app(kb)) as server:
+        yield server.url, llm
+
+
+def test_generate_stream_sends_the_draft_then_the_verified_answer(
+    generating: tuple[str, ScriptedLLM],
+) -> None:
+    url, _ = generating
+    body = {"question": ENGLISH[0], "mode": "generate"}
+    with httpx.stream("POST", f"{url}/api/ask/stream", json=body, timeout=120) as response:
+        assert response.status_code == 200
+        events = parse_sse("".join(response.iter_text()))
+    *tokens, (last, data) = events
+    assert len(tokens) > 5 and {name for name, _ in tokens} == {"token"}
+    assert "".join(json.loads(d)["text"] for _, d in tokens) == DRAFT
+    answer = Answer.model_validate_json(data)
+    assert last == "answer" and answer.mode == "generate" and answer.found
+    assert "two by default" in answer.text and "Eiffel" not in answer.text
+    assert [c.n for c in answer.citations] == [1] and "[1]" in answer.text
+    assert answer.verification is not None
+    assert [r for r in answer.verification.removed if "Eiffel" in r]
+
+
+def test_openai_generate_model_sends_only_verified_text(
+    generating: tuple[str, ScriptedLLM],
+) -> None:
+    url, _ = generating
+    ai = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in ai.models.list()] == ["sourcebook", "sourcebook-generate"]
+    messages: Any = [{"role": "user", "content": ENGLISH[0]}]
+    stream = ai.chat.completions.create(model="sourcebook-generate", messages=messages, stream=True)
+    content = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+    assert "two by default" in content and "[1]" in content and "Eiffel" not in content
+    reply = ai.chat.completions.create(model="sourcebook-generate", messages=messages)
+    assert reply.choices[0].message.content == content
+
+
+def test_a_client_leaving_mid_stream_does_not_block_writes(
+    generating: tuple[str, ScriptedLLM],
+) -> None:
+    """The read lock a stream holds is released when the client goes away early."""
+    url, llm = generating
+    llm.delay = 1.0  # a slow model (18 s): the client leaves long before it finishes
+    body = {"question": ENGLISH[0], "mode": "generate"}
+    with httpx.stream("POST", f"{url}/api/ask/stream", json=body, timeout=120) as response:
+        assert next(response.iter_lines()) == "event: token"
+    started = time.monotonic()
+    files = [("files", ("after.md", b"# After\n\nWritten after the stream.\n"))]
+    upload = httpx.post(f"{url}/api/documents", files=files, timeout=60)
+    assert upload.status_code == 200 and upload.json()["files"][0]["status"] == "indexed"
+    assert time.monotonic() - started < 10
 
 
 # --- serving -----------------------------------------------------------------------------

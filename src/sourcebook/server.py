@@ -95,9 +95,9 @@ class Caller:
 LOCAL_USER = Caller(name="local", can_write=True)
 
 
-def current_caller(request: Request) -> Caller:
-    """The caller of this request, kept on the request for what runs after the route."""
-    request.state.caller = LOCAL_USER
+def current_caller() -> Caller:
+    """The caller of this request (resolved once per request; authentication will read
+    the request's credentials here)."""
     return LOCAL_USER
 
 
