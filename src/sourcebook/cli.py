@@ -2,6 +2,10 @@
 
 Exit codes: 0 success; 1 error (bad input, missing knowledge base); 2 the command ran but
 some files could not be indexed (they are listed with their reasons).
+
+Whoever runs the command line can read the knowledge base's files, so it acts as the
+local user, who may read and change everything; its calls are recorded in the audit log
+as user "local", surface "cli".
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -22,12 +26,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .access import AccessError, audited
 from .chat import ChatSession
 from .embedders import EMBEDDERS
 from .generation import final_answer
 from .kb import KnowledgeBase
 from .llm import LLMError
-from .models import Answer, AnswerEvent, AnswerMode, SearchHit, SyncReport
+from .models import Answer, AnswerEvent, AnswerMode, SearchHit, SyncReport, User
 from .settings import Settings
 from .store import Filters, StoreError
 
@@ -55,7 +60,7 @@ class CliError(Exception):
 def _errors_to_exit() -> Iterator[None]:
     try:
         yield
-    except (StoreError, CliError, LLMError, ValueError, KeyError) as exc:
+    except (StoreError, CliError, LLMError, AccessError, ValueError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         errors.print(f"[bold red]error:[/] {escape(str(message))}")
         raise typer.Exit(1) from None
@@ -88,6 +93,30 @@ def _emit_json(data: Any) -> None:
             indent=2,
         )
     sys.stdout.write(text + "\n")
+
+
+LOCAL_USER = "local"  # who the command line acts as (see the module docstring)
+
+
+def _record(
+    base: KnowledgeBase,
+    action: str,
+    query: str | None = None,
+    documents: list[str] | None = None,
+    detail: str | None = None,
+) -> None:
+    base.access.record(LOCAL_USER, "cli", action, query, documents or [], detail)
+
+
+def _record_answer(base: KnowledgeBase, question: str) -> Callable[[Answer], None]:
+    """A recorder for `audited`: the answer to `question`, with the documents cited."""
+
+    def record(answer: Answer) -> None:
+        state = "found" if answer.found else "not found"
+        paths = [c.hit.path for c in answer.citations]
+        _record(base, "ask", question, paths, f"{answer.mode}, {state}")
+
+    return record
 
 
 def _display_path(path: str) -> str:
@@ -154,6 +183,8 @@ def add(
         report = _with_progress(
             lambda cb: base.add(paths, include or [], exclude or [], cb), quiet=as_json
         )
+        sources = [str(p.expanduser().resolve()) for p in paths]
+        _record(base, "add", documents=sources, detail=_counts(report))
         _finish_report(report, as_json)
 
 
@@ -162,6 +193,7 @@ def sync(kb: KbOption = None, as_json: JsonOption = False) -> None:
     """Re-read every source: index new and changed files, drop deleted ones."""
     with _errors_to_exit(), _open(kb) as base:
         report = _with_progress(base.sync, quiet=as_json)
+        _record(base, "sync", detail=_counts(report))
         _finish_report(report, as_json)
 
 
@@ -174,6 +206,7 @@ def remove(
     """Remove documents (a file, or everything under a folder) from every index."""
     with _errors_to_exit(), _open(kb) as base:
         removed = base.remove(paths)
+        _record(base, "remove", documents=removed)
         if as_json:
             _emit_json(removed)
             return
@@ -236,6 +269,7 @@ def search(
     """Hybrid (BM25 + dense) search over the chunks."""
     with _errors_to_exit(), _open(kb) as base:
         hits = base.search(query, limit, _filters(path, tag, after, before))
+        _record(base, "search", query, [h.path for h in hits])
         if as_json:
             _emit_json(hits)
             return
@@ -264,7 +298,7 @@ def ask(
     """Answer from the knowledge base, citing a source after every sentence."""
     with _errors_to_exit(), _open(kb) as base:
         events = base.ask_stream(question, _filters(path, tag, after, before), mode)
-        _show_answer(events, as_json)
+        _show_answer(audited(events, _record_answer(base, question)), as_json)
 
 
 @app.command()
@@ -294,7 +328,9 @@ def chat(
             standalone = session.standalone(question)
             if standalone != question and not as_json:
                 console.print(f"[dim]→ {escape(standalone)}[/]")
-            events = session.ask_stream(question, standalone)
+            events = audited(
+                session.ask_stream(question, standalone), _record_answer(base, question)
+            )
             if as_json:  # one line per turn
                 final_answer(events)
                 sys.stdout.write(session.history[-1].model_dump_json() + "\n")
@@ -313,6 +349,8 @@ def show(
     with _errors_to_exit(), _open(kb) as base:
         path, start, end = _parse_location(document)
         text = base.document_text(path, start, end)
+        lines = f"lines {start}-{end}" if start else None
+        _record(base, "document", documents=[str(Path(path).expanduser().resolve())], detail=lines)
         first = start or 1
         if as_json:
             _emit_json({"path": path, "line_start": first, "text": text})
@@ -418,8 +456,8 @@ def serve(
     host: Annotated[
         str,
         typer.Option(
-            help="address to listen on: loopback only (127.0.0.1, ::1, localhost) until "
-            "users and authentication arrive"
+            help="address to listen on: loopback only (127.0.0.1, ::1, localhost) unless "
+            "the knowledge base has users (then every request needs an API key)"
         ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8321,
@@ -428,16 +466,17 @@ def serve(
     # imported here: the web stack is not needed by the other commands
     from .server import check_host, run_server
 
-    with _errors_to_exit():
-        check_host(host)
-        with _open(kb) as base:
-            where = f"[{host}]" if ":" in host else host
-            console.print(
-                f"Serving [bold]{escape(str(base.path))}[/] at http://{where}:{port} "
-                f"(API docs: http://{where}:{port}/docs, OpenAI base URL: "
-                f"http://{where}:{port}/v1)"
-            )
-            run_server(base, host, port)
+    with _errors_to_exit(), _open(kb) as base:
+        authenticated = base.access.has_users()
+        check_host(host, authenticated)
+        where = f"[{host}]" if ":" in host else host
+        console.print(
+            f"Serving [bold]{escape(str(base.path))}[/] at http://{where}:{port} "
+            f"(API docs: http://{where}:{port}/docs, OpenAI base URL: "
+            f"http://{where}:{port}/v1)"
+            + ("; every request needs an API key" if authenticated else "")
+        )
+        run_server(base, host, port)
 
 
 # --- output helpers ----------------------------------------------------------------------
@@ -561,6 +600,315 @@ def _parse_location(value: str) -> tuple[str, int | None, int | None]:
         first, _, last = lines.partition("-")
         return path, int(first), int(last or first)
     return value, None, None
+
+
+def _counts(report: SyncReport) -> str:
+    return (
+        f"{report.added} added, {report.updated} updated, {report.removed} removed, "
+        f"{len(report.failed)} failed"
+    )
+
+
+# --- teams: users, keys, groups, access rules, audit log ---------------------------------
+
+user_app = typer.Typer(help="Users of a shared knowledge base (served with API keys).")
+key_app = typer.Typer(help="API keys: created once per person, revocable.")
+group_app = typer.Typer(help="Put users into groups, or take them out.")
+access_app = typer.Typer(help="Which groups may read which documents.")
+for sub, name in (
+    (user_app, "user"),
+    (key_app, "key"),
+    (group_app, "group"),
+    (access_app, "access"),
+):
+    sub.info.no_args_is_help = True
+    app.add_typer(sub, name=name)
+
+GroupsOption = Annotated[
+    list[str] | None, typer.Option("--group", "-g", help="a group the user belongs to (repeatable)")
+]
+
+
+def _print_users(users: list[User]) -> None:
+    if not users:
+        console.print("[yellow]no users: the server serves only this machine, without keys[/]")
+        return
+    table = Table("user", "admin", "groups", "active keys", "created", box=None)
+    for user in users:
+        table.add_row(
+            escape(user.name),
+            "yes" if user.admin else "",
+            escape(", ".join(user.groups)),
+            str(user.active_keys),
+            _when(user.created),
+        )
+    console.print(table)
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+@user_app.command("add")
+def user_add(
+    name: Annotated[str, typer.Argument(help="user name (letters, digits, . _ @ -)")],
+    admin: Annotated[
+        bool, typer.Option("--admin", help="may read every document and change the knowledge base")
+    ] = False,
+    group: GroupsOption = None,
+    kb: KbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Add a user. Once a knowledge base has users, every API request needs a key."""
+    with _errors_to_exit(), _open(kb) as base:
+        user = base.access.add_user(name, admin, group or [])
+        _record(base, "user.add", detail=_user_detail(user))
+        if as_json:
+            _emit_json(user)
+            return
+        console.print(
+            f"added {_user_detail(user)}; create a key with `sourcebook key create {name}`"
+        )
+
+
+def _user_detail(user: User) -> str:
+    role = "admin" if user.admin else "user"
+    groups = f" in {', '.join(user.groups)}" if user.groups else ""
+    return f"{role} {user.name}{groups}"
+
+
+@user_app.command("list")
+def user_list(kb: KbOption = None, as_json: JsonOption = False) -> None:
+    """List users with their groups and number of active keys."""
+    with _errors_to_exit(), _open(kb) as base:
+        users = base.access.users()
+        if as_json:
+            _emit_json(users)
+            return
+        _print_users(users)
+
+
+@user_app.command("remove")
+def user_remove(
+    name: Annotated[str, typer.Argument(help="user name")],
+    kb: KbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove a user and revoke their keys. Without users, the server is single-user again
+    (loopback only, no keys)."""
+    with _errors_to_exit(), _open(kb) as base:
+        user = base.access.remove_user(name)
+        _record(base, "user.remove", detail=_user_detail(user))
+        if as_json:
+            _emit_json(user)
+            return
+        console.print(f"removed {escape(_user_detail(user))} and {user.active_keys} key(s)")
+
+
+@key_app.command("create")
+def key_create(
+    user: Annotated[str, typer.Argument(help="the user the key belongs to")],
+    kb: KbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create an API key and print it; it is shown only this once (only its hash is kept)."""
+    with _errors_to_exit(), _open(kb) as base:
+        info, key = base.access.create_key(user)
+        _record(base, "key.create", detail=f"{info.prefix} (id {info.id}) for {user}")
+        if as_json:
+            _emit_json({**info.model_dump(mode="json"), "key": key})
+            return
+        errors.print(
+            f"API key {info.id} for {escape(user)} (shown only now; revoke it with "
+            f"`sourcebook key revoke {info.prefix}`):"
+        )
+        sys.stdout.write(key + "\n")
+
+
+@key_app.command("list")
+def key_list(
+    user: Annotated[str | None, typer.Option("--user", "-u", help="only this user's keys")] = None,
+    kb: KbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List API keys (their prefixes, never the keys)."""
+    with _errors_to_exit(), _open(kb) as base:
+        keys = base.access.keys(user)
+        if as_json:
+            _emit_json(keys)
+            return
+        table = Table("id", "prefix", "user", "created", "revoked", box=None)
+        for k in keys:
+            revoked = _when(k.revoked) if k.revoked else ""
+            table.add_row(str(k.id), k.prefix + "…", escape(k.user), _when(k.created), revoked)
+        console.print(table if keys else "[yellow]no API keys[/]")
+
+
+@key_app.command("revoke")
+def key_revoke(
+    key: Annotated[str, typer.Argument(help="the key's id, its prefix (sb_XXXXXXXX) or the key")],
+    kb: KbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Revoke an API key: requests with it are refused from now on."""
+    with _errors_to_exit(), _open(kb) as base:
+        info = base.access.revoke_key(key)
+        _record(base, "key.revoke", detail=f"{info.prefix} (id {info.id}) of {info.user}")
+        if as_json:
+            _emit_json(info)
+            return
+        console.print(f"revoked key {info.id} ({info.prefix}…) of {escape(info.user)}")
+
+
+@group_app.command("add")
+def group_add(
+    user: Annotated[str, typer.Argument(help="user name")],
+    groups: Annotated[list[str], typer.Argument(help="groups to add the user to")],
+    kb: KbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Add a user to groups."""
+    with _errors_to_exit(), _open(kb) as base:
+        updated = base.access.add_to_groups(user, groups)
+        _record(base, "group.add", detail=f"{user} + {', '.join(groups)}")
+        _show_user(updated, as_json)
+
+
+@group_app.command("remove")
+def group_remove(
+    user: Annotated[str, typer.Argument(help="user name")],
+    groups: Annotated[list[str], typer.Argument(help="groups to take the user out of")],
+    kb: KbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Take a user out of groups."""
+    with _errors_to_exit(), _open(kb) as base:
+        updated = base.access.remove_from_groups(user, groups)
+        _record(base, "group.remove", detail=f"{user} - {', '.join(groups)}")
+        _show_user(updated, as_json)
+
+
+def _show_user(user: User, as_json: bool) -> None:
+    if as_json:
+        _emit_json(user)
+    else:
+        _print_users([user])
+
+
+@access_app.command("set")
+def access_set(
+    pattern: Annotated[
+        str, typer.Argument(help="path glob, as --path: 'hr/*', '*.pdf', '/abs/folder/*'")
+    ],
+    groups: Annotated[list[str], typer.Argument(help="the groups that may read them")],
+    kb: KbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Only these groups (and admins) may read documents matching PATTERN, now and when
+    indexed later. A document matched by several rules may be read by each rule's groups;
+    one uploaded with its own groups keeps them. Documents no rule matches: everyone."""
+    with _errors_to_exit(), _open(kb) as base:
+        base.set_access_rule(pattern, groups)
+        _record(base, "access.set", pattern, _matching(base, pattern), ", ".join(groups))
+        _show_rules(base, as_json)
+
+
+@access_app.command("remove")
+def access_remove(
+    pattern: Annotated[str, typer.Argument(help="the rule's path glob")],
+    kb: KbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove a rule: the documents it matched are readable by everyone again (unless
+    another rule matches them)."""
+    with _errors_to_exit(), _open(kb) as base:
+        base.set_access_rule(pattern, [])
+        _record(base, "access.remove", pattern, _matching(base, pattern))
+        _show_rules(base, as_json)
+
+
+@access_app.command("list")
+def access_list(
+    documents: Annotated[
+        bool, typer.Option("--documents", help="also list each restricted document")
+    ] = False,
+    kb: KbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The access rules (and with --documents, who may read each restricted document)."""
+    with _errors_to_exit(), _open(kb) as base:
+        _show_rules(base, as_json, documents)
+
+
+def _matching(base: KnowledgeBase, pattern: str) -> list[str]:
+    return [d.path for d in base.documents_matching(pattern)]
+
+
+def _show_rules(base: KnowledgeBase, as_json: bool, documents: bool = False) -> None:
+    rules = base.access_rules()
+    restricted = base.document_groups()
+    if as_json:
+        data: dict[str, Any] = {"rules": rules}
+        if documents:
+            data["documents"] = restricted
+        _emit_json(data)
+        return
+    if not rules:
+        console.print("[yellow]no access rules: every user may read every document[/]")
+    for pattern, groups in rules.items():
+        console.print(f"[green]{escape(pattern)}[/] → {escape(', '.join(groups))}")
+    if documents:
+        for path, groups in restricted.items():
+            console.print(f"  {escape(_display_path(path))}  [dim]{escape(', '.join(groups))}[/]")
+
+
+def _moment(value: str | None, option: str) -> datetime | None:
+    """An ISO date or time; without a time zone, local time."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise CliError(
+            f"{option} {value!r} is not an ISO date or time (2025-03-01, 2025-03-01T14:30)"
+        ) from None
+    return moment if moment.tzinfo else moment.astimezone()
+
+
+@app.command()
+def audit(
+    user: Annotated[str | None, typer.Option("--user", "-u", help="only this user")] = None,
+    since: Annotated[str | None, typer.Option(help="from this ISO date/time on")] = None,
+    until: Annotated[str | None, typer.Option(help="up to this ISO date/time")] = None,
+    action: Annotated[
+        str | None, typer.Option(help="only this action (search, ask, document, upload, …)")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="newest N entries")] = 50,
+    kb: KbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The audit log, newest first: who searched, asked, read or changed what, when, and
+    through which surface (cli, http, openai, mcp)."""
+    with _errors_to_exit():
+        start, end = _moment(since, "--since"), _moment(until, "--until")
+        if start and end and end < start:
+            raise CliError("--until is before --since")
+        with _open(kb) as base:
+            entries = base.access.audit(user, start, end, action, limit)
+        if as_json:
+            _emit_json(entries)
+            return
+        if not entries:
+            console.print("[yellow]no audit entries[/]")
+        for entry in entries:
+            query = f" [bold]{escape(entry.query)}[/]" if entry.query else ""
+            detail = f" [dim]({escape(entry.detail)})[/]" if entry.detail else ""
+            console.print(
+                f"[dim]{_when(entry.at)}[/] {escape(entry.user)} [cyan]{entry.surface}[/] "
+                f"{entry.action}{query}{detail}"
+            )
+            for path in entry.documents:
+                console.print(f"    {escape(_display_path(path))}", highlight=False)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from .access import AccessControl, check_name
 from .analyzer import analyze
 from .answerer import ExtractiveAnswerer
 from .calibration import judge_for
@@ -80,6 +81,7 @@ class KnowledgeBase:
         self._query_vectors: dict[str, Vectors] = {}
         self._reranker_for: str | None = None
         self._llm = llm
+        self._access: AccessControl | None = None
 
     @classmethod
     def create(
@@ -329,15 +331,30 @@ class KnowledgeBase:
             self._reranker_for = self.settings.reranker
         return self._reranker
 
-    def documents(self) -> list[DocumentInfo]:
-        return self.store.documents()
+    def documents(self, groups: frozenset[str] | None = None) -> list[DocumentInfo]:
+        """The indexed documents; with `groups`, only those a reader in them may read."""
+        documents = self.store.documents()
+        if groups is None:
+            return documents
+        unreadable = self.store.unreadable_documents(groups)
+        return [d for d in documents if d.id not in unreadable]
 
     def document_text(
-        self, path: str | Path, line_start: int | None = None, line_end: int | None = None
+        self,
+        path: str | Path,
+        line_start: int | None = None,
+        line_end: int | None = None,
+        groups: frozenset[str] | None = None,
     ) -> str:
-        """The indexed text of a document, or lines [line_start, line_end] of it."""
+        """The indexed text of a document, or lines [line_start, line_end] of it. With
+        `groups`, a document the reader may not read is reported as not there (its
+        existence is not confirmed either)."""
         key = str(Path(path).expanduser().resolve())
         text = self.store.document_text(key)
+        if text is not None and groups is not None:
+            document = self.store.document(key)
+            if document is None or document.id in self.store.unreadable_documents(groups):
+                text = None
         if text is None:
             raise KeyError(f"{path} is not in the knowledge base")
         if line_start is None and line_end is None:
@@ -347,9 +364,55 @@ class KnowledgeBase:
         end = min(len(lines), line_end or len(lines))
         return "\n".join(lines[start - 1 : end])
 
-    def document_by_id(self, doc_id: int) -> DocumentInfo | None:
-        """The indexed document with this id; re-indexing a changed file gives it a new id."""
-        return next((d for d in self.store.documents() if d.id == doc_id), None)
+    def document_by_id(
+        self, doc_id: int, groups: frozenset[str] | None = None
+    ) -> DocumentInfo | None:
+        """The indexed document with this id (re-indexing a changed file gives it a new
+        id); None also when a reader in `groups` may not read it."""
+        return next((d for d in self.documents(groups) if d.id == doc_id), None)
+
+    # --- teams: who may read what --------------------------------------------------------
+
+    @property
+    def access(self) -> AccessControl:
+        """Users, groups, API keys and the audit log (`access.py`), opened on first use."""
+        if self._access is None:
+            self._access = AccessControl(self.store.folder / "sourcebook.db")
+        return self._access
+
+    def set_access_rule(self, pattern: str, groups: Sequence[str]) -> None:
+        """Only members of `groups` (and admins) may read documents whose path matches
+        the glob `pattern`; no groups removes the rule. Applies to the documents indexed
+        now and to those indexed later. A document matched by several rules may be read
+        by the groups of each."""
+        if not pattern.strip():
+            raise ValueError("the path pattern is empty")
+        for group in groups:
+            check_name("group", group)
+        if not groups and pattern not in self.store.access_rules():
+            raise KeyError(f"there is no access rule for {pattern!r}")
+        self.store.set_access_rule(pattern, groups)
+
+    def documents_matching(self, pattern: str) -> list[DocumentInfo]:
+        """The documents whose path matches a glob (as an access rule or --path does)."""
+        matching = set(self.store.allowed_documents(Filters(path_glob=pattern)) or ())
+        return [d for d in self.store.documents() if d.id in matching]
+
+    def access_rules(self) -> dict[str, list[str]]:
+        """Path glob -> the groups that may read the documents it matches."""
+        return self.store.access_rules()
+
+    def set_document_groups(self, path: str | Path, groups: Sequence[str]) -> None:
+        """Give one document (indexed or about to be) its own groups, which replace the
+        rules for it; no groups: the rules apply to it again."""
+        for group in groups:
+            check_name("group", group)
+        self.store.set_document_grants(str(Path(path).expanduser().resolve()), groups)
+
+    def document_groups(self) -> dict[str, list[str]]:
+        """Path -> the groups that may read it, for every document with groups (a
+        document not listed is readable by everyone)."""
+        return self.store.document_groups()
 
     def sync_state(self, document: DocumentInfo) -> SyncState:
         """Whether a document's file still holds what was indexed: "indexed" (yes),
@@ -404,6 +467,8 @@ class KnowledgeBase:
     # --- lifecycle -----------------------------------------------------------------------
 
     def close(self) -> None:
+        if self._access is not None:
+            self._access.close()
         self.store.close()
 
     def __enter__(self) -> KnowledgeBase:

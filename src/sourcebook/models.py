@@ -207,3 +207,44 @@ class Status(BaseModel):
     sources: list[str]
     store_bytes: int
     index_consistent: bool
+
+
+# --- teams and the audit log -------------------------------------------------------------
+
+Surface = Literal["cli", "http", "openai", "mcp"]
+
+
+class User(BaseModel):
+    """A user of a shared knowledge base. An admin reads every document and may change
+    the knowledge base; other users read the documents of their groups and those with
+    no groups."""
+
+    name: str
+    admin: bool
+    groups: list[str] = Field(default_factory=list)
+    created: datetime
+    active_keys: int = 0
+
+
+class ApiKeyInfo(BaseModel):
+    """What is kept of an API key: never the key, only its first characters."""
+
+    id: int
+    user: str
+    prefix: str = Field(description="the key's first characters, to recognise it")
+    created: datetime
+    revoked: datetime | None = None
+
+
+class AuditEntry(BaseModel):
+    """One call recorded in the audit log. `documents` are the paths of the documents
+    returned, cited, read or changed (paths, because ids change on re-index)."""
+
+    id: int
+    at: datetime
+    user: str
+    surface: Surface
+    action: str
+    query: str | None = None
+    documents: list[str] = Field(default_factory=list)
+    detail: str | None = None

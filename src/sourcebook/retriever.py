@@ -119,6 +119,9 @@ class HybridRetriever:
         return hits
 
 
+SKETCH_FROM = 64  # trigrams; from this size on a passage is represented by a 1/4 sample
+
+
 class NearDuplicates:
     """Recognises passages that are mostly contained in one already seen.
 
@@ -142,7 +145,8 @@ class NearDuplicates:
             else [tuple(tokens)]
         )
         hashes = {hash(gram) for gram in grams}
-        sketch = {h for h in hashes if h & 3 == 0} or hashes
+        # sample long passages only: a sketch of a short one is too small to judge by
+        sketch = {h for h in hashes if h & 3 == 0} if len(hashes) >= SKETCH_FROM else hashes
         shared: dict[int, int] = {}
         for h in sketch:
             for other in self._postings.get(h, ()):

@@ -11,8 +11,12 @@ writer's transaction (a reader on it would see half a document) and the vector i
 is swapped and modified in place. `ReadWriteLock` does both; a streamed answer holds
 the read lock until its last event.
 
-Every request has a `Caller`. Until users and access control arrive it is always the
-local user, and the server only listens on a loopback address.
+Every request has a `Caller` (`current_caller`). Without users it is the local user, who
+may do everything, and the server only listens on a loopback address. Once a user exists
+(`sourcebook user add`), every /api and /v1 request needs `Authorization: Bearer <key>`;
+admins read everything and may write, other users read only the documents of their groups
+and those without groups (`Filters.groups`, applied inside retrieval), and may not write.
+Each search, answer, document read and change is recorded in the audit log.
 """
 
 from __future__ import annotations
@@ -23,21 +27,32 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    File,
+    Form,
+    HTTPException,
+    Query,
+    Request,
+    UploadFile,
+)
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 
 from . import __version__
+from .access import AccessControl, AccessError, audited, check_name
 from .chat import ChatSession
 from .converters import kind_of
 from .kb import KnowledgeBase, SyncState
@@ -50,9 +65,11 @@ from .models import (
     DocumentInfo,
     SearchHit,
     Status,
+    Surface,
     SyncReport,
 )
-from .store import Filters, StoreError
+from .store import Filters, StoreError, restricted
+from .web import router as web_router
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8321
@@ -64,20 +81,27 @@ GENERATE_MODEL = "sourcebook-generate"  # generated, verified answers (when an L
 HISTORY_TURNS = 3
 
 
-def check_host(host: str) -> None:
-    """Refuse an address other machines could reach: there is no authentication yet."""
+def is_loopback(host: str) -> bool:
     if host == "localhost":
-        return
+        return True
     try:
-        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
-        loopback = False
-    if not loopback:
-        raise ValueError(
-            f"refusing to listen on {host}: the API has no authentication yet (users and "
-            "access control come later), so it only listens on a loopback address "
-            "(127.0.0.1, ::1, localhost); reach it from elsewhere through an SSH tunnel"
-        )
+        return False
+
+
+def check_host(host: str, authenticated: bool = False) -> None:
+    """Refuse an address other machines could reach unless requests are authenticated
+    (`authenticated`: the knowledge base has users, so every request needs a key)."""
+    if authenticated or is_loopback(host):
+        return
+    raise ValueError(
+        f"refusing to listen on {host}: the knowledge base has no users, so the API has "
+        "no authentication yet and only listens on a loopback address (127.0.0.1, ::1, "
+        "localhost). To serve other machines, add an admin (`sourcebook user add NAME "
+        "--admin`) and give each person a key (`sourcebook key create NAME`); or reach "
+        "it through an SSH tunnel"
+    )
 
 
 # --- who is asking ---------------------------------------------------------------------
@@ -85,20 +109,59 @@ def check_host(host: str) -> None:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who makes a request. Users and access control will derive it from credentials;
-    for now it is always the local user, who may do everything."""
+    """Who makes a request: the local user when the knowledge base has no users, else
+    the holder of the request's API key. `groups` None means every document may be read
+    (the local user, an admin); otherwise only documents without groups or in one of
+    these."""
 
     name: str
     can_write: bool
+    groups: frozenset[str] | None = None
+
+    def restrict(self, filters: Filters | None) -> Filters | None:
+        """`filters` narrowed to what this caller may read."""
+        return restricted(filters, self.groups)
 
 
 LOCAL_USER = Caller(name="local", can_write=True)
 
 
-def current_caller() -> Caller:
-    """The caller of this request (resolved once per request; authentication will read
-    the request's credentials here)."""
-    return LOCAL_USER
+def current_caller(request: Request) -> Caller:
+    """The caller of this request, resolved once per request. Without users, the local
+    user (a server bound to a public address refuses everyone instead: it was started
+    with users, and they have all been removed since). With users, the holder of the
+    `Authorization: Bearer` key, or 401."""
+    state = request.app.state
+    access: AccessControl = state.access
+    if not access.has_users():
+        if state.require_auth:
+            _unauthorized(request, "the knowledge base has no users any more; add one")
+        return LOCAL_USER
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        _unauthorized(
+            request,
+            "this knowledge base has users: send an API key as `Authorization: Bearer "
+            "<key>` (an admin creates one with `sourcebook key create NAME`)",
+        )
+    user = access.authenticate(key.strip())
+    if user is None:
+        _unauthorized(request, "the API key is not valid (unknown or revoked)")
+    if user.admin:
+        return Caller(name=user.name, can_write=True)
+    return Caller(name=user.name, can_write=False, groups=frozenset(user.groups))
+
+
+# a route parameter of this type receives the request's caller (resolved once per request,
+# however many dependencies ask for it)
+CallerDep = Annotated[Caller, Depends(current_caller)]
+
+
+def _unauthorized(request: Request, message: str) -> NoReturn:
+    """401, in OpenAI's error format under /v1 (its clients show that message)."""
+    if request.url.path.startswith("/v1"):
+        raise OpenAIError(401, message, "invalid_api_key")
+    raise HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
 
 
 def writer(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:
@@ -218,6 +281,10 @@ class DocumentStatus(DocumentInfo):
         "re-index it; missing: the file is gone"
     )
     uploaded: bool = Field(description="whether it came in through POST /api/documents")
+    groups: list[str] = Field(
+        default_factory=list,
+        description="the groups that may read it (and admins); empty: everyone",
+    )
 
 
 class UploadedFile(BaseModel):
@@ -467,8 +534,11 @@ def _closable(events: Iterator[AnswerEvent]) -> Generator[AnswerEvent, None, Non
 # --- the application -------------------------------------------------------------------
 
 
-def create_app(kb: KnowledgeBase) -> FastAPI:
-    """The API over one open knowledge base (which the caller closes after serving)."""
+def create_app(kb: KnowledgeBase, require_auth: bool = False) -> FastAPI:
+    """The API over one open knowledge base (which the caller closes after serving).
+
+    `require_auth`: the server listens on a public address, so a request is refused
+    when the knowledge base has no users (rather than served as the local user)."""
     lock = ReadWriteLock()
     uploads = (kb.path / UPLOADS).resolve()
 
@@ -487,6 +557,10 @@ def create_app(kb: KnowledgeBase) -> FastAPI:
         "OpenAI-compatible chat endpoint under /v1.",
         lifespan=lifespan,
     )
+    # read by current_caller: users and keys are looked up per request, so users added
+    # or keys revoked from the command line take effect without a restart
+    app.state.access = kb.access
+    app.state.require_auth = require_auth
 
     @app.exception_handler(OpenAIError)
     async def openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
@@ -498,14 +572,16 @@ def create_app(kb: KnowledgeBase) -> FastAPI:
 
     app.include_router(_api_routes(kb, lock, uploads))
     app.include_router(_openai_routes(kb, lock))
+    app.include_router(web_router)  # the web UI: pages that call the routes above
     return app
 
 
 def _api_routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRouter:
     api = APIRouter(prefix="/api", dependencies=[Depends(current_caller)])
 
-    def find(doc_id: int) -> DocumentInfo:
-        document = kb.document_by_id(doc_id)
+    def find(doc_id: int, caller: Caller) -> DocumentInfo:
+        # a document the caller may not read is as absent as one that does not exist
+        document = kb.document_by_id(doc_id, caller.groups)
         if document is None:
             raise HTTPException(404, f"no document with id {doc_id} (ids change on re-index)")
         return document
@@ -527,17 +603,23 @@ def _api_routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRou
             return kb.status()
 
     @api.get("/documents", response_model=list[DocumentStatus], tags=["documents"])
-    def documents() -> list[DocumentStatus]:
-        """Every indexed document, and whether its file still holds what was indexed."""
+    def documents(caller: CallerDep) -> list[DocumentStatus]:
+        """Every indexed document the caller may read, whether its file still holds what
+        was indexed, and the groups that may read it."""
         with lock.reading():
-            return [
+            groups = kb.document_groups()
+            listed = [
                 DocumentStatus(
                     **d.model_dump(),
                     state=kb.sync_state(d),
                     uploaded=Path(d.path).parent == uploads,
+                    groups=groups.get(d.path, []),
                 )
-                for d in kb.documents()
+                for d in kb.documents(caller.groups)
             ]
+        # the count, not every path: a listing must not make the audit write expensive
+        _audit(kb, caller, "http", "documents", detail=f"{len(listed)} documents")
+        return listed
 
     @api.post(
         "/documents",
@@ -551,11 +633,27 @@ def _api_routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRou
     )
     def upload(
         files: Annotated[list[UploadFile], File(description="one or more files to index")],
-        _: Annotated[Caller, Depends(writer)],
+        caller: Annotated[Caller, Depends(writer)],
+        groups: Annotated[
+            list[str] | None,
+            Form(
+                description="only members of these groups (and admins) may read the files "
+                "(repeat the field, or separate names by commas); without it the access "
+                "rules (`sourcebook access set`) decide, and with no matching rule "
+                "everyone may read them"
+            ),
+        ] = None,
     ) -> UploadReport:
         """Save files into the knowledge base's uploads folder and index them. A file of
         an unsupported type, or one that cannot be parsed, is reported and not kept; the
-        others are indexed. An upload replaces an earlier one of the same name."""
+        others are indexed. An upload replaces an earlier one of the same name (and its
+        groups)."""
+        try:
+            readers = sorted(
+                {check_name("group", g.strip()) for f in groups or [] for g in f.split(",")}
+            )
+        except AccessError as exc:
+            raise HTTPException(400, str(exc)) from exc
         limit_mb = kb.settings.max_file_mb
         names = [_upload_name(f.filename) for f in files]
         if len(set(names)) < len(names):
@@ -576,13 +674,18 @@ def _api_routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRou
         with lock.writing(), _kb_errors():
             before = {d.path: d.content_hash for d in kb.documents()}
             backups: dict[str, Path | None] = {}
+            # set before indexing, so that each document is written with its groups
+            earlier = {name: kb.store.document_grants(str(uploads / name)) for name, _ in wanted}
             try:
                 for name, file in wanted:
+                    kb.set_document_groups(uploads / name, readers)
                     backups[name] = _save(uploads, name, file)
                 report = kb.add([uploads])
             except BaseException:
                 for name, backup in backups.items():
                     _restore(uploads / name, backup)
+                for name, grants in earlier.items():
+                    kb.set_document_groups(uploads / name, grants)
                 raise
             failed = {issue.path: issue.reason for issue in report.failed}
             indexed = {d.path: d for d in kb.documents()}
@@ -592,6 +695,7 @@ def _api_routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRou
                 if path in failed:
                     # keep the earlier upload of this name, which is still indexed
                     _restore(uploads / name, backup)
+                    kb.set_document_groups(path, earlier[name])
                     results[name] = UploadedFile(name=name, status="failed", reason=failed[path])
                     continue
                 if backup is not None:
@@ -601,6 +705,8 @@ def _api_routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRou
                 results[name] = UploadedFile(
                     name=name, status="unchanged" if same else "indexed", document=document
                 )
+        stored = [r.document.path for r in results.values() if r.document is not None]
+        _audit(kb, caller, "http", "upload", documents=stored, detail=_groups_detail(readers))
         return UploadReport(files=[results[name] for name in names], report=report)
 
     @api.delete(
@@ -609,16 +715,17 @@ def _api_routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRou
         tags=["documents"],
         responses={**_NOT_FOUND, **_WRITE_ERRORS},
     )
-    def delete(doc_id: int, _: Annotated[Caller, Depends(writer)]) -> Removal:
+    def delete(doc_id: int, caller: Annotated[Caller, Depends(writer)]) -> Removal:
         """Remove a document from every index (and, if it was uploaded, its file)."""
         with lock.writing(), _kb_errors():
-            document = find(doc_id)
+            document = find(doc_id, caller)
             path = Path(document.path)
             uploaded = path.parent == uploads
             if uploaded:
                 path.unlink(missing_ok=True)
             kb.remove([path])
-            return Removal(document=document, file_deleted=uploaded)
+        _audit(kb, caller, "http", "remove", documents=[document.path])
+        return Removal(document=document, file_deleted=uploaded)
 
     @api.post(
         "/documents/{doc_id}/sync",
@@ -626,14 +733,15 @@ def _api_routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRou
         tags=["documents"],
         responses={**_NOT_FOUND, **_WRITE_ERRORS},
     )
-    def resync(doc_id: int, _: Annotated[Caller, Depends(writer)]) -> Resync:
+    def resync(doc_id: int, caller: Annotated[Caller, Depends(writer)]) -> Resync:
         """Re-read one document's file: re-indexed if it changed (it then gets a new id),
         removed if it is gone."""
         with lock.writing(), _kb_errors():
-            document = find(doc_id)
+            document = find(doc_id, caller)
             report = kb.resync(document.path)
             current = next((d for d in kb.documents() if d.path == document.path), None)
-            return Resync(report=report, document=current)
+        _audit(kb, caller, "http", "sync", documents=[document.path])
+        return Resync(report=report, document=current)
 
     @api.get(
         "/documents/{doc_id}/text",
@@ -643,6 +751,7 @@ def _api_routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRou
     )
     def document_text(
         doc_id: int,
+        caller: CallerDep,
         start: Annotated[int | None, Query(ge=1, description="first line (1-based)")] = None,
         end: Annotated[int | None, Query(ge=1, description="last line (inclusive)")] = None,
     ) -> DocumentText:
@@ -651,8 +760,10 @@ def _api_routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRou
         if start is not None and end is not None and end < start:
             raise HTTPException(400, f"end ({end}) is before start ({start})")
         with lock.reading():
-            document = find(doc_id)
-            text = kb.document_text(document.path, start, end)
+            document = find(doc_id, caller)
+            text = kb.document_text(document.path, start, end, caller.groups)
+        lines = f"lines {start or 1}-{end}" if start or end else None
+        _audit(kb, caller, "http", "document", documents=[document.path], detail=lines)
         first = start or 1
         return DocumentText(
             id=doc_id,
@@ -664,6 +775,7 @@ def _api_routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRou
 
     @api.get("/search", response_model=list[SearchHit], tags=["answers"], responses=_BAD_INPUT)
     def search(
+        caller: CallerDep,
         q: Annotated[str, Query(min_length=1, description="what to look for")],
         limit: Annotated[int, Query(ge=1, le=1000)] = 10,
         path: Annotated[str | None, Query(description="only paths matching this glob")] = None,
@@ -674,16 +786,20 @@ def _api_routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRou
         """Hybrid (BM25 + dense) search over the chunks, best first."""
         filters = FilterSpec(path=path, tags=tag or [], after=after, before=before)
         with lock.reading(), _kb_errors():
-            return kb.search(q, limit, filters.to_filters())
+            hits = kb.search(q, limit, caller.restrict(filters.to_filters()))
+        _audit(kb, caller, "http", "search", q, [h.path for h in hits])
+        return hits
 
     @api.post(
         "/ask", response_model=Answer, tags=["answers"], responses={**_BAD_INPUT, **_NO_MODEL}
     )
-    def ask(body: AskRequest) -> Answer:
+    def ask(body: AskRequest, caller: CallerDep) -> Answer:
         """An answer citing a source after every sentence, or an explicit "not found"."""
-        filters = body.filters.to_filters() if body.filters else None
+        filters = caller.restrict(body.filters.to_filters() if body.filters else None)
         with lock.reading(), _kb_errors():
-            return kb.ask(body.question, filters, body.mode)
+            answer = kb.ask(body.question, filters, body.mode)
+        _audit(kb, caller, "http", "ask", body.question, _cited(answer), _answer_detail(answer))
+        return answer
 
     @api.post(
         "/ask/stream",
@@ -701,10 +817,14 @@ def _api_routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRou
             **_as_json({**_BAD_INPUT, **_NO_MODEL}),
         },
     )
-    def ask_stream(body: AskRequest) -> EventStream:
+    def ask_stream(body: AskRequest, caller: CallerDep) -> EventStream:
         """The answer as server-sent events, for showing a generated answer as it is
         written. The final `answer` event carries the verified answer."""
-        filters = body.filters.to_filters() if body.filters else None
+        filters = caller.restrict(body.filters.to_filters() if body.filters else None)
+
+        def record(answer: Answer) -> None:
+            detail = _answer_detail(answer)
+            _audit(kb, caller, "http", "ask", body.question, _cited(answer), detail)
 
         def encode(event: AnswerEvent) -> Iterator[str]:
             if event.answer is not None:
@@ -714,17 +834,18 @@ def _api_routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRou
 
         return _stream(
             lock,
-            lambda: kb.ask_stream(body.question, filters, body.mode),
+            lambda: audited(kb.ask_stream(body.question, filters, body.mode), record),
             encode,
             lambda exc: _sse(json.dumps({"detail": str(exc)}, ensure_ascii=False), "error"),
         )
 
     @api.get("/collections", response_model=list[Collection], tags=["documents"])
-    def collections() -> list[Collection]:
-        """The knowledge base's sources (folders and files added, and the uploads)."""
+    def collections(caller: CallerDep) -> list[Collection]:
+        """The knowledge base's sources (folders and files added, and the uploads), with
+        the number of documents in each that the caller may read."""
         with lock.reading():
             sources = kb.status().sources
-            paths = [d.path for d in kb.documents()]
+            paths = [d.path for d in kb.documents(caller.groups)]
         return [
             Collection(
                 path=source,
@@ -810,7 +931,9 @@ def _openai_routes(kb: KnowledgeBase, lock: ReadWriteLock) -> APIRouter:
             **_OPENAI_ERRORS,
         },
     )
-    def chat_completions(body: ChatCompletionRequest) -> ChatCompletion | EventStream:
+    def chat_completions(
+        body: ChatCompletionRequest, caller: CallerDep
+    ) -> ChatCompletion | EventStream:
         """The last user message is the question; earlier user messages let a follow-up
         ("那它的缺点呢？") be understood. System messages are ignored: answers come only
         from the knowledge base. The content is the answer with its [n] markers, and
@@ -828,16 +951,21 @@ def _openai_routes(kb: KnowledgeBase, lock: ReadWriteLock) -> APIRouter:
         if not question.strip():
             raise OpenAIError(400, "the question is empty")
         earlier = [m.text() for m in body.messages[:-1] if m.role == "user" and m.text().strip()]
-        filters = body.filters.to_filters() if body.filters else None
+        filters = caller.restrict(body.filters.to_filters() if body.filters else None)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
+
+        def record(answer: Answer) -> None:
+            detail = _answer_detail(answer)
+            _audit(kb, caller, "openai", "ask", question, _cited(answer), detail)
 
         def start() -> Iterator[AnswerEvent]:
             session = ChatSession(kb, mode, filters)
             for turn in earlier[-HISTORY_TURNS:]:
                 session.ask(turn)
             # only the verified answer is sent: the draft a model streams may lose sentences
-            return (e for e in session.ask_stream(question) if e.answer is not None)
+            answers = (e for e in session.ask_stream(question) if e.answer is not None)
+            return audited(answers, record)
 
         if not body.stream:
             with lock.reading(), _kb_errors(openai=True):
@@ -883,5 +1011,30 @@ def _openai_routes(kb: KnowledgeBase, lock: ReadWriteLock) -> APIRouter:
 
 def run_server(kb: KnowledgeBase, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
     """Serve until interrupted (Ctrl-C)."""
-    check_host(host)
-    uvicorn.run(create_app(kb), host=host, port=port, log_level="info")
+    check_host(host, kb.access.has_users())
+    app = create_app(kb, require_auth=not is_loopback(host))
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def _audit(
+    kb: KnowledgeBase,
+    caller: Caller,
+    surface: Surface,
+    action: str,
+    query: str | None = None,
+    documents: Sequence[str] = (),
+    detail: str | None = None,
+) -> None:
+    kb.access.record(caller.name, surface, action, query, documents, detail)
+
+
+def _groups_detail(groups: Sequence[str]) -> str | None:
+    return "groups: " + ", ".join(groups) if groups else None
+
+
+def _cited(answer: Answer) -> list[str]:
+    return [c.hit.path for c in answer.citations]
+
+
+def _answer_detail(answer: Answer) -> str:
+    return f"{answer.mode}, {'found' if answer.found else 'not found'}"

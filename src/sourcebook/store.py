@@ -26,7 +26,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Protocol
@@ -67,15 +67,29 @@ class Filters:
     tags: tuple[str, ...] = ()
     modified_after: datetime | None = None
     modified_before: datetime | None = None
+    # the reader's groups: only documents without groups, or sharing one of these, are
+    # searched; None means no restriction (an admin, or the single local user)
+    groups: frozenset[str] | None = None
 
     def is_empty(self) -> bool:
-        return not (
+        return self.groups is None and not self.has_metadata()
+
+    def has_metadata(self) -> bool:
+        """Whether any restriction other than the reader's groups is set."""
+        return bool(
             self.path_glob
             or self.exclude_glob
             or self.tags
             or self.modified_after
             or self.modified_before
         )
+
+
+def restricted(filters: Filters | None, groups: frozenset[str] | None) -> Filters | None:
+    """`filters` limited to what a reader in `groups` may read (None: everything)."""
+    if groups is None:
+        return filters
+    return replace(filters or Filters(), groups=groups)
 
 
 class Store(Protocol):
@@ -103,6 +117,8 @@ class Store(Protocol):
     def cached_vectors(self, text_hashes: Sequence[str]) -> dict[str, Vectors]: ...
 
     def allowed_documents(self, filters: Filters) -> list[int] | None: ...
+
+    def unreadable_documents(self, groups: frozenset[str]) -> set[int]: ...
 
     def keyword_search(
         self, query: str, limit: int, doc_ids: Sequence[int] | None = None
@@ -154,6 +170,19 @@ CREATE TABLE IF NOT EXISTS change_log (
 CREATE TABLE IF NOT EXISTS answer_cache (
     key TEXT PRIMARY KEY, answer TEXT NOT NULL, content_hashes TEXT NOT NULL,
     created REAL NOT NULL
+);
+-- access control: the groups that may read documents whose path matches a glob
+CREATE TABLE IF NOT EXISTS access_rules (
+    pattern TEXT NOT NULL, group_name TEXT NOT NULL, PRIMARY KEY (pattern, group_name)
+);
+-- groups given to one document (an upload's `groups`); they replace the rules for it
+CREATE TABLE IF NOT EXISTS document_grants (
+    path TEXT NOT NULL, group_name TEXT NOT NULL, PRIMARY KEY (path, group_name)
+);
+-- who may read each document, derived from the two tables above whenever a document
+-- is written or either changes; a document without rows is readable by everyone
+CREATE TABLE IF NOT EXISTS document_groups (
+    path TEXT NOT NULL, group_name TEXT NOT NULL, PRIMARY KEY (path, group_name)
 );
 """
 
@@ -344,6 +373,8 @@ class EmbeddedStore:
                 ),
             )
             doc_id = cursor.lastrowid
+            # in the same transaction: a new document is never visible without its groups
+            self._derive_groups([record.path])
             for chunk, index_text, digest, vector in zip(
                 chunks, index_texts, hashes, vectors, strict=True
             ):
@@ -379,6 +410,9 @@ class EmbeddedStore:
     def remove_document(self, path: str) -> bool:
         with self._transaction():
             removed = self._delete_document_rows(path)
+            # a file indexed again later under this path must not inherit its groups
+            self._db.execute("DELETE FROM document_grants WHERE path = ?", (path,))
+            self._db.execute("DELETE FROM document_groups WHERE path = ?", (path,))
         self._after_write(1)
         return removed
 
@@ -517,9 +551,10 @@ class EmbeddedStore:
     # --- retrieval -----------------------------------------------------------------------
 
     def allowed_documents(self, filters: Filters) -> list[int] | None:
-        """Document ids passing the filters, or None when there are no filters."""
-        if filters.is_empty():
-            return None
+        """Document ids passing the filters, or None when nothing is excluded."""
+        denied = set() if filters.groups is None else self.unreadable_documents(filters.groups)
+        if not denied and not filters.has_metadata():
+            return None  # a reader who may read everything searches the whole index
         sql = "SELECT id, path, tags FROM documents WHERE 1=1"
         params: list[object] = []
         if filters.modified_after:
@@ -537,8 +572,92 @@ class EmbeddedStore:
                 continue
             if wanted and not wanted <= {t.lower() for t in json.loads(tags)}:
                 continue
+            if doc_id in denied:
+                continue
             allowed.append(int(doc_id))
         return allowed
+
+    # --- access control ------------------------------------------------------------------
+
+    def unreadable_documents(self, groups: frozenset[str]) -> set[int]:
+        """Ids of the documents a reader in `groups` may not read: those that have groups,
+        none of which is one of the reader's."""
+        rows = self._db.execute(
+            "SELECT d.id FROM documents d"
+            " WHERE EXISTS (SELECT 1 FROM document_groups g WHERE g.path = d.path)"
+            " AND NOT EXISTS (SELECT 1 FROM document_groups g WHERE g.path = d.path"
+            "  AND g.group_name IN (SELECT value FROM json_each(?)))",
+            (json.dumps(sorted(groups), ensure_ascii=False),),
+        )
+        return {int(row[0]) for row in rows}
+
+    def document_groups(self) -> dict[str, list[str]]:
+        """The groups that may read each restricted document (path -> groups); a document
+        not listed is readable by everyone."""
+        found: dict[str, list[str]] = {}
+        for path, group in self._db.execute(
+            "SELECT g.path, g.group_name FROM document_groups g"
+            " JOIN documents d ON d.path = g.path ORDER BY g.path, g.group_name"
+        ):
+            found.setdefault(path, []).append(group)
+        return found
+
+    def access_rules(self) -> dict[str, list[str]]:
+        """Path glob -> the groups that may read the documents it matches."""
+        found: dict[str, list[str]] = {}
+        for pattern, group in self._db.execute(
+            "SELECT pattern, group_name FROM access_rules ORDER BY pattern, group_name"
+        ):
+            found.setdefault(pattern, []).append(group)
+        return found
+
+    def set_access_rule(self, pattern: str, groups: Sequence[str]) -> None:
+        """Let only `groups` read documents matching `pattern` (no groups: drop the rule),
+        and re-derive every document's groups in the same transaction."""
+        with self._transaction():
+            self._db.execute("DELETE FROM access_rules WHERE pattern = ?", (pattern,))
+            self._db.executemany(
+                "INSERT INTO access_rules VALUES (?, ?)", ((pattern, g) for g in set(groups))
+            )
+            self._derive_groups(None)
+
+    def document_grants(self, path: str) -> list[str]:
+        rows = self._db.execute(
+            "SELECT group_name FROM document_grants WHERE path = ? ORDER BY group_name", (path,)
+        )
+        return [row[0] for row in rows]
+
+    def set_document_grants(self, path: str, groups: Sequence[str]) -> None:
+        """Give the document at `path` (indexed or about to be) its own groups, which
+        replace the rules for it; no groups: the rules apply again."""
+        with self._transaction():
+            self._db.execute("DELETE FROM document_grants WHERE path = ?", (path,))
+            self._db.executemany(
+                "INSERT INTO document_grants VALUES (?, ?)", ((path, g) for g in set(groups))
+            )
+            self._derive_groups([path])
+
+    def _derive_groups(self, paths: Sequence[str] | None) -> None:
+        """Recompute `document_groups` for `paths` (None: every document), inside the
+        caller's transaction: a document's own grants if it has any, else the union of
+        the groups of every rule whose glob matches its path."""
+        if paths is None:
+            self._db.execute("DELETE FROM document_groups")
+            paths = [row[0] for row in self._db.execute("SELECT path FROM documents")]
+        else:
+            self._db.executemany(
+                "DELETE FROM document_groups WHERE path = ?", ((p,) for p in paths)
+            )
+        rules = self.access_rules()
+        rows: list[tuple[str, str]] = []
+        for path in paths:
+            groups = set(self.document_grants(path))
+            if not groups:
+                for pattern, allowed in rules.items():
+                    if _glob_match(path, pattern):
+                        groups.update(allowed)
+            rows.extend((path, group) for group in sorted(groups))
+        self._db.executemany("INSERT INTO document_groups VALUES (?, ?)", rows)
 
     def keyword_search(
         self, query: str, limit: int, doc_ids: Sequence[int] | None = None

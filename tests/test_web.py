@@ -1,0 +1,392 @@
+"""The web UI in a real browser: Debian's chromium driven by Playwright, against a real
+uvicorn server on 127.0.0.1 over the sample notes with the real model.
+
+Without chromium or playwright (`bash scripts/install-browser.sh`, `pip install -e
+'.[test]'`) these tests are skipped, except when the `CI` environment variable is set:
+CI installs both, so there their absence fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from sourcebook import KnowledgeBase, Settings
+from sourcebook.llm import Message
+from sourcebook.server import create_app
+from sourcebook.text import count_tokens
+
+try:
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
+except ImportError:  # the `browser` fixture skips (or, under CI, fails)
+    sync_playwright = None
+
+pytestmark = pytest.mark.browser
+
+# where Debian's package puts the browser binary (/usr/bin/chromium is a wrapper script)
+CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "chromium", "chromium-browser")
+TIMEOUT_MS = 60_000  # an answer takes well under a second, but the machine may be loaded
+
+CHINESE = "Adam 的默认 β2 是多少？"
+ENGLISH = "What is the default prefetch_factor of a PyTorch DataLoader?"
+# distinct questions (repeating one would time the query-vector cache)
+TIMED = [
+    "LoRA 的 rank r 一般取多少？",
+    "GPT-2 的词表有多大？",
+    "GradScaler 的默认 init_scale 是多少？",
+    "What does ONNX Runtime's execution provider do?",
+    "Why do Transformers use LayerNorm instead of BatchNorm?",
+]
+
+NEW_NOTE = """# 酸面包笔记 Sourdough notes
+
+My sourdough levain uses a 1:5:5 ratio of starter, flour and water.
+
+## 烘焙 Baking
+
+面团在 250 度的铸铁锅里烤 20 分钟，然后开盖再烤 15 分钟。
+"""
+
+HOSTILE_NOTE = """# Notes on <script> tags
+
+<script>window.injected = true</script>
+
+<img src="x" onerror="window.injected = true">
+
+Plain text after the markup.
+"""
+
+
+def chromium() -> str | None:
+    for candidate in CHROMIUM_CANDIDATES:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    return None
+
+
+class LiveServer:
+    """uvicorn serving an app on a free port of 127.0.0.1, in a thread."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
+
+    def __enter__(self) -> LiveServer:
+        self._thread.start()
+        deadline = time.monotonic() + 120  # the lifespan loads the models
+        while not self._server.started:
+            assert self._thread.is_alive() and time.monotonic() < deadline, "did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+        self._socket.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = chromium()
+    missing = [
+        what
+        for what, absent in (
+            ("playwright (pip install -e '.[test]')", sync_playwright is None),
+            ("chromium (bash scripts/install-browser.sh)", executable is None),
+        )
+        if absent
+    ]
+    if missing:
+        message = f"the web UI tests need {' and '.join(missing)}"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the browser tests: {message}", pytrace=False)
+        pytest.skip(message)
+    expect.set_options(timeout=TIMEOUT_MS)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh page; any script error or failed check in the browser fails the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    opened.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.on(
+        "console", lambda message: errors.append(message.text) if message.type == "error" else None
+    )
+    yield opened
+    context.close()
+    assert not errors, errors
+
+
+@pytest.fixture(scope="module")
+def live(notes_kb: KnowledgeBase) -> Iterator[str]:
+    """A server over the session knowledge base, for the tests that only read."""
+    with LiveServer(create_app(notes_kb)) as server:
+        yield server.url
+
+
+@pytest.fixture
+def writable(kb_copy: tuple[KnowledgeBase, Path]) -> Iterator[str]:
+    """A server over a private, writable copy, for the tests that upload."""
+    with LiveServer(create_app(kb_copy[0])) as server:
+        yield server.url
+
+
+def ask(page: Page, question: str) -> None:
+    page.fill("#question", question)
+    page.click("#ask-form button[type=submit]")
+
+
+def highlighted_lines(page: Page, scope: str) -> list[int]:
+    return [
+        int(n)
+        for n in page.locator(f"{scope} .line.hl").evaluate_all(
+            "rows => rows.map(row => row.dataset.line)"
+        )
+    ]
+
+
+# --- chat ------------------------------------------------------------------------------
+
+
+def test_chinese_question_cites_and_opens_the_quoted_lines(page: Page, live: str) -> None:
+    page.goto(live)
+    expect(page.locator("#mode")).to_be_hidden()  # no language model configured
+    ask(page, CHINESE)
+    answer = page.locator(".turn .answer").last
+    expect(answer).to_have_attribute("data-found", "true")
+    expect(answer.locator(".answer-text")).to_contain_text("β2=0.999")
+    expect(answer.locator(".sources li").first).to_contain_text("notes/training/optimizers.md:")
+    expect(answer.locator(".sources li").first).to_contain_text("› Adam")
+
+    # the same answer from the JSON API says which lines the citation quotes
+    expected = httpx.post(f"{live}/api/ask", json={"question": CHINESE}, timeout=60).json()
+    citation = expected["citations"][0]
+    quoted = {n for first, last in citation["quote_lines"] for n in range(first, last + 1)}
+
+    answer.locator(".answer-text .cite").first.click()
+    viewer = page.locator("#viewer")
+    expect(viewer).to_be_visible()
+    expect(viewer.locator(".line.hl", has_text="β2=0.999")).to_be_in_viewport()
+    assert set(highlighted_lines(page, "#viewer")) == quoted
+    # lines around the quote are shown too, not highlighted
+    assert page.locator("#viewer .line").count() > len(quoted)
+
+    # the whole document, with the same lines highlighted
+    page.click("#viewer-open")
+    expect(page).to_have_url(
+        re.compile(rf"/documents/{citation['hit']['doc_id']}\?start=.*&lines=")
+    )
+    expect(page.locator("#document-lines .line.hl", has_text="β2=0.999")).to_be_in_viewport()
+    assert set(highlighted_lines(page, "#document-lines")) == quoted
+    expect(page.locator("#document-title")).to_have_text("优化器与学习率调度")
+
+
+def test_english_question_and_the_key_hook(page: Page, live: str) -> None:
+    page.goto(live)
+    # a key saved in the browser goes with every API call (for when the server checks it)
+    page.evaluate("localStorage.setItem('sourcebook.apiKey', 'test-key')")
+    with page.expect_request("**/api/ask/stream") as request:
+        ask(page, ENGLISH)
+    assert request.value.headers["authorization"] == "Bearer test-key"
+    answer = page.locator(".turn .answer").last
+    expect(answer.locator(".answer-text")).to_contain_text("default is 2")
+    expect(answer.locator(".answer-text .cite")).not_to_have_count(0)
+    expect(answer.locator("h3")).to_have_text("Sources")
+    expect(answer.locator(".sources li").first).to_contain_text("dataloader-tips.rst:")
+
+
+def test_off_topic_questions_say_not_found_in_their_language(page: Page, live: str) -> None:
+    page.goto(live)
+    ask(page, "红烧肉怎么做才好吃？")
+    chinese = page.locator(".turn .answer").nth(0)
+    expect(chinese).to_have_class(re.compile(r"\bnot-found\b"))
+    expect(chinese.locator(".answer-text")).to_contain_text("知识库中没有找到相关内容")
+    expect(chinese.locator(".answer-text .cite")).to_have_count(0)
+    ask(page, "Who won the 1998 FIFA World Cup final?")
+    english = page.locator(".turn .answer").nth(1)
+    expect(english).to_have_class(re.compile(r"\bnot-found\b"))
+    expect(english.locator(".answer-text")).to_contain_text("Not found in the knowledge base")
+
+
+def test_first_answer_render_time(
+    page: Page, live: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Submit → the answer's first text on the page, timed in the browser, and split into
+    the time until the server's first byte and what the browser adds after it."""
+    page.goto(live)
+    page.evaluate("""() => {
+        window.timings = [];
+        let submitted = 0;
+        // capture phase: runs before the page's own submit handler
+        document.addEventListener("submit", () => { submitted = performance.now(); }, true);
+        new MutationObserver(() => {
+            const texts = document.querySelectorAll(".turn .answer-text");
+            const last = texts[texts.length - 1];
+            if (submitted && last && last.textContent) {
+                window.timings.push({submitted, rendered: performance.now()});
+                submitted = 0;
+            }
+        }).observe(document.getElementById("turns"),
+                   {childList: true, subtree: true, characterData: true});
+    }""")
+    for i, question in enumerate(TIMED):
+        ask(page, question)
+        expect(page.locator(".turn .answer-text").nth(i)).not_to_be_empty()
+    streams = "performance.getEntriesByType('resource').filter(e => e.name.endsWith('/ask/stream'))"
+    page.wait_for_function(f"{streams}.length === {len(TIMED)}")  # each listed once complete
+    runs = page.evaluate(f"""() => {{
+        const streams = {streams};
+        return window.timings.map((t, i) => ({{
+            total: t.rendered - t.submitted,
+            browser: t.rendered - streams[i].responseStart,
+        }}));
+    }}""")
+    assert len(runs) == len(TIMED)
+    total = [run["total"] for run in runs]
+    browser = [run["browser"] for run in runs]
+    with capsys.disabled():
+        print(
+            f"\nweb UI, submit → first answer render: median {statistics.median(total):.0f} ms "
+            f"(runs {', '.join(f'{t:.0f}' for t in total)}); of which after the server's "
+            f"first byte: median {statistics.median(browser):.1f} ms"
+        )
+
+
+# --- generate mode (a scripted model; retrieval and verification are the real ones) ------
+
+DRAFT = (
+    "Each worker loads prefetch_factor batches in advance, two by default [1]. "
+    "The Eiffel Tower is in Paris [1]."
+)
+
+
+class ScriptedLLM:
+    """Replies with `DRAFT` word by word, `delay` seconds apart (slow enough to watch)."""
+
+    name = "scripted"
+    delay = 0.15
+
+    def stream(
+        self, messages: Sequence[Message], max_tokens: int, temperature: float
+    ) -> Iterator[str]:
+        for piece in re.findall(r"\S+\s*", DRAFT):
+            time.sleep(self.delay)
+            yield piece
+
+    def complete(self, messages: Sequence[Message], max_tokens: int, temperature: float) -> str:
+        return "".join(self.stream(messages, max_tokens, temperature))
+
+    def count_tokens(self, text: str) -> int:
+        return count_tokens(text)
+
+
+def test_generate_mode_shows_the_draft_then_the_verified_answer(
+    page: Page, kb_copy: tuple[KnowledgeBase, Path]
+) -> None:
+    path = kb_copy[0].path
+    settings = Settings(kb=path, answer_cache=False)
+    with (
+        KnowledgeBase(path, settings, llm=ScriptedLLM()) as kb,
+        LiveServer(create_app(kb)) as server,
+    ):
+        page.goto(server.url)
+        expect(page.locator("#mode")).to_be_visible()  # the server has a model
+        page.check("input[name=mode][value=generate]")
+        ask(page, ENGLISH)
+        answer = page.locator(".turn .answer").last
+        # the draft as the model writes it, before it is checked
+        expect(answer).to_have_class(re.compile(r"\bdrafting\b"))
+        expect(answer.locator(".answer-text")).to_contain_text("Each worker")
+        # then the verified answer: the unsupported sentence is gone, with a notice
+        expect(answer).to_have_attribute("data-found", "true")
+        expect(answer.locator(".answer-text")).to_contain_text("two by default")
+        expect(answer.locator(".answer-text")).not_to_contain_text("Eiffel")
+        expect(answer.locator(".notice")).not_to_be_empty()
+        expect(answer.locator(".answer-text .cite")).to_have_count(1)
+
+
+# --- documents, upload, search ---------------------------------------------------------
+
+
+def test_upload_then_search_then_view(page: Page, writable: str) -> None:
+    page.goto(f"{writable}/documents")
+    expect(page.locator("#documents tbody tr")).to_have_count(20)  # the sample notes
+    expect(page.locator("#documents tbody")).to_contain_text("notes/training/optimizers.md")
+    page.set_input_files(
+        "#files",
+        [
+            {"name": "sourdough.md", "mimeType": "text/markdown", "buffer": NEW_NOTE.encode()},
+            {"name": "empty.md", "mimeType": "text/markdown", "buffer": b""},
+        ],
+    )
+    page.click("#upload-form button[type=submit]")
+    results = page.locator("#upload-results li")
+    expect(results).to_have_count(2)
+    expect(results.nth(0)).to_have_attribute("data-status", "indexed")
+    expect(results.nth(0)).to_contain_text("sourdough.md")
+    expect(results.nth(1)).to_have_attribute("data-status", "failed")
+    expect(results.nth(1)).to_contain_text("empty")  # the reason
+    row = page.locator("#documents tbody tr", has_text="uploads/sourdough.md")
+    expect(row).to_contain_text("indexed")
+    expect(page.locator("#documents tbody tr")).to_have_count(21)
+
+    page.click("nav >> text=Search")
+    page.fill("#q", "铸铁锅 烤多久")
+    page.click("#search-form button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/search\?q="))
+    first = page.locator("#results .result").first
+    expect(first).to_contain_text("uploads/sourdough.md:")
+    expect(first).to_contain_text("烘焙 Baking")
+    expect(first.locator(".ranks")).to_contain_text(re.compile(r"(bm25|dense) #1"))
+    first.locator("a.title").click()
+    expect(page.locator("#document-title")).to_have_text("酸面包笔记 Sourdough notes")
+    expect(page.locator("#document-lines .line.hl", has_text="铸铁锅")).to_have_count(1)
+
+    # English words find it too
+    page.goto(f"{writable}/search?q=levain%20ratio")
+    expect(page.locator("#q")).to_have_value("levain ratio")
+    expect(page.locator("#results .result").first).to_contain_text("uploads/sourdough.md:")
+
+
+def test_document_view_shows_markup_as_text(page: Page, writable: str) -> None:
+    files = [("files", ("hostile.md", HOSTILE_NOTE.encode()))]
+    report = httpx.post(f"{writable}/api/documents", files=files, timeout=120).json()
+    doc_id = report["files"][0]["document"]["id"]
+    page.goto(f"{writable}/documents/{doc_id}?start=3&end=5")
+    expect(page.locator("#document-title")).to_have_text("Notes on <script> tags")
+    highlighted = page.locator("#document-lines .line.hl .lt")
+    expect(highlighted).to_have_text(
+        [
+            "<script>window.injected = true</script>",
+            "",
+            '<img src="x" onerror="window.injected = true">',
+        ]
+    )
+    assert page.locator("#document-lines script, #document-lines img").count() == 0
+    assert page.evaluate("window.injected") is None
+    assert highlighted_lines(page, "#document-lines") == [3, 4, 5]
