@@ -29,7 +29,7 @@ from sourcebook.server import create_app
 from sourcebook.text import count_tokens
 
 try:
-    from playwright.sync_api import Browser, Page, expect, sync_playwright
+    from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 except ImportError:  # the `browser` fixture skips (or, under CI, fails)
     sync_playwright = None
 
@@ -126,6 +126,12 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
+def unexpected(message: ConsoleMessage) -> bool:
+    """A console error, other than the browser's note of an HTTP error status (which the
+    tests check through what the page shows)."""
+    return message.type == "error" and not message.text.startswith("Failed to load resource")
+
+
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
     """A fresh page; any script error or failed check in the browser fails the test."""
@@ -135,7 +141,7 @@ def page(browser: Browser) -> Iterator[Page]:
     errors: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
     opened.on(
-        "console", lambda message: errors.append(message.text) if message.type == "error" else None
+        "console", lambda message: errors.append(message.text) if unexpected(message) else None
     )
     yield opened
     context.close()
@@ -275,6 +281,24 @@ def test_first_answer_render_time(
             f"(runs {', '.join(f'{t:.0f}' for t in total)}); of which after the server's "
             f"first byte: median {statistics.median(browser):.1f} ms"
         )
+
+
+def test_a_server_with_users_asks_for_the_key_once(
+    page: Page, kb_copy: tuple[KnowledgeBase, Path], writable: str
+) -> None:
+    access = kb_copy[0].access
+    access.add_user("wei", admin=True)
+    _, key = access.create_key("wei")
+    page.goto(writable)  # the page is public; the API calls it makes need the key
+    ask(page, ENGLISH)
+    refused = page.locator(".turn .answer").last
+    expect(refused).to_have_class(re.compile(r"\bfailed\b"))
+    page.fill(".key-form input", key)
+    page.click(".key-form button")
+    page.wait_for_load_state()
+    ask(page, ENGLISH)
+    expect(page.locator(".turn .answer-text").last).to_contain_text("default is 2")
+    assert page.evaluate("localStorage.getItem('sourcebook.apiKey')") == key
 
 
 # --- generate mode (a scripted model; retrieval and verification are the real ones) ------

@@ -473,10 +473,47 @@ def serve(
         console.print(
             f"Serving [bold]{escape(str(base.path))}[/] at http://{where}:{port} "
             f"(API docs: http://{where}:{port}/docs, OpenAI base URL: "
-            f"http://{where}:{port}/v1)"
+            f"http://{where}:{port}/v1, MCP: http://{where}:{port}/mcp)"
             + ("; every request needs an API key" if authenticated else "")
         )
         run_server(base, host, port)
+
+
+@app.command()
+def mcp(
+    kb: KbOption = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            envvar="SOURCEBOOK_API_KEY",
+            help="read as this API key's user (their groups' documents only); "
+            "default: the local user, who reads everything",
+        ),
+    ] = None,
+) -> None:
+    """Serve the knowledge base to an MCP client (Claude Desktop, an IDE, an agent) over
+    stdin/stdout: tools search, ask, get_document and list_collections."""
+    # imported here: the MCP SDK and the web stack are not needed by the other commands
+    from .mcp_server import run_stdio
+    from .server import LOCAL_USER as LOCAL_CALLER
+    from .server import Caller
+
+    with _errors_to_exit(), _open(kb) as base:
+        caller = LOCAL_CALLER
+        if key is not None:
+            user = base.access.authenticate(key.strip())
+            if user is None:
+                raise CliError(
+                    "the API key is not valid (unknown or revoked); an admin creates one "
+                    "with `sourcebook key create NAME`"
+                )
+            caller = Caller.of(user)
+        # stdout carries the protocol: anything else goes to stderr
+        errors.print(
+            f"Sourcebook MCP server on stdio for {escape(str(base.path))} as {caller.name}"
+        )
+        run_stdio(base, caller)
 
 
 # --- output helpers ----------------------------------------------------------------------

@@ -57,6 +57,7 @@ from .chat import ChatSession
 from .converters import kind_of
 from .kb import KnowledgeBase, SyncState
 from .llm import LLMError
+from .mcp_server import mount_http
 from .models import (
     Answer,
     AnswerEvent,
@@ -67,6 +68,7 @@ from .models import (
     Status,
     Surface,
     SyncReport,
+    User,
 )
 from .store import Filters, StoreError, restricted
 from .web import router as web_router
@@ -122,6 +124,13 @@ class Caller:
         """`filters` narrowed to what this caller may read."""
         return restricted(filters, self.groups)
 
+    @classmethod
+    def of(cls, user: User) -> Caller:
+        """The holder of one of `user`'s API keys."""
+        if user.admin:
+            return cls(name=user.name, can_write=True)
+        return cls(name=user.name, can_write=False, groups=frozenset(user.groups))
+
 
 LOCAL_USER = Caller(name="local", can_write=True)
 
@@ -147,9 +156,7 @@ def current_caller(request: Request) -> Caller:
     user = access.authenticate(key.strip())
     if user is None:
         _unauthorized(request, "the API key is not valid (unknown or revoked)")
-    if user.admin:
-        return Caller(name=user.name, can_write=True)
-    return Caller(name=user.name, can_write=False, groups=frozenset(user.groups))
+    return Caller.of(user)
 
 
 # a route parameter of this type receives the request's caller (resolved once per request,
@@ -547,14 +554,15 @@ def create_app(kb: KnowledgeBase, require_auth: bool = False) -> FastAPI:
         # load the models now rather than in the first request (a first search would take
         # seconds, and two of them at once would load the models twice)
         await run_in_threadpool(lambda: (kb.embedder, kb.reranker))
-        yield
+        async with mcp.session_manager.run():  # the MCP endpoint's sessions
+            yield
 
     app = FastAPI(
         title="Sourcebook",
         version=__version__,
         description="Search your own notes and get answers that cite a source after every "
         "sentence (or say that the knowledge base has no answer). REST under /api, an "
-        "OpenAI-compatible chat endpoint under /v1.",
+        "OpenAI-compatible chat endpoint under /v1, MCP tools (streamable HTTP) at /mcp.",
         lifespan=lifespan,
     )
     # read by current_caller: users and keys are looked up per request, so users added
@@ -573,6 +581,8 @@ def create_app(kb: KnowledgeBase, require_auth: bool = False) -> FastAPI:
     app.include_router(_api_routes(kb, lock, uploads))
     app.include_router(_openai_routes(kb, lock))
     app.include_router(web_router)  # the web UI: pages that call the routes above
+    # the MCP tools (streamable HTTP), for the caller `current_caller` names
+    mcp = mount_http(app, kb, lock.reading, current_caller, public=require_auth)
     return app
 
 

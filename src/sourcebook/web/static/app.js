@@ -57,17 +57,30 @@ function el(tag, attrs = {}, ...children) {
 }
 
 function errorNode(error) {
-  const node = el("div", { class: "error", role: "alert" }, el("p", {}, error.message || String(error)));
+  const node = el(
+    "div",
+    { class: "error", role: "alert" },
+    el("p", {}, error.message || String(error)),
+  );
   if (error.status === 401) node.append(keyForm());
   return node;
 }
 
 // The server has users and wants a key: ask for it once, keep it in this browser, reload.
 function keyForm() {
-  const input = el("input", { type: "password", autocomplete: "off", "aria-label": "API key",
-    placeholder: "API key" });
-  const form = el("form", { class: "key-form" }, input, " ", el("button", { type: "submit" },
-    "保存 Save"));
+  const input = el("input", {
+    type: "password",
+    autocomplete: "off",
+    "aria-label": "API key",
+    placeholder: "API key",
+  });
+  const form = el(
+    "form",
+    { class: "key-form" },
+    input,
+    " ",
+    el("button", { type: "submit" }, "保存 Save"),
+  );
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const key = input.value.trim();
@@ -481,10 +494,18 @@ function searchResult(hit) {
   return el(
     "li",
     { class: "result" },
-    el("a", { class: "title", href: documentHref(hit.doc_id, hit.line_start, hit.line_end) },
-      hit.title),
-    el("div", { class: "meta" }, el("span", { class: "path", title: hit.path }, hitLocation(hit)),
-      " · ", wherePath(hit)),
+    el(
+      "a",
+      { class: "title", href: documentHref(hit.doc_id, hit.line_start, hit.line_end) },
+      hit.title,
+    ),
+    el(
+      "div",
+      { class: "meta" },
+      el("span", { class: "path", title: hit.path }, hitLocation(hit)),
+      " · ",
+      wherePath(hit),
+    ),
     el("p", { class: "snippet" }, snippet),
     el("div", { class: "ranks muted" }, ranks.join(" · ")),
   );
