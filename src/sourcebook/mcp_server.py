@@ -204,16 +204,18 @@ def create_mcp_server(
             except KeyError as exc:
                 # the same message whether it does not exist or may not be read
                 raise ToolError(f"{path} is not in the knowledge base") from exc
-            document = kb.store.document(str(Path(path).expanduser().resolve()))
+            key = str(Path(path).expanduser().resolve())  # as the facade keys documents
+            document = next((d for d in kb.documents(reader.groups) if d.path == key), None)
         lines = f"lines {start or 1}-{end}" if start or end else None
-        # document_text found it, so it is indexed; `document` is only None after a
-        # concurrent removal, and then the path stands for the title
-        title = document.title if document is not None else path
-        key = document.path if document is not None else path
         kb.access.record(reader.name, "mcp", "document", None, [key], lines)
         first = start or 1
         return DocumentLines(
-            path=key, title=title, line_start=first, line_end=first + text.count("\n"), text=text
+            path=key,
+            # listed, as document_text found it (unless another process just removed it)
+            title=document.title if document is not None else key,
+            line_start=first,
+            line_end=first + text.count("\n"),
+            text=text,
         )
 
     @server.tool(annotations=_READ_ONLY)
