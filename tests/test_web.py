@@ -11,22 +11,19 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import statistics
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from sourcebook import KnowledgeBase, Settings
 from sourcebook.llm import Message
 from sourcebook.server import create_app
 from sourcebook.text import count_tokens
+from test_server import LiveServer
 
 try:
     from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
@@ -75,32 +72,6 @@ def chromium() -> str | None:
         if found:
             return found
     return None
-
-
-class LiveServer:
-    """uvicorn serving an app on a free port of 127.0.0.1, in a thread."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self._socket = socket.socket()
-        self._socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
-        )
-
-    def __enter__(self) -> LiveServer:
-        self._thread.start()
-        deadline = time.monotonic() + 120  # the lifespan loads the models
-        while not self._server.started:
-            assert self._thread.is_alive() and time.monotonic() < deadline, "did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=30)
-        self._socket.close()
 
 
 @pytest.fixture(scope="module")

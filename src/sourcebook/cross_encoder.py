@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .models import SearchHit
+from .rerank import order_by
 
 MODEL_FILES = ("model.onnx", "onnx/model.onnx")
 
@@ -93,14 +94,7 @@ class CrossEncoderReranker:
     ) -> list[SearchHit]:
         if not hits:
             return []
-        scores = self.scores(question, [_passage(hit) for hit in hits])
-        order = np.argsort(-scores, kind="stable")
-        reranked = []
-        for i in order:
-            hit = hits[int(i)]
-            hit.scores["rerank"] = float(scores[i])
-            reranked.append(hit)
-        return reranked
+        return order_by(hits, self.scores(question, [_passage(hit) for hit in hits]))
 
 
 def _passage(hit: SearchHit) -> str:

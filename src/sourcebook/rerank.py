@@ -153,14 +153,18 @@ class LearnedReranker:
     ) -> list[SearchHit]:
         if not hits:
             return []
-        scores = self.scores(feature_matrix(question, hits, idf))
-        order = np.argsort(-scores, kind="stable")
-        reranked = []
-        for i in order:
-            hit = hits[int(i)]
-            hit.scores["rerank"] = float(scores[i])
-            reranked.append(hit)
-        return reranked
+        return order_by(hits, self.scores(feature_matrix(question, hits, idf)))
+
+
+def order_by(hits: Sequence[SearchHit], scores: NDArray[np.float32]) -> list[SearchHit]:
+    """The hits best first by `scores` (ties keep the fused order), each score recorded
+    as `scores["rerank"]`."""
+    reranked = []
+    for i in np.argsort(-scores, kind="stable"):
+        hit = hits[int(i)]
+        hit.scores["rerank"] = float(scores[i])
+        reranked.append(hit)
+    return reranked
 
 
 def load_reranker(setting: str, threads: int | None = None) -> Reranker | None:
