@@ -12,18 +12,15 @@ import os
 import re
 import shutil
 import statistics
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from sourcebook import KnowledgeBase, Settings
-from sourcebook.llm import Message
 from sourcebook.server import create_app
-from sourcebook.text import count_tokens
-from test_server import LiveServer
+from test_server import LiveServer, ScriptedLLM
 
 try:
     from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
@@ -274,39 +271,15 @@ def test_a_server_with_users_asks_for_the_key_once(
 
 # --- generate mode (a scripted model; retrieval and verification are the real ones) ------
 
-DRAFT = (
-    "Each worker loads prefetch_factor batches in advance, two by default [1]. "
-    "The Eiffel Tower is in Paris [1]."
-)
-
-
-class ScriptedLLM:
-    """Replies with `DRAFT` word by word, `delay` seconds apart (slow enough to watch)."""
-
-    name = "scripted"
-    delay = 0.15
-
-    def stream(
-        self, messages: Sequence[Message], max_tokens: int, temperature: float
-    ) -> Iterator[str]:
-        for piece in re.findall(r"\S+\s*", DRAFT):
-            time.sleep(self.delay)
-            yield piece
-
-    def complete(self, messages: Sequence[Message], max_tokens: int, temperature: float) -> str:
-        return "".join(self.stream(messages, max_tokens, temperature))
-
-    def count_tokens(self, text: str) -> int:
-        return count_tokens(text)
-
-
 def test_generate_mode_shows_the_draft_then_the_verified_answer(
     page: Page, kb_copy: tuple[KnowledgeBase, Path]
 ) -> None:
     path = kb_copy[0].path
     settings = Settings(kb=path, answer_cache=False)
+    slow_model = ScriptedLLM()
+    slow_model.delay = 0.15  # slow enough to watch the draft being written
     with (
-        KnowledgeBase(path, settings, llm=ScriptedLLM()) as kb,
+        KnowledgeBase(path, settings, llm=slow_model) as kb,
         LiveServer(create_app(kb)) as server,
     ):
         page.goto(server.url)
