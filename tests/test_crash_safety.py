@@ -10,7 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from sourcebook import KnowledgeBase, Settings
+from sourcebook.models import ChunkDraft
+from sourcebook.store import DocumentRecord, EmbeddedStore
 
 TOPICS = ["注意力机制", "量化", "LoRA 微调", "向量检索", "扩散模型", "优化器"]
 
@@ -87,3 +92,62 @@ def test_a_second_writer_is_refused_with_a_clear_error(tmp_path: Path) -> None:
                 second.add([tmp_path])
         finally:
             second.close()
+
+
+def version(path: str, paragraphs: list[str]) -> tuple[DocumentRecord, list[ChunkDraft]]:
+    """A document of one chunk per paragraph (one line each), as the ingestor stores it."""
+    text = "\n".join(paragraphs)
+    record = DocumentRecord(
+        path=path,
+        title="Garden 花园",
+        kind="markdown",
+        tags=[],
+        modified=time.time(),
+        size=len(text.encode()),
+        content_hash=str(hash(text)),
+        text=text,
+        pages=None,
+    )
+    chunks, start = [], 0
+    for ordinal, paragraph in enumerate(paragraphs):
+        chunks.append(
+            ChunkDraft(
+                ordinal, paragraph, [], start, start + len(paragraph), ordinal + 1, ordinal + 1
+            )
+        )
+        start += len(paragraph) + 1
+    return record, chunks
+
+
+def test_a_failed_re_index_leaves_the_document_whole(tmp_path: Path) -> None:
+    """Re-indexing keeps a document's id by updating its row in place; a replacement that
+    fails midway (after the row and some new chunks were written) is rolled back whole,
+    and the next one succeeds under the same id."""
+    store = EmbeddedStore(tmp_path / "kb", ("test-model", 4), create=True)
+    path = str(tmp_path / "garden.md")
+    old = ["Tomatoes are watered at 6 a.m., codename KESTREL.", "番茄早上六点浇水，暗号青松。"]
+    new = ["Tomatoes are watered at 7 p.m., codename OSPREY.", "番茄晚上七点浇水，暗号白桦。", "完"]
+    rng = np.random.default_rng(0)
+
+    def replace(paragraphs: list[str], vectors: int) -> None:
+        record, chunks = version(path, paragraphs)
+        with store.writing():
+            store.replace_document(record, chunks, paragraphs, rng.random((vectors, 4)))
+
+    replace(old, len(old))
+    before = store.document(path)
+    assert before is not None
+    with pytest.raises(ValueError):  # one vector short: fails after two chunks were written
+        replace(new, len(new) - 1)
+    assert store.document(path) == before and store.document_text(path) == "\n".join(old)
+    assert store.index_sizes() == (len(old), len(old)) and store.is_consistent()
+
+    replace(new, len(new))
+    after = store.document(path)
+    assert after is not None and after.id == before.id and after.chunks == len(new)
+    assert store.index_sizes() == (len(new), len(new))
+    for word, expected in (("OSPREY", 1), ("白桦", 1), ("KESTREL", 0), ("青松", 0)):
+        found = store.keyword_search(word, 5, [before.id])
+        assert len(found) == expected, word
+        assert all(hit.doc_id == before.id for hit in store.hits([c for c, _ in found]).values())
+    store.close()

@@ -4,6 +4,7 @@ streaming, the official `openai` client and concurrent requests."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import socket
@@ -227,6 +228,21 @@ def test_document_text_and_line_range(client: TestClient, notes_kb: KnowledgeBas
     assert client.get("/api/documents/999999/text").status_code == 404
 
 
+def test_status_counts_everything_for_the_local_user(
+    writable: tuple[TestClient, KnowledgeBase],
+) -> None:
+    """Without users the caller is the local user, who may read every document, those
+    with groups included."""
+    client, kb = writable
+    kb.set_access_rule("llm/*", ["ml"])
+    assert kb.document_groups()
+    body = client.get("/api/status").json()
+    documents = kb.documents()
+    assert body["documents"] == len(documents) == 20
+    assert body["chunks"] == sum(d.chunks for d in documents) == kb.status().chunks
+    assert body["sources"] == kb.status().sources and body["index_consistent"]
+
+
 def test_documents_and_collections(client: TestClient, notes_kb: KnowledgeBase) -> None:
     documents = client.get("/api/documents").json()
     assert len(documents) == notes_kb.status().documents
@@ -292,6 +308,68 @@ def test_upload_refuses_an_oversized_file(writable: tuple[TestClient, KnowledgeB
     assert not (kb.path / "uploads").exists()  # the batch is refused before anything is saved
 
 
+def test_an_upload_over_the_limit_is_refused_before_it_is_read(
+    kb_copy: tuple[KnowledgeBase, Path],
+) -> None:
+    """An upload larger than the limit gets 413 without being spooled: one declaring a
+    larger Content-Length before any of its body is sent, a chunked one (no length) as
+    soon as it passes the limit. Nothing is kept, and the server goes on answering."""
+    kb, _ = kb_copy
+    kb.settings.max_file_mb = 0.05  # a request may carry 51,200 bytes + UPLOAD_OVERHEAD
+    documents = kb.status().documents
+    boundary = "sourcebook-test-boundary"
+    head = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=files; filename=huge.md\r\n"
+        "Content-Type: text/markdown\r\n\r\n# 很大的文件 A huge file\n\n"
+    ).encode()
+    multipart = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+    def assert_refused(status: int, body: bytes, connection: str | None) -> None:
+        assert status == 413
+        detail = json.loads(body)["detail"]
+        assert "0.05 MB limit" in detail and "SOURCEBOOK_MAX_FILE_MB" in detail, detail
+        assert connection == "close"  # the rest of the body is not read either
+
+    with LiveServer(create_app(kb)) as server:
+        # httpx (like most clients) sends the whole body before it reads the response;
+        # http.client can stop after the headers, which shows that the answer does not
+        # wait for the body: 10 GB are declared and none of it is ever sent
+        host, port = server.url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.putrequest("POST", "/api/documents")
+        for name, value in {**multipart, "Content-Length": str(10 * 1024**3)}.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        assert_refused(response.status, response.read(), response.getheader("connection"))
+        connection.close()
+
+        sent = 0
+        total = 64 * 1024 * 1024
+
+        def chunked_body() -> Iterator[bytes]:
+            nonlocal sent
+            yield head
+            block = ("正文 body text " * 4096).encode()[: 64 * 1024]
+            while sent < total:
+                sent += len(block)
+                yield block
+
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            response = client.post("/api/documents", content=chunked_body(), headers=multipart)
+            assert response.request.headers["transfer-encoding"] == "chunked"
+            assert_refused(response.status_code, response.content, response.headers["connection"])
+            assert sent < total  # the server stopped reading: the client could not go on
+
+            assert client.get("/api/health").status_code == 200
+            assert client.get("/api/status").json()["documents"] == documents
+            assert not (kb.path / "uploads").exists()  # nothing saved, nothing indexed
+            small = [("files", ("small.md", "# 小文件\n\nA small file is fine.\n".encode()))]
+            accepted = client.post("/api/documents", files=small)
+            assert accepted.status_code == 200
+            assert accepted.json()["files"][0]["status"] == "indexed"
+
+
 def test_corrupt_pdf_is_reported_and_the_rest_indexed(
     writable: tuple[TestClient, KnowledgeBase],
 ) -> None:
@@ -328,11 +406,88 @@ def test_resync_one_document(
     assert response.status_code == 200
     body = response.json()
     assert body["report"]["updated"] == 1 and body["document"]["path"] == str(note)
-    new_id = body["document"]["id"]
-    assert {d["id"]: d["state"] for d in client.get("/api/documents").json()}[new_id] == "indexed"
+    assert body["document"]["id"] == doc_id
+    assert {d["id"]: d["state"] for d in client.get("/api/documents").json()}[doc_id] == "indexed"
     note.unlink()
-    gone = client.post(f"/api/documents/{new_id}/sync").json()
+    gone = client.post(f"/api/documents/{doc_id}/sync").json()
     assert gone["report"]["removed"] == 1 and gone["document"] is None
+
+
+GARDEN = """# Garden log 花园日志
+
+## Watering 浇水
+
+The greenhouse tomatoes get {litres} litres each at {hour}, codename {codename}.
+
+温室番茄每天{time}浇水，暗号是{暗号}。
+"""
+GARDEN_VERSIONS = [
+    {"litres": "1.5", "hour": "6 a.m.", "codename": "KESTREL", "time": "早上六点", "暗号": "青松"},
+    {"litres": "2", "hour": "7 p.m.", "codename": "OSPREY", "time": "晚上七点", "暗号": "白桦"},
+    {"litres": "3", "hour": "noon", "codename": "PELICAN", "time": "中午十二点", "暗号": "红枫"},
+]
+
+
+def test_an_edited_document_keeps_its_id(
+    writable: tuple[TestClient, KnowledgeBase], kb_copy: tuple[KnowledgeBase, Path]
+) -> None:
+    """Links to /api/documents/{id} survive edits: re-indexing a changed file (one
+    document's sync, a whole sync, a re-upload) keeps the id, serves the new text under
+    it, and search finds only the new text; the document's groups stay with it."""
+    client, kb = writable
+    _, notes = kb_copy
+    note = notes / "garden.md"
+    note.write_text(GARDEN.format(**GARDEN_VERSIONS[0]), encoding="utf-8")
+    assert kb.sync().added == 1
+    kb.set_document_groups(note, ["garden"])
+    doc_id = document_id(client, "notes/garden.md")
+
+    def edit(version: dict[str, str]) -> None:
+        time.sleep(0.01)  # a new modification time, as a real edit has
+        note.write_text(GARDEN.format(**version), encoding="utf-8")
+
+    def assert_serves(version: dict[str, str], before: dict[str, str]) -> None:
+        text = client.get(f"/api/documents/{doc_id}/text").json()["text"]
+        assert version["codename"] in text and version["暗号"] in text
+        assert before["codename"] not in text and before["暗号"] not in text
+        for query, new, old in (
+            (f"codename {version['codename']}", version["codename"], before["codename"]),
+            (f"温室番茄{version['time']}浇水", version["暗号"], before["暗号"]),
+        ):
+            hits = client.get("/api/search", params={"q": query, "limit": 10}).json()
+            assert hits[0]["doc_id"] == doc_id and new in hits[0]["text"], query
+            assert not any(old in hit["text"] for hit in hits), query
+        assert kb.document_groups()[str(note)] == ["garden"]  # grants are kept by path
+        keyword, vectors = kb.store.index_sizes()
+        assert keyword == vectors == kb.status().chunks  # the old chunks left both indexes
+
+    edit(GARDEN_VERSIONS[1])
+    response = client.post(f"/api/documents/{doc_id}/sync")
+    assert response.status_code == 200 and response.json()["report"]["updated"] == 1
+    assert response.json()["document"]["id"] == doc_id
+    assert_serves(GARDEN_VERSIONS[1], GARDEN_VERSIONS[0])
+
+    edit(GARDEN_VERSIONS[2])
+    assert kb.sync().updated == 1
+    assert document_id(client, "notes/garden.md") == doc_id
+    assert_serves(GARDEN_VERSIONS[2], GARDEN_VERSIONS[1])
+
+    # an upload replaced by one of the same name keeps its id as well
+    first = client.post("/api/documents", files=[("files", ("面包.md", NEW_NOTE.encode()))])
+    upload_id = first.json()["files"][0]["document"]["id"]
+    changed = NEW_NOTE.replace("250 度", "230 度")
+    again = client.post("/api/documents", files=[("files", ("面包.md", changed.encode()))])
+    assert again.json()["files"][0]["status"] == "indexed"
+    assert again.json()["files"][0]["document"]["id"] == upload_id
+    assert "230 度" in client.get(f"/api/documents/{upload_id}/text").json()["text"]
+
+    # a path removed and indexed again is a new document: the old id is gone for good
+    note.unlink()
+    assert kb.sync().removed == 1
+    note.write_text(GARDEN.format(**GARDEN_VERSIONS[0]), encoding="utf-8")
+    kb.sync()
+    assert document_id(client, "notes/garden.md") != doc_id
+    assert client.get(f"/api/documents/{doc_id}/text").status_code == 404
 
 
 def test_searches_during_uploads(kb_copy: tuple[KnowledgeBase, Path]) -> None:

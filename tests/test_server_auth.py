@@ -50,6 +50,7 @@ def leaked(body: str) -> list[str]:
     ("method", "url"),
     [
         ("GET", "/api/health"),
+        ("GET", "/api/status"),
         ("GET", "/api/search?q=LoRA"),
         ("GET", "/api/documents"),
         ("POST", "/api/ask"),
@@ -129,6 +130,28 @@ def test_document_list_and_text_hide_other_groups_documents(client: TestClient, 
     assert text.status_code == 200 and "2.7 倍" in text.json()["text"]
     collections = client.get("/api/collections", headers=as_user(team, "bob")).json()
     assert sum(c["documents"] for c in collections) == 20
+
+
+def test_status_counts_only_readable_documents(client: TestClient, team: Team) -> None:
+    """/api/status must not reveal how many documents other groups have: each caller's
+    counts are those of the documents (and their chunks) they may read."""
+    total = team.kb.status()
+    chunks = {d.path: d.chunks for d in team.kb.documents()}
+    hr, finance = chunks[team.hr_path], chunks[team.finance_path]
+    expected = {
+        "root": (total.documents, total.chunks),  # an admin reads everything
+        "alice": (total.documents - 1, total.chunks - finance),
+        "bob": (total.documents - 2, total.chunks - hr - finance),
+    }
+    for name, (documents, chunk_count) in expected.items():
+        headers = as_user(team, name)
+        status = client.get("/api/status", headers=headers)
+        assert status.status_code == 200
+        body = status.json()
+        assert (body["documents"], body["chunks"]) == (documents, chunk_count), name
+        readable = client.get("/api/documents", headers=headers).json()
+        assert (len(readable), sum(d["chunks"] for d in readable)) == (documents, chunk_count)
+    assert len(set(expected.values())) == 3  # the three callers really see different counts
 
 
 def test_openai_endpoint_answers_only_from_readable_documents(

@@ -367,8 +367,8 @@ class KnowledgeBase:
     def document_by_id(
         self, doc_id: int, groups: frozenset[str] | None = None
     ) -> DocumentInfo | None:
-        """The indexed document with this id (re-indexing a changed file gives it a new
-        id); None also when a reader in `groups` may not read it."""
+        """The indexed document with this id (it keeps its id when its file changes and
+        is re-indexed); None also when a reader in `groups` may not read it."""
         return next((d for d in self.documents(groups) if d.id == doc_id), None)
 
     # --- teams: who may read what --------------------------------------------------------
@@ -452,8 +452,10 @@ class KnowledgeBase:
         s = self.settings
         return self._llm is not None or s.llm_backend == "openai" or s.llm_gguf is not None
 
-    def status(self) -> Status:
-        documents, chunks = self.store.counts()
+    def status(self, groups: frozenset[str] | None = None) -> Status:
+        """The knowledge base's numbers; with `groups`, the documents and chunks count
+        only what a reader in them may read (the others' existence is not revealed)."""
+        documents, chunks = self.store.counts(groups)
         return Status(
             path=str(self.path.resolve()),
             embedder=self.store.embedder_name,

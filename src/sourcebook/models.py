@@ -238,7 +238,8 @@ class ApiKeyInfo(BaseModel):
 
 class AuditEntry(BaseModel):
     """One call recorded in the audit log. `documents` are the paths of the documents
-    returned, cited, read or changed (paths, because ids change on re-index)."""
+    returned, cited, read or changed (paths: a document removed and indexed again
+    gets a new id)."""
 
     id: int
     at: datetime

@@ -49,7 +49,8 @@ from fastapi import (
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.types import Receive, Scope, Send
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .access import AccessControl, AccessError, audited, check_name
@@ -70,6 +71,7 @@ from .models import (
     SyncReport,
     User,
 )
+from .settings import Settings
 from .store import Filters, StoreError, restricted
 from .web import router as web_router
 
@@ -81,6 +83,9 @@ GENERATE_MODEL = "sourcebook-generate"  # generated, verified answers (when an L
 # earlier user turns of an OpenAI chat replayed to understand a follow-up; the condenser
 # looks no further back than the last few turns anyway
 HISTORY_TURNS = 3
+# what an upload request may carry beyond SOURCEBOOK_MAX_FILE_MB: the multipart framing
+# (boundaries, each part's headers) and the `groups` field
+UPLOAD_OVERHEAD = 64 * 1024
 
 
 def is_loopback(host: str) -> bool:
@@ -467,6 +472,61 @@ def _kb_errors(openai: bool = False) -> Iterator[None]:
         raise HTTPException(_status_of(exc), str(exc)) from exc
 
 
+# --- upload size ------------------------------------------------------------------------
+
+
+class UploadLimit:
+    """Refuses an upload (POST to `path`) larger than SOURCEBOOK_MAX_FILE_MB (plus
+    `UPLOAD_OVERHEAD`) with 413 before its body is taken in: the route only sees the files
+    after Starlette's multipart parser has spooled all of them to temporary files, so it
+    cannot stop a huge upload itself.
+
+    A declared Content-Length over the limit is refused without reading any of the body
+    (and without `100 Continue`: a client that waits for it never sends the body). A body
+    without a length (chunked) is read only until it passes the limit. The 413 closes the
+    connection, so the rest of the body is not read either. The setting is read per
+    request, so a changed `kb.settings.max_file_mb` applies at once."""
+
+    def __init__(self, app: ASGIApp, path: str, settings: Settings) -> None:
+        self.app = app
+        self.path = path
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"] != scope.get("root_path", "") + self.path
+        ):
+            await self.app(scope, receive, send)
+            return
+        megabytes = self.settings.max_file_mb
+        limit = int(megabytes * 1024 * 1024) + UPLOAD_OVERHEAD
+        detail = (
+            f"the upload is larger than the {megabytes:g} MB limit of one request "
+            "(SOURCEBOOK_MAX_FILE_MB): upload large files one per request, or raise the limit"
+        )
+        close = {"Connection": "close"}
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            refusal = JSONResponse(ErrorResponse(detail=detail).model_dump(), 413, close)
+            await refusal(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                # raised inside the route's body parsing, which passes an HTTPException
+                # on to the app's handlers (any other error would become a 400)
+                raise HTTPException(413, detail, headers=close)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
 # --- streaming -------------------------------------------------------------------------
 
 
@@ -579,6 +639,7 @@ def create_app(kb: KnowledgeBase, require_auth: bool = False) -> FastAPI:
         return JSONResponse(body.model_dump(), status_code=exc.status)
 
     app.include_router(_api_routes(kb, lock, uploads))
+    app.add_middleware(UploadLimit, path="/api/documents", settings=kb.settings)
     app.include_router(_openai_routes(kb, lock))
     app.include_router(web_router)  # the web UI: pages that call the routes above
     # the MCP tools (streamable HTTP), for the caller `current_caller` names
@@ -593,7 +654,7 @@ def _api_routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRou
         # a document the caller may not read is as absent as one that does not exist
         document = kb.document_by_id(doc_id, caller.groups)
         if document is None:
-            raise HTTPException(404, f"no document with id {doc_id} (ids change on re-index)")
+            raise HTTPException(404, f"no document with id {doc_id}")
         return document
 
     @api.get("/health", response_model=Health, tags=["status"])
@@ -607,10 +668,12 @@ def _api_routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRou
         )
 
     @api.get("/status", response_model=Status, tags=["status"])
-    def status() -> Status:
-        """Documents, chunks, model, size and sources of the knowledge base."""
+    def status(caller: CallerDep) -> Status:
+        """Documents, chunks, model, size and sources of the knowledge base. Only the
+        documents the caller may read, and their chunks, are counted (the size is the
+        whole knowledge base's)."""
         with lock.reading():
-            return kb.status()
+            return kb.status(caller.groups)
 
     @api.get("/documents", response_model=list[DocumentStatus], tags=["documents"])
     def documents(caller: CallerDep) -> list[DocumentStatus]:
@@ -638,7 +701,12 @@ def _api_routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRou
         responses={
             400: {"model": ErrorResponse, "description": "a file name with a folder in it"},
             **_WRITE_ERRORS,
-            413: {"model": ErrorResponse, "description": "a file over the size limit"},
+            413: {
+                "model": ErrorResponse,
+                "description": "a file, or the whole request, over the size limit "
+                "(SOURCEBOOK_MAX_FILE_MB); a request over it is refused before its body "
+                "is read, and the connection is closed",
+            },
         },
     )
     def upload(
@@ -744,7 +812,7 @@ def _api_routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRou
         responses={**_NOT_FOUND, **_WRITE_ERRORS},
     )
     def resync(doc_id: int, caller: Annotated[Caller, Depends(writer)]) -> Resync:
-        """Re-read one document's file: re-indexed if it changed (it then gets a new id),
+        """Re-read one document's file: re-indexed if it changed (it keeps its id),
         removed if it is gone."""
         with lock.writing(), _kb_errors():
             document = find(doc_id, caller)

@@ -350,30 +350,43 @@ class EmbeddedStore:
     ) -> None:
         """Insert or replace a document and all its chunks atomically.
 
+        A document already indexed under `record.path` keeps its id (links to it stay
+        valid after an edit); its chunks are replaced and get new ids. A path removed and
+        indexed again later gets a new id: ids are never reused (AUTOINCREMENT), so an
+        old link to a removed document is a 404, never another document.
+
         `index_texts[i]` is what was embedded and is keyword-indexed for chunk i (the chunk
         with its heading path); `vectors[i]` is its embedding.
         """
         hashes = [text_hash(t) for t in index_texts]
+        values = (
+            record.title,
+            record.kind,
+            json.dumps(record.tags, ensure_ascii=False),
+            record.modified,
+            record.size,
+            record.content_hash,
+            record.text,
+            json.dumps(record.pages) if record.pages else None,
+            time.time(),
+            record.path,
+        )
         with self._transaction():
-            self._delete_document_rows(record.path)
-            cursor = self._db.execute(
-                "INSERT INTO documents (path, title, kind, tags, modified, size, content_hash,"
-                " text, pages, indexed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.path,
-                    record.title,
-                    record.kind,
-                    json.dumps(record.tags, ensure_ascii=False),
-                    record.modified,
-                    record.size,
-                    record.content_hash,
-                    record.text,
-                    json.dumps(record.pages) if record.pages else None,
-                    time.time(),
-                ),
-            )
-            doc_id = cursor.lastrowid
-            # in the same transaction: a new document is never visible without its groups
+            doc_id = self._delete_chunk_rows(record.path)
+            if doc_id is None:
+                cursor = self._db.execute(
+                    "INSERT INTO documents (title, kind, tags, modified, size, content_hash,"
+                    " text, pages, indexed, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    values,
+                )
+                doc_id = cursor.lastrowid
+            else:
+                self._db.execute(
+                    "UPDATE documents SET title = ?, kind = ?, tags = ?, modified = ?, size = ?,"
+                    " content_hash = ?, text = ?, pages = ?, indexed = ? WHERE path = ?",
+                    values,
+                )
+            # in the same transaction: a document is never visible without its groups
             self._derive_groups([record.path])
             for chunk, index_text, digest, vector in zip(
                 chunks, index_texts, hashes, vectors, strict=True
@@ -417,15 +430,24 @@ class EmbeddedStore:
         return removed
 
     def _delete_document_rows(self, path: str) -> bool:
+        doc_id = self._delete_chunk_rows(path)
+        if doc_id is None:
+            return False
+        self._db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
+        return True
+
+    def _delete_chunk_rows(self, path: str) -> int | None:
+        """Delete the chunks of the document at `path` (logged for the derived indexes),
+        inside the caller's transaction; returns the document's id, None if not indexed."""
         row = self._db.execute("SELECT id FROM documents WHERE path = ?", (path,)).fetchone()
         if row is None:
-            return False
+            return None
         self._db.execute(
             "INSERT INTO change_log (chunk_id, op) SELECT id, 'del' FROM chunks WHERE doc_id = ?",
             (row[0],),
         )
-        self._db.execute("DELETE FROM documents WHERE id = ?", (row[0],))
-        return True
+        self._db.execute("DELETE FROM chunks WHERE doc_id = ?", (row[0],))
+        return int(row[0])
 
     def _after_write(self, changes: int) -> None:
         # Keep the derived indexes from falling far behind during a long ingest.
@@ -583,11 +605,7 @@ class EmbeddedStore:
         """Ids of the documents a reader in `groups` may not read: those that have groups,
         none of which is one of the reader's."""
         rows = self._db.execute(
-            "SELECT d.id FROM documents d"
-            " WHERE EXISTS (SELECT 1 FROM document_groups g WHERE g.path = d.path)"
-            " AND NOT EXISTS (SELECT 1 FROM document_groups g WHERE g.path = d.path"
-            "  AND g.group_name IN (SELECT value FROM json_each(?)))",
-            (json.dumps(sorted(groups), ensure_ascii=False),),
+            f"SELECT d.id FROM documents d WHERE {_UNREADABLE}", (_group_list(groups),)
         )
         return {int(row[0]) for row in rows}
 
@@ -746,9 +764,17 @@ class EmbeddedStore:
 
     # --- status --------------------------------------------------------------------------
 
-    def counts(self) -> tuple[int, int]:
-        documents = self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
-        chunks = self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+    def counts(self, groups: frozenset[str] | None = None) -> tuple[int, int]:
+        """Documents and chunks; with `groups`, only those a reader in them may read."""
+        if groups is None:
+            documents = self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+            chunks = self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+            return int(documents), int(chunks)
+        documents, chunks = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM((SELECT COUNT(*) FROM chunks c"
+            f" WHERE c.doc_id = d.id)), 0) FROM documents d WHERE NOT ({_UNREADABLE})",
+            (_group_list(groups),),
+        ).fetchone()
         return int(documents), int(chunks)
 
     def size_bytes(self) -> int:
@@ -756,6 +782,19 @@ class EmbeddedStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+# A document `d` a reader may not read: it has groups, none of which is one of the
+# reader's (the one parameter: the reader's groups as a JSON list, `_group_list`).
+_UNREADABLE = (
+    "EXISTS (SELECT 1 FROM document_groups g WHERE g.path = d.path)"
+    " AND NOT EXISTS (SELECT 1 FROM document_groups g WHERE g.path = d.path"
+    "  AND g.group_name IN (SELECT value FROM json_each(?)))"
+)
+
+
+def _group_list(groups: frozenset[str]) -> str:
+    return json.dumps(sorted(groups), ensure_ascii=False)
 
 
 def _document_info(row: tuple[object, ...]) -> DocumentInfo:
