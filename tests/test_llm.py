@@ -152,6 +152,25 @@ def test_llama_cpp_streams_tokens_and_counts_with_its_tokenizer(smollm2: Path) -
 
 
 @pytest.mark.llm
+def test_concurrent_generations_take_turns_on_the_one_context(smollm2: Path) -> None:
+    """A server streams several answers at once from one in-process model; llama.cpp's
+    context is not thread-safe, so they must take turns and each get the whole reply."""
+    llm = LlamaCppLLM(smollm2, n_threads=1, n_ctx=1024)
+    alone = llm.complete(HELLO, 12, 0.0)
+    replies: list[str] = []
+    threads = [
+        # daemon: without the lock they can hang in llama.cpp; the test must still end
+        threading.Thread(target=lambda: replies.append(llm.complete(HELLO, 12, 0.0)), daemon=True)
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert replies == [alone] * 3
+
+
+@pytest.mark.llm
 @pytest.mark.parametrize("question", [PREFETCH, "LoRA 的 rank r 一般取多少？"])
 def test_generate_mode_with_llama_cpp_end_to_end(
     notes_kb: KnowledgeBase, smollm2: Path, question: str

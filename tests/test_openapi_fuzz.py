@@ -4,10 +4,11 @@ ASGI app directly, over a writable copy of the sample notes with the real model.
 Every operation of /openapi.json gets a bounded, derandomised set of generated requests,
 valid ones and ones that break the schema; none may answer with a 5xx (but the documented
 503 of a generated answer without a language model), and every response
-must match what the schema declares for it (status code, content type, body). Left out:
-the two routes that can answer with server-sent events (`POST /api/ask/stream`,
-`POST /v1/chat/completions`), whose 200 is an open-ended stream, and /mcp and the web
-pages, which are not in the schema.
+must match what the schema declares for it (status code, content type, body). The two
+routes that can answer with server-sent events (`POST /api/ask/stream`,
+`POST /v1/chat/completions`) are fuzzed the same way, but their 200 body (an event stream)
+is checked by parsing its events rather than against a JSON schema. /mcp and the web
+pages are not in the schema (tests/test_mcp.py, tests/test_web.py).
 
 The operations are looped over inside one test: schemathesis's pytest integration for a
 schema built from a fixture (`schemathesis.pytest.from_fixture`) reads a private pytest
@@ -16,6 +17,7 @@ attribute that pytest 9 no longer has.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from sourcebook import KnowledgeBase
+from sourcebook.models import Answer
 from sourcebook.server import create_app
 
 STREAMING = r"^/(api/ask/stream|v1/chat/completions)$"
@@ -98,7 +101,57 @@ def test_api_fuzz_no_server_errors_and_schema_conformance(
     assert all(calls.values()), calls  # every operation was actually exercised
 
 
-def _fuzz(operation: APIOperation, mode: GenerationMode) -> int:
+def well_formed_events(ctx: Any, response: Response, case: schemathesis.Case) -> bool | None:
+    """A 200 event stream is a sequence of `data:` events, each a JSON object, and the
+    last one the answer (`/api/ask/stream`: an `answer` event) or `[DONE]` (OpenAI)."""
+    if (
+        response.status_code != 200
+        or "text/event-stream" not in response.headers.get("content-type", [""])[0]
+    ):
+        return None
+    blocks = [b for b in response.text.split("\n\n") if b.strip()]
+    assert blocks, "an empty event stream"
+    data = [
+        line.removeprefix("data: ")
+        for block in blocks
+        for line in block.splitlines()
+        if line.startswith("data: ")
+    ]
+    assert len(data) == len(blocks), f"events without data: {blocks}"
+    for item in data[:-1]:
+        assert isinstance(json.loads(item), dict), item
+    if case.operation.path == "/api/ask/stream":
+        assert blocks[-1].startswith("event: answer"), blocks[-1]
+        Answer.model_validate_json(data[-1])
+    else:
+        assert data[-1] == "[DONE]", data[-1]
+    return True
+
+
+def test_streaming_routes_fuzz_no_server_errors_and_well_formed_events(
+    kb_copy: tuple[KnowledgeBase, Path],
+) -> None:
+    kb, _ = kb_copy
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(kb)).include(
+        path_regex=STREAMING
+    )
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.label for op in operations} == {"POST /api/ask/stream", "POST /v1/chat/completions"}
+    checks = [no_server_error, status_code_conformance, well_formed_events]
+    failures: dict[str, str] = {}
+    calls: dict[str, int] = {}
+    for operation in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            label = f"{operation.label} [{mode.value}]"
+            try:
+                calls[label] = _fuzz(operation, mode, checks)
+            except (Exception, BaseExceptionGroup) as exc:  # all reported below
+                failures[label] = f"{type(exc).__name__}: {exc}"
+    assert not failures, "\n\n".join(f"{label}\n{text}" for label, text in failures.items())
+    assert all(calls.values()), calls
+
+
+def _fuzz(operation: APIOperation, mode: GenerationMode, checks: list[Any] = CHECKS) -> int:
     """Run the checks on generated requests for one operation; the number of requests."""
     count = 0
 
@@ -113,7 +166,7 @@ def _fuzz(operation: APIOperation, mode: GenerationMode) -> int:
     def run(case: schemathesis.Case) -> None:
         nonlocal count
         count += 1
-        case.call_and_validate(checks=CHECKS)
+        case.call_and_validate(checks=checks)
 
     run()
     return count

@@ -50,7 +50,7 @@ class ExtractiveAnswerer:
         embedder: Embedder,
         max_sentences: int,
         judge: Judge,
-        max_embedded_sentences: int = 16,
+        max_embedded_sentences: int = 8,
     ) -> None:
         self.embedder = embedder
         self.max_sentences = max_sentences

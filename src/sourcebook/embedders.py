@@ -7,6 +7,8 @@ Vectors are L2-normalised float32, so a dot product is the cosine similarity.
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -26,6 +28,65 @@ class Embedder(Protocol):
     def embed_passages(self, texts: Sequence[str]) -> Vectors: ...
 
     def embed_query(self, text: str) -> Vectors: ...
+
+
+class VectorCache:
+    """Vectors already computed, by text, least recently used dropped first.
+
+    A running server sees the same questions and the same evidence sentences again and
+    again; embedding one costs milliseconds per token, looking it up microseconds.
+    Thread-safe: the server computes answers in several worker threads.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._vectors: OrderedDict[str, Vectors] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, texts: Sequence[str], compute: Callable[[list[str]], Vectors]) -> Vectors:
+        """The vectors of `texts` (at least one; rows in order), the missing ones from one
+        `compute` call."""
+        with self._lock:
+            known = {t: v for t in texts if (v := self._vectors.get(t)) is not None}
+            for text in known:
+                self._vectors.move_to_end(text)
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if missing:
+            computed = compute(missing)
+            known.update(zip(missing, computed, strict=True))
+            with self._lock:
+                for text, vector in zip(missing, computed, strict=True):
+                    self._vectors[text] = vector
+                while len(self._vectors) > self.capacity:
+                    self._vectors.popitem(last=False)
+        return np.stack([known[t] for t in texts])
+
+
+class CachedEmbedder:
+    """An embedder that remembers what it embedded: questions (a chat asks follow-ups, an
+    evaluation compares configurations on the same query) and evidence sentences (the
+    extractive answerer embeds the candidate sentences of every answer, and popular
+    passages are evidence again and again). Not for ingestion: chunk vectors are cached in
+    the store by content hash."""
+
+    def __init__(self, embedder: Embedder, queries: int = 512, passages: int = 20_000) -> None:
+        self.inner = embedder
+        self.name = embedder.name
+        self.dim = embedder.dim
+        self._queries = VectorCache(queries)
+        self._passages = VectorCache(passages)
+
+    def embed_passages(self, texts: Sequence[str]) -> Vectors:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self._passages.get_many(texts, self.inner.embed_passages)
+
+    def embed_query(self, text: str) -> Vectors:
+        vectors = self._queries.get_many(
+            [text], lambda texts: np.stack([self.inner.embed_query(t) for t in texts])
+        )
+        vector: Vectors = vectors[0]
+        return vector
 
 
 class UniversalSentenceEncoder:

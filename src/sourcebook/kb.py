@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import sys
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -14,7 +19,7 @@ from .analyzer import analyze
 from .answerer import ExtractiveAnswerer
 from .calibration import judge_for
 from .chunker import contextual_text
-from .embedders import EMBEDDERS, Embedder, Vectors, get_embedder
+from .embedders import EMBEDDERS, CachedEmbedder, Embedder, Vectors, get_embedder
 from .generation import PROMPT_VERSION, GroundedGenerator, Verifier, final_answer
 from .ingest import Ingestor, ProgressCallback, Source
 from .llm import LLM, create_llm
@@ -34,6 +39,17 @@ from .store import EmbeddedStore, Filters, StoreError, text_hash
 from .text import normalize
 
 SyncState = Literal["indexed", "changed", "missing"]
+
+# Nice value of the answer threads: under contention the scheduler gives a search thread
+# about three times their CPU share, and an idle machine runs them at full speed.
+ANSWER_NICENESS = 5
+
+
+def _yield_to_searches() -> None:
+    if sys.platform == "linux":  # Linux: a thread id sets that thread's nice value only
+        # not permitted (unusual: raising one's own nice value is): normal priority
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ANSWER_NICENESS)
 
 
 class KnowledgeBase:
@@ -78,7 +94,9 @@ class KnowledgeBase:
         )
         self._embedder: Embedder | None = embedder
         self._reranker: Reranker | None = None
-        self._query_vectors: dict[str, Vectors] = {}
+        self._cached: CachedEmbedder | None = None
+        self._answer_pool: ThreadPoolExecutor | None = None
+        self._answer_pool_lock = threading.Lock()
         self._reranker_for: str | None = None
         self._llm = llm
         self._access: AccessControl | None = None
@@ -95,6 +113,14 @@ class KnowledgeBase:
         if self._embedder is None:
             self._embedder = get_embedder(self.store.embedder_name, self.settings.threads)
         return self._embedder
+
+    @property
+    def cached_embedder(self) -> CachedEmbedder:
+        """The embedding model behind a cache of question and answer-sentence vectors
+        (what every search and answer uses; ingestion uses `embedder`)."""
+        if self._cached is None or self._cached.inner is not self.embedder:
+            self._cached = CachedEmbedder(self.embedder)
+        return self._cached
 
     @property
     def llm(self) -> LLM:
@@ -177,7 +203,7 @@ class KnowledgeBase:
         with self.store.writing():
             self.store.set_embedder(name, embedder.dim)
             self._embedder = embedder
-            self._query_vectors.clear()  # vectors of the old model must not be reused
+            self._cached = None  # vectors of the old model must not be reused
             contexts = self.store.chunk_contexts()
             batch = self.settings.embed_batch
             for start in range(0, len(contexts), batch):
@@ -241,7 +267,9 @@ class KnowledgeBase:
         fallback = self._extractive(question, query_vector, hits)
         generator = GroundedGenerator(
             self.llm,
-            Verifier(self.embedder, self._idf, judge_for(self.store.embedder_name, False).rescale),
+            Verifier(
+                self.cached_embedder, self._idf, judge_for(self.store.embedder_name, False).rescale
+            ),
             self.settings.llm_context_tokens,
             self.settings.llm_max_tokens,
             self.settings.llm_temperature,
@@ -272,11 +300,30 @@ class KnowledgeBase:
         trained = self.settings.trained_judge and self.settings.reranker == "learned"
         judge = judge_for(self.store.embedder_name, trained)
         answerer = ExtractiveAnswerer(
-            self.embedder,
+            self.cached_embedder,
             self.settings.max_sentences,
             judge.with_threshold(self.settings.min_confidence),
+            self.settings.answer_embedded_sentences,
         )
-        return answerer.answer(question, query_vector, hits, idf_weights(total, frequencies))
+        idf = idf_weights(total, frequencies)
+        return (
+            self._answer_workers()
+            .submit(answerer.answer, question, query_vector, hits, idf)
+            .result()
+        )
+
+    def _answer_workers(self) -> ThreadPoolExecutor:
+        """The threads extractive answers are computed in: `settings.answer_workers` of them,
+        at a lower CPU priority. Embedding an answer's candidate sentences keeps a core busy
+        for a hundred milliseconds or more; a burst of questions must neither take every
+        core nor delay the searches running beside them (a server)."""
+        with self._answer_pool_lock:
+            if self._answer_pool is None:
+                workers = self.settings.answer_workers or max(1, (os.cpu_count() or 1) // 2)
+                self._answer_pool = ThreadPoolExecutor(
+                    workers, "sourcebook-answer", initializer=_yield_to_searches
+                )
+            return self._answer_pool
 
     def _idf(self, terms: Sequence[str]) -> dict[str, float]:
         return idf_weights(*self.store.keyword_statistics(terms))
@@ -310,18 +357,10 @@ class KnowledgeBase:
         return text_hash(json.dumps(identity, ensure_ascii=False, sort_keys=True)), content_hashes
 
     def _query_vector(self, text: str) -> Vectors:
-        """Query embeddings, remembered for repeated questions (a chat asks follow-ups,
-        the evaluation compares configurations on the same query)."""
-        vector = self._query_vectors.pop(text, None)
-        if vector is None:
-            vector = self.embedder.embed_query(text)
-        self._query_vectors[text] = vector
-        while len(self._query_vectors) > 512:
-            self._query_vectors.pop(next(iter(self._query_vectors)))
-        return vector
+        return self.cached_embedder.embed_query(text)
 
     def _retriever(self) -> HybridRetriever:
-        return HybridRetriever(self.store, self.embedder, self.settings, self.reranker)
+        return HybridRetriever(self.store, self.cached_embedder, self.settings, self.reranker)
 
     @property
     def reranker(self) -> Reranker | None:
@@ -469,6 +508,8 @@ class KnowledgeBase:
     # --- lifecycle -----------------------------------------------------------------------
 
     def close(self) -> None:
+        if self._answer_pool is not None:
+            self._answer_pool.shutdown()
         if self._access is not None:
             self._access.close()
         self.store.close()

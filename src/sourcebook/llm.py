@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -76,39 +77,47 @@ class LlamaCppLLM:
         self.n_threads = n_threads
         self.n_ctx = n_ctx
         self._loaded: Any = None
+        self._loading = threading.Lock()
+        # one llama.cpp context: generations take turns (the server answers in several
+        # threads). A plain Lock, not an RLock: a streamed answer is resumed, and finally
+        # closed, by whichever worker thread sends its next chunk.
+        self._generating = threading.Lock()
 
     @property
     def _llama(self) -> Any:
-        if self._loaded is None:
-            from llama_cpp import Llama
+        with self._loading:  # two first requests at once must not load the model twice
+            if self._loaded is None:
+                from llama_cpp import Llama
 
-            try:
-                # Prompt processing and decoding get the same threads: with another
-                # process busy, one thread is often faster than two on a small machine.
-                self._loaded = Llama(
-                    model_path=str(self.path),
-                    n_ctx=self.n_ctx,
-                    n_threads=self.n_threads,
-                    n_threads_batch=self.n_threads,
-                    verbose=False,
-                )
-            except ValueError as exc:  # llama-cpp-python's "cannot load this file"
-                raise LLMError(f"llama.cpp cannot load {self.path}: {exc}") from exc
-        return self._loaded
+                try:
+                    # Prompt processing and decoding get the same threads: with another
+                    # process busy, one thread is often faster than two on a small machine.
+                    self._loaded = Llama(
+                        model_path=str(self.path),
+                        n_ctx=self.n_ctx,
+                        n_threads=self.n_threads,
+                        n_threads_batch=self.n_threads,
+                        verbose=False,
+                    )
+                except ValueError as exc:  # llama-cpp-python's "cannot load this file"
+                    raise LLMError(f"llama.cpp cannot load {self.path}: {exc}") from exc
+            return self._loaded
 
     def stream(
         self, messages: Sequence[Message], max_tokens: int, temperature: float
     ) -> Iterator[str]:
-        chunks = self._llama.create_chat_completion(
-            messages=list(messages),
-            max_tokens=max_tokens,
-            temperature=temperature,
-            stream=True,
-        )
-        for chunk in chunks:
-            piece = chunk["choices"][0]["delta"].get("content")
-            if piece:
-                yield str(piece)
+        llama = self._llama
+        with self._generating:
+            chunks = llama.create_chat_completion(
+                messages=list(messages),
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stream=True,
+            )
+            for chunk in chunks:
+                piece = chunk["choices"][0]["delta"].get("content")
+                if piece:
+                    yield str(piece)
 
     def complete(self, messages: Sequence[Message], max_tokens: int, temperature: float) -> str:
         return "".join(self.stream(messages, max_tokens, temperature))

@@ -53,8 +53,21 @@ class Settings(BaseSettings):
     # answers
     evidence_chunks: int = Field(5, ge=1, description="chunks the answer may quote from")
     max_sentences: int = Field(3, ge=1)
+    # 8: as good as 16 on CMRC's tuning split at half the time (benchmarks/RESULTS.md)
+    answer_embedded_sentences: int = Field(
+        8,
+        ge=1,
+        description="candidate sentences (the best by term coverage) the extractive answerer "
+        "compares with the question by embedding; the rest are scored by their terms only",
+    )
     min_confidence: float | None = Field(
         None, description="refusal threshold; default: the calibrated value of the model"
+    )
+    answer_workers: int | None = Field(
+        None,
+        ge=1,
+        description="answers computed at once (each embeds its candidate sentences); the "
+        "rest wait, so that searches keep a core. Default: half the CPU cores, at least 1",
     )
     trained_judge: bool = Field(
         True, description="decide answer/refuse with the trained judge (False: a simple rule)"
