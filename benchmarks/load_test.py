@@ -1,18 +1,26 @@
 """Bounded HTTP load test of `sourcebook serve` on the loopback interface.
 
-Serves a knowledge base the way `sourcebook serve` does (uvicorn with `create_app`, in a
-child process, on a free port of 127.0.0.1), then runs N concurrent asyncio httpx clients
-for a fixed time, each issuing `GET /api/search` (80%) or `POST /api/ask` (20%) with a
-question drawn from a fixed list of Chinese and English questions, and stops by itself.
-Reports per route: requests, errors (a non-2xx status or an exception), throughput and
-p50/p95/p99 latency; writes them as JSON.
+Starts `sourcebook serve` (its own process, as a user would, on a free port of 127.0.0.1)
+over a knowledge base, then runs N concurrent asyncio httpx clients
+for a fixed time, each issuing `GET /api/search` (80%) or `POST /api/ask` (20%), and stops
+by itself. Reports per route: requests, errors (a non-2xx status or an exception),
+throughput and p50/p95/p99 latency; writes them as JSON.
 
-The questions repeat, so after the first round most query embeddings come from the
-knowledge base's query-vector cache: this measures the server under concurrency, not the
-embedding model.
+Questions (`--questions`):
+- `notes`: a fixed list of 12 Chinese and English questions about the sample notes. They
+  repeat, so after the first round the query vectors come from the server's cache.
+- `datasets`: CMRC 2018 questions and Cranfield queries (3,400 distinct), shuffled, each
+  request taking the next one: every query is new to the server, as with real users.
+
+Clients (`--think`): with 0 each client sends its next request as soon as the last one is
+answered (a closed loop: it measures saturation throughput, and the latency is then
+clients / throughput by Little's law). With a mean think time T > 0 each client waits an
+exponentially distributed pause (mean T seconds) between requests, like people reading
+their results: 50 clients at T = 2 s offer about 25 requests per second.
 
 Usage:  python benchmarks/load_test.py [--kb PATH] [--clients 50] [--seconds 30]
-                                       [--output benchmarks/results/load_test.json]
+            [--think 0] [--questions notes|datasets] [--ask-share 0.2]
+            [--output benchmarks/results/load_test/latest.json]
 Without --kb, the sample notes are indexed once into benchmarks/work/load-kb.
 """
 
@@ -21,11 +29,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import os
 import platform
 import random
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,12 +43,13 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 NOTES = ROOT / "examples" / "notes"
 DEFAULT_KB = HERE / "work" / "load-kb"
-DEFAULT_OUTPUT = HERE / "results" / "load_test.json"
+DEFAULT_OUTPUT = HERE / "results" / "load_test" / "latest.json"
 HOST = "127.0.0.1"  # loopback only: nothing else is ever contacted
 
 QUESTIONS = [
@@ -56,6 +66,18 @@ QUESTIONS = [
     "What is the default prefetch_factor of a PyTorch DataLoader?",
     "Who won the 1998 FIFA World Cup final?",  # off topic: "not found"
 ]
+
+
+def dataset_questions(seed: int) -> list[str]:
+    """Every CMRC 2018 question and Cranfield query, shuffled (seeded), no repeats."""
+    from sourcebook.datasets import load_named
+
+    texts = [q.text for name in ("cmrc2018", "cranfield") for q in load_named(name).queries]
+    unique = list(dict.fromkeys(texts))
+    random.Random(seed).shuffle(unique)
+    return unique
+
+
 SEARCH = "GET /api/search"
 ASK = "POST /api/ask"
 REQUEST_TIMEOUT_S = 120.0  # one request; bounds how long the run can outlast --seconds
@@ -75,17 +97,19 @@ def ensure_kb(path: Path) -> None:
         raise SystemExit(f"could not index the sample notes: {report.failed}")
 
 
-def serve(kb_path: str, sock: socket.socket) -> None:
-    """Child process: `sourcebook serve` on an already bound loopback socket."""
-    import uvicorn
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
 
-    from sourcebook import KnowledgeBase, Settings
-    from sourcebook.server import create_app
 
-    path = Path(kb_path)
-    with KnowledgeBase(path, Settings(kb=path)) as kb:
-        config = uvicorn.Config(create_app(kb), log_level="warning")
-        uvicorn.Server(config).run(sockets=[sock])
+def start_server(kb_path: Path, port: int) -> subprocess.Popen[bytes]:
+    """`sourcebook serve` in a process of its own. (Not a fork of this one: a server forked
+    from a Python process that had imported the package answered 2x slower, measured.)"""
+    command = [sys.executable, "-m", "sourcebook", "serve", "--kb", str(kb_path)]
+    return subprocess.Popen(
+        [*command, "--host", HOST, "--port", str(port)], stdout=subprocess.DEVNULL
+    )
 
 
 @dataclass
@@ -125,18 +149,35 @@ class RouteStats:
         }
 
 
+@dataclass
+class Workload:
+    questions: list[str]
+    ask_share: float
+    think_s: float
+    seed: int
+    drawn: int = 0
+
+    def next_question(self, rng: random.Random) -> str:
+        """The next question in turn (datasets), or a random one of a short list (notes)."""
+        if len(self.questions) <= len(QUESTIONS):
+            return rng.choice(self.questions)
+        self.drawn += 1
+        return self.questions[(self.drawn - 1) % len(self.questions)]
+
+
 async def client(
     number: int,
     http: httpx.AsyncClient,
     deadline: float,
-    ask_share: float,
-    seed: int,
+    workload: Workload,
     stats: dict[str, RouteStats],
 ) -> None:
-    rng = random.Random(seed * 1000 + number)
+    rng = random.Random(workload.seed * 1000 + number)
+    if workload.think_s:  # users do not all press enter in the same millisecond
+        await asyncio.sleep(rng.uniform(0, workload.think_s))
     while time.monotonic() < deadline:
-        question = rng.choice(QUESTIONS)
-        route = ASK if rng.random() < ask_share else SEARCH
+        question = workload.next_question(rng)
+        route = ASK if rng.random() < workload.ask_share else SEARCH
         started = time.perf_counter()
         status: int | None = None
         error: BaseException | None = None
@@ -150,20 +191,19 @@ async def client(
         except httpx.HTTPError as exc:
             error = exc
         stats[route].record(time.perf_counter() - started, status, error)
+        if workload.think_s:
+            pause = rng.expovariate(1 / workload.think_s)
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
 
 
-async def load(
-    url: str, clients: int, seconds: float, ask_share: float, seed: int
-) -> dict[str, Any]:
+async def load(url: str, clients: int, seconds: float, workload: Workload) -> dict[str, Any]:
     stats = {SEARCH: RouteStats(), ASK: RouteStats()}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as http:
         started = time.monotonic()
         deadline = started + seconds
-        await asyncio.gather(
-            *(client(i, http, deadline, ask_share, seed, stats) for i in range(clients))
-        )
+        await asyncio.gather(*(client(i, http, deadline, workload, stats) for i in range(clients)))
         elapsed = time.monotonic() - started
     routes = {route: s.summary(elapsed) for route, s in stats.items()}
     every = RouteStats(
@@ -175,11 +215,11 @@ async def load(
     return {"elapsed_s": round(elapsed, 2), "total": total, "routes": routes}
 
 
-def wait_until_up(url: str, process: multiprocessing.process.BaseProcess) -> float:
+def wait_until_up(url: str, process: subprocess.Popen[bytes]) -> float:
     started = time.monotonic()
     while time.monotonic() - started < START_TIMEOUT_S:
-        if not process.is_alive():
-            raise SystemExit(f"the server exited while starting (code {process.exitcode})")
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited while starting (code {process.returncode})")
         try:
             if httpx.get(f"{url}/api/health", timeout=5).status_code == 200:
                 return time.monotonic() - started
@@ -195,6 +235,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients")
     parser.add_argument("--seconds", type=float, default=30.0, help="how long to send requests")
     parser.add_argument("--ask-share", type=float, default=0.2, help="share of POST /api/ask")
+    parser.add_argument(
+        "--think", type=float, default=0.0, help="mean pause between a client's requests, s"
+    )
+    parser.add_argument("--questions", choices=["notes", "datasets"], default="notes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args()
@@ -204,6 +248,10 @@ def main() -> None:
         parser.error("--seconds must be more than 0 and at most 600")
     if not 0 <= args.ask_share <= 1:
         parser.error("--ask-share must be between 0 and 1")
+    if not 0 <= args.think <= 60:
+        parser.error("--think must be between 0 and 60 seconds")
+    questions = QUESTIONS if args.questions == "notes" else dataset_questions(args.seed)
+    workload = Workload(questions, args.ask_share, args.think, args.seed)
 
     kb_path = (args.kb or DEFAULT_KB).resolve()
     if args.kb is None:
@@ -211,29 +259,27 @@ def main() -> None:
     elif not kb_path.exists():
         parser.error(f"no knowledge base at {kb_path}")
 
-    sock = socket.socket()
-    sock.bind((HOST, 0))
-    url = f"http://{HOST}:{sock.getsockname()[1]}"
-    # fork before this process loads any model: the child inherits the bound socket
-    process = multiprocessing.get_context("fork").Process(
-        target=serve, args=(str(kb_path), sock), daemon=True
-    )
-    process.start()
-    sock.close()
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    process = start_server(kb_path, port)
     try:
         startup_s = wait_until_up(url, process)
         print(f"serving {kb_path} at {url} (up in {startup_s:.1f} s); ", end="")
         print(f"{args.clients} clients for {args.seconds:g} s …", flush=True)
         load_before = os.getloadavg()
-        result = asyncio.run(load(url, args.clients, args.seconds, args.ask_share, args.seed))
+        server = psutil.Process(process.pid)
+        cpu_before = sum(server.cpu_times()[:2])
+        result = asyncio.run(load(url, args.clients, args.seconds, workload))
+        # CPU the server used, in cores: how close to saturation the run was
+        server_cores = (sum(server.cpu_times()[:2]) - cpu_before) / result["elapsed_s"]
         load_after = os.getloadavg()
     finally:
-        if process.is_alive():
-            process.terminate()  # SIGTERM: uvicorn shuts down gracefully
-            process.join(30)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        process.terminate()  # SIGTERM: uvicorn shuts down gracefully
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -241,8 +287,10 @@ def main() -> None:
         "clients": args.clients,
         "seconds": args.seconds,
         "ask_share": args.ask_share,
+        "think_s": args.think,
         "seed": args.seed,
-        "questions": len(QUESTIONS),
+        "questions": args.questions,
+        "distinct_questions": len(questions),
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
@@ -251,6 +299,7 @@ def main() -> None:
             "load_average_after": [round(x, 2) for x in load_after],
         },
         "server_startup_s": round(startup_s, 1),
+        "server_cpu_cores": round(server_cores, 2),
         **result,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -259,7 +308,8 @@ def main() -> None:
     total = result["total"]
     print(
         f"{total['requests']} requests, {total['errors']} errors, "
-        f"{total['throughput_rps']} req/s in {result['elapsed_s']} s"
+        f"{total['throughput_rps']} req/s in {result['elapsed_s']} s; "
+        f"the server used {server_cores:.2f} of {os.cpu_count()} cores"
     )
     for route, stats in result["routes"].items():
         quantiles = " ".join(f"p{q} {stats.get(f'p{q}_ms', '-')} ms" for q in (50, 95, 99))
