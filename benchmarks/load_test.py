@@ -19,7 +19,7 @@ exponentially distributed pause (mean T seconds) between requests, like people r
 their results: 50 clients at T = 2 s offer about 25 requests per second.
 
 Usage:  python benchmarks/load_test.py [--kb PATH] [--clients 50] [--seconds 30]
-            [--think 0] [--questions notes|datasets] [--ask-share 0.2]
+            [--think 0] [--questions notes|datasets] [--ask-share 0.2] [--key sb_…]
             [--output benchmarks/results/load_test/latest.json]
 Without --kb, the sample notes are indexed once into benchmarks/work/load-kb.
 """
@@ -196,11 +196,16 @@ async def client(
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
 
 
-async def load(url: str, clients: int, seconds: float, workload: Workload) -> dict[str, Any]:
+async def load(
+    url: str, clients: int, seconds: float, workload: Workload, key: str | None = None
+) -> dict[str, Any]:
     stats = {SEARCH: RouteStats(), ASK: RouteStats()}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as http:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(
+        base_url=url, limits=limits, timeout=timeout, headers=headers
+    ) as http:
         started = time.monotonic()
         deadline = started + seconds
         await asyncio.gather(*(client(i, http, deadline, workload, stats) for i in range(clients)))
@@ -215,13 +220,14 @@ async def load(url: str, clients: int, seconds: float, workload: Workload) -> di
     return {"elapsed_s": round(elapsed, 2), "total": total, "routes": routes}
 
 
-def wait_until_up(url: str, process: subprocess.Popen[bytes]) -> float:
+def wait_until_up(url: str, process: subprocess.Popen[bytes], key: str | None) -> float:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     started = time.monotonic()
     while time.monotonic() - started < START_TIMEOUT_S:
         if process.poll() is not None:
             raise SystemExit(f"the server exited while starting (code {process.returncode})")
         try:
-            if httpx.get(f"{url}/api/health", timeout=5).status_code == 200:
+            if httpx.get(f"{url}/api/health", headers=headers, timeout=5).status_code == 200:
                 return time.monotonic() - started
         except httpx.HTTPError:
             pass
@@ -239,6 +245,9 @@ def main() -> None:
         "--think", type=float, default=0.0, help="mean pause between a client's requests, s"
     )
     parser.add_argument("--questions", choices=["notes", "datasets"], default="notes")
+    parser.add_argument(
+        "--key", help="API key the clients send (a knowledge base with users: its ACL applies)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args()
@@ -263,13 +272,13 @@ def main() -> None:
     url = f"http://{HOST}:{port}"
     process = start_server(kb_path, port)
     try:
-        startup_s = wait_until_up(url, process)
+        startup_s = wait_until_up(url, process, args.key)
         print(f"serving {kb_path} at {url} (up in {startup_s:.1f} s); ", end="")
         print(f"{args.clients} clients for {args.seconds:g} s …", flush=True)
         load_before = os.getloadavg()
         server = psutil.Process(process.pid)
         cpu_before = sum(server.cpu_times()[:2])
-        result = asyncio.run(load(url, args.clients, args.seconds, workload))
+        result = asyncio.run(load(url, args.clients, args.seconds, workload, args.key))
         # CPU the server used, in cores: how close to saturation the run was
         server_cores = (sum(server.cpu_times()[:2]) - cpu_before) / result["elapsed_s"]
         load_after = os.getloadavg()
@@ -288,6 +297,7 @@ def main() -> None:
         "seconds": args.seconds,
         "ask_share": args.ask_share,
         "think_s": args.think,
+        "with_key": bool(args.key),
         "seed": args.seed,
         "questions": args.questions,
         "distinct_questions": len(questions),

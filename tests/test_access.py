@@ -157,6 +157,24 @@ def test_rule_changes_apply_to_indexed_and_later_documents(
         kb.set_access_rule("llm/*", ["two words"])
 
 
+def test_a_rule_changed_by_another_process_applies_at_once(
+    kb_copy: tuple[KnowledgeBase, Path],
+) -> None:
+    """The server caches who may not read what; `sourcebook access set` run beside it
+    (another connection to the same database) must take effect on its next search."""
+    server, notes = kb_copy
+    lora = str(notes / "llm" / "lora.md")
+    question = "LoRA 的 rank r 一般取多少？"
+    assert server.search(question, 3, restricted(None, BOB))[0].path == lora  # now cached
+    with KnowledgeBase(server.path, server.settings) as command_line:
+        command_line.set_access_rule("llm/*", ["ml"])
+    assert all(h.path != lora for h in server.search(question, 10, restricted(None, BOB)))
+    assert server.search(question, 3, restricted(None, frozenset({"ml"})))[0].path == lora
+    with KnowledgeBase(server.path, server.settings) as command_line:
+        command_line.set_access_rule("llm/*", [])
+    assert server.search(question, 3, restricted(None, BOB))[0].path == lora
+
+
 # --- audit log ---------------------------------------------------------------------------
 
 

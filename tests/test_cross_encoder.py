@@ -105,9 +105,7 @@ def test_truncates_long_pairs_to_the_model_length(model_dir: Path) -> None:
     assert reranker.scores("lora rank", ["memory " * 100])[0] <= 12
 
 
-def test_search_is_reordered_by_the_cross_encoder(
-    notes_kb: KnowledgeBase, model_dir: Path
-) -> None:
+def test_search_is_reordered_by_the_cross_encoder(notes_kb: KnowledgeBase, model_dir: Path) -> None:
     kb = KnowledgeBase(
         notes_kb.path, Settings(kb=notes_kb.path, reranker=str(model_dir), rerank_depth=20)
     )

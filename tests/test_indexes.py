@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from sourcebook.indexes import KeywordIndex, VectorIndex
+from sourcebook.indexes import MATRIX_MAX, KeywordIndex, VectorIndex
 
 
 def clustered(count: int, dim: int = 32) -> np.ndarray:
@@ -16,19 +17,54 @@ def clustered(count: int, dim: int = 32) -> np.ndarray:
     return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
 
 
-def test_broad_filter_on_the_graph_matches_exact_search(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_memory", [True, False], ids=["matrix", "graph"])
+def test_broad_filter_matches_exact_search(tmp_path: Path, in_memory: bool) -> None:
     vectors = clustered(12_000)
     keys = list(range(1, 12_001))
-    graph = VectorIndex(tmp_path / "graph.usearch", 32, exact_below=2_000)
+    matrix_max = MATRIX_MAX if in_memory else 0
+    index = VectorIndex(tmp_path / "v.usearch", 32, exact_below=2_000, matrix_max=matrix_max)
     exact = VectorIndex(tmp_path / "exact.usearch", 32, exact_below=10**9)
-    graph.upsert(keys, vectors)
+    index.upsert(keys, vectors)
     exact.upsert(keys, vectors)
     allowed = keys[::3]
     for query in vectors[:20]:
-        found = graph.search(query, 10, allowed)
+        found = index.search(query, 10, allowed)
         expected = exact.search(query, 10, allowed)
         assert len(found) == 10 and all(k % 3 == 1 for k, _ in found)
-        assert len({k for k, _ in found} & {k for k, _ in expected}) >= 9
+        overlap = len({k for k, _ in found} & {k for k, _ in expected})
+        assert overlap == 10 if in_memory else overlap >= 9
+
+
+def test_a_filter_that_excludes_the_nearest_vectors(tmp_path: Path) -> None:
+    """A reader who may not read what the query is nearest to (asking in Chinese about
+    notes only others may read) still gets the best of what they may read, exactly."""
+    vectors = clustered(12_000)
+    keys = np.arange(1, 12_001)
+    index = VectorIndex(tmp_path / "v.usearch", 32, exact_below=2_000)
+    index.upsert(keys.tolist(), vectors)
+    query = vectors[0]
+    near = vectors @ query > 0.5  # the query's own cluster and its neighbours
+    allowed = keys[~near]
+    assert 2_000 <= len(allowed) < 12_000
+    found = index.search(query, 10, allowed.tolist())
+    scores = vectors[~near] @ query
+    expected = allowed[np.argsort(-scores)[:10]]
+    assert [k for k, _ in found] == expected.tolist()
+
+
+def test_the_in_memory_matrix_follows_changes(tmp_path: Path) -> None:
+    vectors = clustered(6_000)
+    index = VectorIndex(tmp_path / "v.usearch", 32, exact_below=1_000)
+    index.upsert(list(range(1, 6_001)), vectors)
+    allowed = list(range(2, 6_001, 2))
+    query = -vectors[0]  # far from everything so far
+    before = index.search(query, 5, allowed)
+    index.upsert([6_002], query[None, :])  # a new, allowed vector equal to the query
+    after = index.search(query, 5, [*allowed, 6_002])
+    assert after[0][0] == 6_002 and after[0][1] > 0.99
+    assert [k for k, _ in after[1:]] == [k for k, _ in before[:4]]
+    index.delete([6_002])
+    assert index.search(query, 5, [*allowed, 6_002]) == before
 
 
 def test_narrow_filter_is_never_short(tmp_path: Path) -> None:

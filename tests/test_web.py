@@ -271,6 +271,7 @@ def test_a_server_with_users_asks_for_the_key_once(
 
 # --- generate mode (a scripted model; retrieval and verification are the real ones) ------
 
+
 def test_generate_mode_shows_the_draft_then_the_verified_answer(
     page: Page, kb_copy: tuple[KnowledgeBase, Path]
 ) -> None:

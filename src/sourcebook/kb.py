@@ -114,6 +114,13 @@ class KnowledgeBase:
             self._embedder = get_embedder(self.store.embedder_name, self.settings.threads)
         return self._embedder
 
+    def warm_up(self) -> None:
+        """Load the models, and with access rules in use build what a reader's restricted
+        searches need, before the first request (what `sourcebook serve` does at start)."""
+        _ = self.embedder, self.reranker
+        if self.store.document_groups():
+            self.store.prepare_filtered_search()
+
     @property
     def cached_embedder(self) -> CachedEmbedder:
         """The embedding model behind a cache of question and answer-sentence vectors

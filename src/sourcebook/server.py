@@ -613,7 +613,7 @@ def create_app(kb: KnowledgeBase, require_auth: bool = False) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # load the models now rather than in the first request (a first search would take
         # seconds, and two of them at once would load the models twice)
-        await run_in_threadpool(lambda: (kb.embedder, kb.reranker))
+        await run_in_threadpool(kb.warm_up)
         async with mcp.session_manager.run():  # the MCP endpoint's sessions
             yield
 
