@@ -82,23 +82,7 @@ def test_api_fuzz_no_server_errors_and_schema_conformance(
     )
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.label for op in operations} == EXPECTED
-
-    failures: dict[str, str] = {}
-    calls: dict[str, int] = {}
-    for operation in operations:
-        raw = operation.definition.raw
-        takes_input = bool(raw.get("parameters") or raw.get("requestBody"))
-        # a request without parameters or body cannot break the schema: no negative cases
-        modes = [GenerationMode.POSITIVE] + [GenerationMode.NEGATIVE] * takes_input
-        for mode in modes:
-            label = f"{operation.label} [{mode.value}]"
-            try:
-                calls[label] = _fuzz(operation, mode)
-            except (Exception, BaseExceptionGroup) as exc:  # all reported below
-                failures[label] = f"{type(exc).__name__}: {exc}"
-
-    assert not failures, "\n\n".join(f"{label}\n{text}" for label, text in failures.items())
-    assert all(calls.values()), calls  # every operation was actually exercised
+    _fuzz_all(operations, CHECKS)
 
 
 def well_formed_events(ctx: Any, response: Response, case: schemathesis.Case) -> bool | None:
@@ -137,21 +121,30 @@ def test_streaming_routes_fuzz_no_server_errors_and_well_formed_events(
     )
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.label for op in operations} == {"POST /api/ask/stream", "POST /v1/chat/completions"}
-    checks = [no_server_error, status_code_conformance, well_formed_events]
+    _fuzz_all(operations, [no_server_error, status_code_conformance, well_formed_events])
+
+
+def _fuzz_all(operations: list[APIOperation], checks: list[Any]) -> None:
+    """Fuzz every operation (valid requests, and ones breaking the schema where there is
+    input to break); every failure is collected and reported at once."""
     failures: dict[str, str] = {}
     calls: dict[str, int] = {}
     for operation in operations:
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        raw = operation.definition.raw
+        takes_input = bool(raw.get("parameters") or raw.get("requestBody"))
+        # a request without parameters or body cannot break the schema: no negative cases
+        modes = [GenerationMode.POSITIVE] + [GenerationMode.NEGATIVE] * takes_input
+        for mode in modes:
             label = f"{operation.label} [{mode.value}]"
             try:
                 calls[label] = _fuzz(operation, mode, checks)
             except (Exception, BaseExceptionGroup) as exc:  # all reported below
                 failures[label] = f"{type(exc).__name__}: {exc}"
     assert not failures, "\n\n".join(f"{label}\n{text}" for label, text in failures.items())
-    assert all(calls.values()), calls
+    assert all(calls.values()), calls  # every operation was actually exercised
 
 
-def _fuzz(operation: APIOperation, mode: GenerationMode, checks: list[Any] = CHECKS) -> int:
+def _fuzz(operation: APIOperation, mode: GenerationMode, checks: list[Any]) -> int:
     """Run the checks on generated requests for one operation; the number of requests."""
     count = 0
 
