@@ -23,8 +23,8 @@ import statistics
 import time
 from pathlib import Path
 
-from sourcebook.datasets import load_named
-from sourcebook.evaluation import build_kb, evaluate_answers
+from sourcebook.evaluation.datasets import load_named
+from sourcebook.evaluation.run import build_kb, evaluate_answers
 from sourcebook.kb import KnowledgeBase
 from sourcebook.settings import DEFAULT_EMBEDDER, Settings
 

@@ -20,12 +20,12 @@ import argparse
 import json
 from pathlib import Path
 
-from sourcebook.calibration import SIGNALS, Judge, fit_judge, judge_for
-from sourcebook.datasets import EvalQuery, load_named
-from sourcebook.evaluation import build_kb
+from sourcebook.answer.calibration import SIGNALS, Judge, fit_judge, judge_for
+from sourcebook.evaluation.datasets import EvalQuery, load_named
+from sourcebook.evaluation.run import build_kb
 from sourcebook.kb import KnowledgeBase
 from sourcebook.settings import DEFAULT_EMBEDDER, Settings
-from sourcebook.store import Filters
+from sourcebook.store.embedded import Filters
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "src" / "sourcebook" / "data" / "answerability.json"

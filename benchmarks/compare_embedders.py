@@ -34,7 +34,7 @@ import numpy as np
 import psutil
 from numpy.typing import NDArray
 
-from sourcebook.embedders import EMBEDDERS, Embedder, Vectors, get_embedder
+from sourcebook.index.embedders import EMBEDDERS, Embedder, Vectors, get_embedder
 
 DATA = Path(os.environ.get("SOURCEBOOK_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
 HERE = Path(__file__).resolve().parent

@@ -20,8 +20,8 @@ import statistics
 import time
 from pathlib import Path
 
-from sourcebook.generation import Evidence, build_messages, pack_evidence
-from sourcebook.llm import LlamaCppLLM, Message
+from sourcebook.answer.generation import Evidence, build_messages, pack_evidence
+from sourcebook.answer.llm import LlamaCppLLM, Message
 from sourcebook.models import SearchHit
 from sourcebook.text import sentence_spans
 

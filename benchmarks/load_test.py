@@ -70,7 +70,7 @@ QUESTIONS = [
 
 def dataset_questions(seed: int) -> list[str]:
     """Every CMRC 2018 question and Cranfield query, shuffled (seeded), no repeats."""
-    from sourcebook.datasets import load_named
+    from sourcebook.evaluation.datasets import load_named
 
     texts = [q.text for name in ("cmrc2018", "cranfield") for q in load_named(name).queries]
     unique = list(dict.fromkeys(texts))

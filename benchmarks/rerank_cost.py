@@ -16,11 +16,11 @@ import statistics
 import time
 from pathlib import Path
 
-from sourcebook.analyzer import analyze
-from sourcebook.datasets import load_named
-from sourcebook.evaluation import build_kb
-from sourcebook.metrics import percentile
-from sourcebook.rerank import LearnedReranker, idf_weights
+from sourcebook.evaluation.datasets import load_named
+from sourcebook.evaluation.metrics import percentile
+from sourcebook.evaluation.run import build_kb
+from sourcebook.index.analyzer import analyze
+from sourcebook.retrieve.rerank import LearnedReranker, idf_weights
 from sourcebook.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sourcebook.datasets import load_named
-from sourcebook.evaluation import RetrievalConfig, build_kb, evaluate_retrieval
+from sourcebook.evaluation.datasets import load_named
+from sourcebook.evaluation.run import RetrievalConfig, build_kb, evaluate_retrieval
 from sourcebook.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 
 Only the *tuning* split of each dataset is used (see EvalDataset.split); the held-out
 split is for `sourcebook eval` alone. For every tuning query the hybrid retriever's top
-candidates are featurised (sourcebook.rerank.feature_matrix) and labelled with the graded
+candidates are featurised (sourcebook.retrieve.rerank.feature_matrix) and labelled with the graded
 relevance of their document; a linear pairwise model (RankNet loss, L2-regularised) is fit
 by full-batch gradient descent in numpy. Deterministic: same data, same weights.
 
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sourcebook.analyzer import analyze
-from sourcebook.datasets import load_named
-from sourcebook.evaluation import build_kb
-from sourcebook.rerank import FEATURES, feature_matrix, idf_weights
+from sourcebook.evaluation.datasets import load_named
+from sourcebook.evaluation.run import build_kb
+from sourcebook.index.analyzer import analyze
+from sourcebook.retrieve.rerank import FEATURES, feature_matrix, idf_weights
 from sourcebook.settings import Settings
 
 OUTPUT = Path(__file__).resolve().parents[1] / "src" / "sourcebook" / "data" / "reranker.json"

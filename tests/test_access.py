@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from sourcebook import KnowledgeBase
-from sourcebook.access import AccessControl
-from sourcebook.cli import app
-from sourcebook.store import Filters, restricted
+from sourcebook.store.access import AccessControl
+from sourcebook.store.embedded import Filters, restricted
+from sourcebook.surfaces.cli import app
 from teams import (
     FINANCE_QUESTION,
     FINANCE_SECRETS,
@@ -216,7 +216,7 @@ def test_an_audit_failure_is_logged_and_does_not_raise(
 ) -> None:
     access = AccessControl(team.kb.path / "sourcebook.db")
     access.close()  # a connection that can no longer write
-    with caplog.at_level(logging.ERROR, logger="sourcebook.access"):
+    with caplog.at_level(logging.ERROR, logger="sourcebook.store.access"):
         assert access.record("alice", "http", "search", "年终奖") is False
     assert "could not write the audit log (search by alice via http)" in caplog.text
 

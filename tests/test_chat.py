@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sourcebook import KnowledgeBase
-from sourcebook.chat import ChatSession
-from sourcebook.cli import app
+from sourcebook.answer.chat import ChatSession
+from sourcebook.surfaces.cli import app
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from sourcebook.chunker import ChunkingOptions, chunk_document
-from sourcebook.converters import convert
+from sourcebook.ingest.chunker import ChunkingOptions, chunk_document
+from sourcebook.ingest.converters import convert
 from sourcebook.models import ChunkDraft, Heading, ParsedDocument
 from sourcebook.text import count_tokens, normalize
 

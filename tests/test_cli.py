@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sourcebook import KnowledgeBase
-from sourcebook.cli import app
+from sourcebook.surfaces.cli import app
 
 runner = CliRunner()
 

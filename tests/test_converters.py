@@ -9,7 +9,7 @@ import docx
 import pytest
 from pypdf import PdfReader, PdfWriter
 
-from sourcebook.converters import ConversionError, convert
+from sourcebook.ingest.converters import ConversionError, convert
 
 NOTES = Path(__file__).resolve().parents[1] / "examples" / "notes"
 

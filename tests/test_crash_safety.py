@@ -15,7 +15,7 @@ import pytest
 
 from sourcebook import KnowledgeBase, Settings
 from sourcebook.models import ChunkDraft
-from sourcebook.store import DocumentRecord, EmbeddedStore
+from sourcebook.store.embedded import DocumentRecord, EmbeddedStore
 
 TOPICS = ["注意力机制", "量化", "LoRA 微调", "向量检索", "扩散模型", "优化器"]
 
@@ -46,7 +46,7 @@ def test_sigkill_mid_ingest_then_sync_completes(tmp_path: Path) -> None:
     write_corpus(notes, 120)
     env = {**os.environ, "SOURCEBOOK_EMBEDDER": "use-multilingual", "SOURCEBOOK_KB": str(kb_path)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "sourcebook.cli", "add", str(notes), "--json"],
+        [sys.executable, "-m", "sourcebook.surfaces.cli", "add", str(notes), "--json"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -19,9 +19,9 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from typer.testing import CliRunner
 
 from sourcebook import KnowledgeBase, Settings
-from sourcebook.cli import app
-from sourcebook.cross_encoder import CrossEncoderError, CrossEncoderReranker
-from sourcebook.rerank import load_reranker
+from sourcebook.retrieve.cross_encoder import CrossEncoderError, CrossEncoderReranker
+from sourcebook.retrieve.rerank import load_reranker
+from sourcebook.surfaces.cli import app
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 WEIGHTS = {"adam": 3.0, "memory": 1.0, "显": 1.0, "存": 1.0, "β2": 2.0}

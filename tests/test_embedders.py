@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from sourcebook import KnowledgeBase
-from sourcebook.embedders import CachedEmbedder, Embedder, Vectors, get_embedder
+from sourcebook.index.embedders import CachedEmbedder, Embedder, Vectors, get_embedder
 from sourcebook.kb import ANSWER_NICENESS
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sourcebook.datasets import load_beir, load_named, load_squad
-from sourcebook.metrics import (
+from sourcebook.evaluation.datasets import load_beir, load_named, load_squad
+from sourcebook.evaluation.metrics import (
     answer_f1,
     contains_answer,
     exact_match,
@@ -63,7 +63,7 @@ def test_eval_command_end_to_end(tmp_path: Path) -> None:
     """A small SQuAD-style set through the real CLI: table, JSON and chart."""
     from typer.testing import CliRunner
 
-    from sourcebook.cli import app
+    from sourcebook.surfaces.cli import app
 
     paragraphs = [
         (

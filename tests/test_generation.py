@@ -16,11 +16,9 @@ from pathlib import Path
 import pytest
 
 from sourcebook import KnowledgeBase, Settings
-from sourcebook.answerer import NOT_FOUND
-from sourcebook.calibration import judge_for
-from sourcebook.datasets import EvalQuery
-from sourcebook.evaluation import evaluate_generation
-from sourcebook.generation import (
+from sourcebook.answer.calibration import judge_for
+from sourcebook.answer.extractive import NOT_FOUND
+from sourcebook.answer.generation import (
     Evidence,
     GroundedGenerator,
     Verifier,
@@ -28,9 +26,11 @@ from sourcebook.generation import (
     pack_evidence,
     split_cited,
 )
-from sourcebook.llm import Message
+from sourcebook.answer.llm import Message
+from sourcebook.evaluation.datasets import EvalQuery
+from sourcebook.evaluation.run import evaluate_generation
 from sourcebook.models import Answer, Language, SearchHit
-from sourcebook.rerank import idf_weights
+from sourcebook.retrieve.rerank import idf_weights
 from sourcebook.text import count_tokens, sentence_spans
 
 PREFETCH = "What is the default prefetch_factor of a PyTorch DataLoader?"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sourcebook.indexes import MATRIX_MAX, KeywordIndex, VectorIndex
+from sourcebook.store.indexes import MATRIX_MAX, KeywordIndex, VectorIndex
 
 
 def clustered(count: int, dim: int = 32) -> np.ndarray:

@@ -27,12 +27,12 @@ import pytest
 from typer.testing import CliRunner
 
 from sourcebook import KnowledgeBase, Settings
-from sourcebook.analyzer import analyze
-from sourcebook.chat import LLMCondenser, RuleCondenser
-from sourcebook.cli import app
-from sourcebook.llm import LlamaCppLLM, LLMError, Message, OpenAICompatibleLLM, create_llm
+from sourcebook.answer.chat import LLMCondenser, RuleCondenser
+from sourcebook.answer.llm import LlamaCppLLM, LLMError, Message, OpenAICompatibleLLM, create_llm
+from sourcebook.index.analyzer import analyze
 from sourcebook.models import Answer, ChatTurn
-from sourcebook.rerank import idf_weights
+from sourcebook.retrieve.rerank import idf_weights
+from sourcebook.surfaces.cli import app
 
 PREFETCH = "What is the default prefetch_factor of a PyTorch DataLoader?"
 HELLO: list[Message] = [{"role": "user", "content": "What is 2+2? Answer briefly."}]
@@ -208,7 +208,7 @@ def test_a_missing_llama_runtime_says_how_to_install_it(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['llama_cpp'] = None\n"
         "from pathlib import Path\n"
-        "from sourcebook.llm import LlamaCppLLM, LLMError\n"
+        "from sourcebook.answer.llm import LlamaCppLLM, LLMError\n"
         f"try:\n    LlamaCppLLM(Path({str(gguf)!r}))\n"
         "except LLMError as exc:\n    print(exc)\n"
     )

@@ -23,8 +23,8 @@ from mcp_types import CallToolResult, TextContent
 from typer.testing import CliRunner
 
 from sourcebook import KnowledgeBase
-from sourcebook.cli import app as cli_app
-from sourcebook.server import create_app
+from sourcebook.surfaces.cli import app as cli_app
+from sourcebook.surfaces.server import create_app
 from teams import FINANCE_QUESTION, FINANCE_SECRETS, HR_QUESTION, HR_SECRETS, Team, build_team
 from test_server import LiveServer
 
@@ -57,7 +57,7 @@ def over_stdio(team: Team, session: Session, key: str | None = None) -> None:
         env["SOURCEBOOK_API_KEY"] = key
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "sourcebook.cli", "mcp", "--kb", str(team.kb.path)],
+        args=["-m", "sourcebook.surfaces.cli", "mcp", "--kb", str(team.kb.path)],
         env=env,
     )
 

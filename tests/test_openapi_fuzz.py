@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
 
 from sourcebook import KnowledgeBase
 from sourcebook.models import Answer
-from sourcebook.server import create_app
+from sourcebook.surfaces.server import create_app
 
 STREAMING = r"^/(api/ask/stream|v1/chat/completions)$"
 MAX_EXAMPLES = 15  # per operation and generation mode

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 from sourcebook import KnowledgeBase
-from sourcebook.analyzer import analyze
+from sourcebook.index.analyzer import analyze
 from sourcebook.models import SearchHit
-from sourcebook.rerank import FEATURES, LearnedReranker, feature_matrix, text_tokens
+from sourcebook.retrieve.rerank import FEATURES, LearnedReranker, feature_matrix, text_tokens
 
 
 def hit(chunk_id: int, text: str, bm25: float, dense: float, heading: str = "") -> SearchHit:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sourcebook.analyzer import analyze
-from sourcebook.retriever import SKETCH_FROM, NearDuplicates
+from sourcebook.index.analyzer import analyze
+from sourcebook.retrieve.retriever import SKETCH_FROM, NearDuplicates
 
 # long enough (hundreds of distinct trigrams) that passages are compared by their sample
 LONG_ZH = "".join(

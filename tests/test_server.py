@@ -24,10 +24,10 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from sourcebook import KnowledgeBase, Settings
-from sourcebook.cli import app as cli_app
-from sourcebook.llm import Message
+from sourcebook.answer.llm import Message
 from sourcebook.models import Answer
-from sourcebook.server import ReadWriteLock, check_host, create_app
+from sourcebook.surfaces.cli import app as cli_app
+from sourcebook.surfaces.server import ReadWriteLock, check_host, create_app
 from sourcebook.text import count_tokens
 
 # known-good pairs from test_knowledge_base.QUESTIONS: (question, answering file, phrase)

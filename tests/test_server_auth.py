@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from sourcebook import KnowledgeBase
-from sourcebook.cli import app as cli_app
-from sourcebook.server import check_host, create_app
+from sourcebook.surfaces.cli import app as cli_app
+from sourcebook.surfaces.server import check_host, create_app
 from teams import FINANCE_QUESTION, FINANCE_SECRETS, HR_QUESTION, HR_SECRETS, Team, build_team
 
 SECRETS = HR_SECRETS + FINANCE_SECRETS

@@ -1,4 +1,4 @@
-from sourcebook.analyzer import analyze
+from sourcebook.index.analyzer import analyze
 from sourcebook.text import count_tokens, is_chinese, normalize, sentence_spans
 
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from sourcebook import KnowledgeBase, Settings
-from sourcebook.server import create_app
+from sourcebook.surfaces.server import create_app
 from test_server import LiveServer, ScriptedLLM
 
 try:

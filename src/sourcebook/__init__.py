@@ -1,10 +1,10 @@
 """Sourcebook: a local-first knowledge base with hybrid search and cited answers."""
 
-from . import _cxx_runtime  # noqa: F401  (first: see its docstring)
-from .kb import KnowledgeBase
-from .models import Answer, Citation, SearchHit, SyncReport
-from .settings import Settings
-from .store import Filters, StoreError
+from sourcebook import _cxx_runtime  # noqa: F401  (first: see its docstring)
+from sourcebook.kb import KnowledgeBase
+from sourcebook.models import Answer, Citation, SearchHit, SyncReport
+from sourcebook.settings import Settings
+from sourcebook.store.embedded import Filters, StoreError
 
 __all__ = [
     "Answer",

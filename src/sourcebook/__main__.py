@@ -1,5 +1,5 @@
 """`python -m sourcebook`: the same command line as `sourcebook`."""
 
-from .cli import main
+from sourcebook.surfaces.cli import main
 
 main()

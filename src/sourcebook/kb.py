@@ -14,16 +14,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from .access import AccessControl, check_name
-from .analyzer import analyze
-from .answerer import ExtractiveAnswerer
-from .calibration import judge_for
-from .chunker import contextual_text
-from .embedders import EMBEDDERS, CachedEmbedder, Embedder, Vectors, get_embedder
-from .generation import PROMPT_VERSION, GroundedGenerator, Verifier, final_answer
-from .ingest import Ingestor, ProgressCallback, Source
-from .llm import LLM, create_llm
-from .models import (
+from sourcebook.answer.calibration import judge_for
+from sourcebook.answer.extractive import ExtractiveAnswerer
+from sourcebook.answer.generation import PROMPT_VERSION, GroundedGenerator, Verifier, final_answer
+from sourcebook.answer.llm import LLM, create_llm
+from sourcebook.index.analyzer import analyze
+from sourcebook.index.embedders import EMBEDDERS, CachedEmbedder, Embedder, Vectors, get_embedder
+from sourcebook.ingest.chunker import contextual_text
+from sourcebook.ingest.pipeline import Ingestor, ProgressCallback, Source
+from sourcebook.models import (
     Answer,
     AnswerEvent,
     AnswerMode,
@@ -32,11 +31,12 @@ from .models import (
     Status,
     SyncReport,
 )
-from .rerank import Reranker, idf_weights, load_reranker
-from .retriever import HybridRetriever
-from .settings import DEFAULT_EMBEDDER, Settings
-from .store import EmbeddedStore, Filters, StoreError, text_hash
-from .text import normalize
+from sourcebook.retrieve.rerank import Reranker, idf_weights, load_reranker
+from sourcebook.retrieve.retriever import HybridRetriever
+from sourcebook.settings import DEFAULT_EMBEDDER, Settings
+from sourcebook.store.access import AccessControl, check_name
+from sourcebook.store.embedded import EmbeddedStore, Filters, StoreError, text_hash
+from sourcebook.text import normalize
 
 SyncState = Literal["indexed", "changed", "missing"]
 

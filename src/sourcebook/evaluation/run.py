@@ -14,11 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .datasets import EvalDataset, EvalQuery, load_named
-from .kb import KnowledgeBase
-from .metrics import answer_f1, contains_answer, exact_match, mrr_at, ndcg_at, percentile, recall_at
-from .settings import DEFAULT_EMBEDDER, Settings
-from .store import Filters
+from sourcebook.evaluation.datasets import EvalDataset, EvalQuery, load_named
+from sourcebook.evaluation.metrics import (
+    answer_f1,
+    contains_answer,
+    exact_match,
+    mrr_at,
+    ndcg_at,
+    percentile,
+    recall_at,
+)
+from sourcebook.kb import KnowledgeBase
+from sourcebook.settings import DEFAULT_EMBEDDER, Settings
+from sourcebook.store.embedded import Filters
 
 
 @dataclass(frozen=True)

@@ -42,11 +42,11 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from .embedders import EMBEDDERS, Embedder, Vectors, get_embedder
-from .kb import KnowledgeBase
-from .settings import DEFAULT_EMBEDDER, Settings
-from .store import Filters
-from .text import count_tokens, normalize, sentence_spans
+from sourcebook.index.embedders import EMBEDDERS, Embedder, Vectors, get_embedder
+from sourcebook.kb import KnowledgeBase
+from sourcebook.settings import DEFAULT_EMBEDDER, Settings
+from sourcebook.store.embedded import Filters
+from sourcebook.text import count_tokens, normalize, sentence_spans
 
 DATA_ENV = "SOURCEBOOK_DATA"
 POOL_SENTENCES = 3_000  # half Chinese, half English; embedded once per model (cached)
@@ -536,10 +536,11 @@ def _peak_rss() -> int:
 def _in_fresh_process(
     kb_path: Path, model: str, queries: list[str], warmup: list[str], threads: int | None
 ) -> dict[str, Any]:
-    """`_measure_queries` in a new interpreter (`python -m sourcebook.bench`), JSON both ways."""
+    """`_measure_queries` in a new interpreter (`python -m sourcebook.evaluation.bench`),
+    JSON both ways."""
     request = json.dumps([str(kb_path), model, queries, warmup, threads], ensure_ascii=False)
     done = subprocess.run(
-        [sys.executable, "-m", "sourcebook.bench"],
+        [sys.executable, "-m", "sourcebook.evaluation.bench"],
         input=request,
         capture_output=True,
         text=True,

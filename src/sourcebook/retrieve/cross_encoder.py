@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .models import SearchHit
-from .rerank import order_by
+from sourcebook.models import SearchHit
+from sourcebook.retrieve.rerank import order_by
 
 MODEL_FILES = ("model.onnx", "onnx/model.onnx")
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .chunker import ChunkingOptions, chunk_document, contextual_text
-from .converters import ConversionError, convert, kind_of
-from .embedders import Embedder
-from .models import FileIssue, ParsedDocument, SyncReport
-from .settings import Settings
-from .store import DocumentRecord, EmbeddedStore, text_hash
+from sourcebook.index.embedders import Embedder
+from sourcebook.ingest.chunker import ChunkingOptions, chunk_document, contextual_text
+from sourcebook.ingest.converters import ConversionError, convert, kind_of
+from sourcebook.models import FileIssue, ParsedDocument, SyncReport
+from sourcebook.settings import Settings
+from sourcebook.store.embedded import DocumentRecord, EmbeddedStore, text_hash
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, current path)
 

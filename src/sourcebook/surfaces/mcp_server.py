@@ -27,11 +27,11 @@ from pydantic import BaseModel, Field
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import __version__
-from .kb import KnowledgeBase
-from .llm import LLMError
-from .models import Answer, Language, SearchHit
-from .store import Filters, StoreError, restricted
+from sourcebook import __version__
+from sourcebook.answer.llm import LLMError
+from sourcebook.kb import KnowledgeBase
+from sourcebook.models import Answer, Language, SearchHit
+from sourcebook.store.embedded import Filters, StoreError, restricted
 
 HTTP_PATH = "/mcp"
 # where the HTTP endpoint leaves the resolved caller for the tools: the request's scope

@@ -23,9 +23,9 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from .analyzer import analyze
-from .chunker import chunk_context
-from .models import SearchHit
+from sourcebook.index.analyzer import analyze
+from sourcebook.ingest.chunker import chunk_context
+from sourcebook.models import SearchHit
 
 FEATURES = (
     "bm25_norm",  # BM25 score / best BM25 score in the list
@@ -174,7 +174,7 @@ def load_reranker(setting: str, threads: int | None = None) -> Reranker | None:
     if setting == "learned":
         return LearnedReranker.load()
     if "/" in setting or Path(setting).expanduser().is_dir():
-        from .cross_encoder import CrossEncoderReranker  # optional dependencies
+        from sourcebook.retrieve.cross_encoder import CrossEncoderReranker  # optional dependencies
 
         return CrossEncoderReranker(setting, threads=threads)
     raise ValueError(

@@ -21,7 +21,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from .. import __version__
+from sourcebook import __version__
 
 HERE = Path(__file__).parent
 # the only files served from /static, with their types: a fixed list rather than a

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from .models import Heading, ParsedDocument
-from .text import normalize
+from sourcebook.models import Heading, ParsedDocument
+from sourcebook.text import normalize
 
 # pypdf logs every oddity it recovers from; failures reach the user as ConversionError.
 logging.getLogger("pypdf").setLevel(logging.ERROR)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .models import ChunkDraft, Heading, ParsedDocument
-from .text import LineIndex, count_tokens, sentence_spans, token_spans
+from sourcebook.models import ChunkDraft, Heading, ParsedDocument
+from sourcebook.text import LineIndex, count_tokens, sentence_spans, token_spans
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .analyzer import analyze
-from .answerer import NOT_FOUND
-from .embedders import Embedder
-from .llm import LLM, Message
-from .models import (
+from sourcebook.answer.extractive import NOT_FOUND
+from sourcebook.answer.llm import LLM, Message
+from sourcebook.index.analyzer import analyze
+from sourcebook.index.embedders import Embedder
+from sourcebook.models import (
     Answer,
     AnswerEvent,
     Citation,
@@ -32,7 +32,7 @@ from .models import (
     SentenceSupport,
     Verification,
 )
-from .text import is_chinese, normalize, sentence_spans
+from sourcebook.text import is_chinese, normalize, sentence_spans
 
 # Part of the answer cache key: a changed prompt must not reuse old answers.
 PROMPT_VERSION = 1

@@ -34,10 +34,10 @@ from typing import IO, NamedTuple, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from .analyzer import analyze
-from .embedders import Vectors
-from .indexes import KeywordIndex, ScoredIds, VectorIndex
-from .models import ChunkDraft, DocumentInfo, SearchHit
+from sourcebook.index.analyzer import analyze
+from sourcebook.index.embedders import Vectors
+from sourcebook.models import ChunkDraft, DocumentInfo, SearchHit
+from sourcebook.store.indexes import KeywordIndex, ScoredIds, VectorIndex
 
 SCHEMA_VERSION = 1
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .analyzer import analyze
-from .embedders import Embedder, Vectors
-from .indexes import ScoredIds
-from .models import SearchHit
-from .rerank import Reranker, idf_weights
-from .settings import Settings
-from .store import Filters, Store
+from sourcebook.index.analyzer import analyze
+from sourcebook.index.embedders import Embedder, Vectors
+from sourcebook.models import SearchHit
+from sourcebook.retrieve.rerank import Reranker, idf_weights
+from sourcebook.settings import Settings
+from sourcebook.store.embedded import Filters, Store
+from sourcebook.store.indexes import ScoredIds
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .models import Answer, AnswerEvent, ApiKeyInfo, AuditEntry, Surface, User
+from sourcebook.models import Answer, AnswerEvent, ApiKeyInfo, AuditEntry, Surface, User
 
 logger = logging.getLogger(__name__)
 

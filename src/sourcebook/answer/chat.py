@@ -20,13 +20,13 @@ from typing import Protocol
 
 import rjieba
 
-from .analyzer import analyze
-from .generation import IdfLookup, final_answer, language_of
-from .kb import KnowledgeBase
-from .llm import LLM, Message
-from .models import AnswerEvent, AnswerMode, ChatTurn, Language
-from .rerank import idf_weights
-from .store import Filters
+from sourcebook.answer.generation import IdfLookup, final_answer, language_of
+from sourcebook.answer.llm import LLM, Message
+from sourcebook.index.analyzer import analyze
+from sourcebook.kb import KnowledgeBase
+from sourcebook.models import AnswerEvent, AnswerMode, ChatTurn, Language
+from sourcebook.retrieve.rerank import idf_weights
+from sourcebook.store.embedded import Filters
 
 _ZH_PRONOUNS = {"它": "", "它们": "", "其": "的"}  # pronoun -> what follows the subject
 _EN_PRONOUN = re.compile(r"\b(it|they|them|its|their)\b", re.IGNORECASE)

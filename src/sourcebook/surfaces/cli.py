@@ -26,15 +26,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .access import AccessError, audited
-from .chat import ChatSession
-from .embedders import EMBEDDERS
-from .generation import final_answer
-from .kb import KnowledgeBase
-from .llm import LLMError
-from .models import Answer, AnswerEvent, AnswerMode, SearchHit, SyncReport, User
-from .settings import Settings
-from .store import Filters, StoreError
+from sourcebook.answer.chat import ChatSession
+from sourcebook.answer.generation import final_answer
+from sourcebook.answer.llm import LLMError
+from sourcebook.index.embedders import EMBEDDERS
+from sourcebook.kb import KnowledgeBase
+from sourcebook.models import Answer, AnswerEvent, AnswerMode, SearchHit, SyncReport, User
+from sourcebook.settings import Settings
+from sourcebook.store.access import AccessError, audited
+from sourcebook.store.embedded import Filters, StoreError
 
 app = typer.Typer(
     help="Sourcebook: ask your own notes (Chinese, English or both), get cited answers.",
@@ -390,7 +390,7 @@ def bench(
     output: Annotated[Path | None, typer.Option(help="write JSON results here")] = None,
 ) -> None:
     """Measure ingestion throughput and hybrid query latency (see benchmarks/)."""
-    from .bench import run_benchmark
+    from sourcebook.evaluation.bench import run_benchmark
 
     with _errors_to_exit():
         results = run_benchmark(chunks or [10_000], model or None, queries, work, console)
@@ -424,8 +424,8 @@ def evaluate(
     ),
 ) -> None:
     """Measure retrieval and answers on evaluation data through the real pipeline."""
-    from .evaluation import run_eval, summarize, write_chart
-    from .settings import DEFAULT_EMBEDDER
+    from sourcebook.evaluation.run import run_eval, summarize, write_chart
+    from sourcebook.settings import DEFAULT_EMBEDDER
 
     with _errors_to_exit():
         if split not in ("test", "tune", "all"):
@@ -464,7 +464,7 @@ def serve(
 ) -> None:
     """Serve the HTTP API (/api, docs at /docs) and an OpenAI-compatible endpoint (/v1)."""
     # imported here: the web stack is not needed by the other commands
-    from .server import check_host, run_server
+    from sourcebook.surfaces.server import check_host, run_server
 
     with _errors_to_exit(), _open(kb) as base:
         authenticated = base.access.has_users()
@@ -495,9 +495,9 @@ def mcp(
     """Serve the knowledge base to an MCP client (Claude Desktop, an IDE, an agent) over
     stdin/stdout: tools search, ask, get_document and list_collections."""
     # imported here: the MCP SDK and the web stack are not needed by the other commands
-    from .mcp_server import run_stdio
-    from .server import LOCAL_USER as LOCAL_CALLER
-    from .server import Caller
+    from sourcebook.surfaces.mcp_server import run_stdio
+    from sourcebook.surfaces.server import LOCAL_USER as LOCAL_CALLER
+    from sourcebook.surfaces.server import Caller
 
     with _errors_to_exit(), _open(kb) as base:
         caller = LOCAL_CALLER

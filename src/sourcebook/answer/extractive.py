@@ -11,11 +11,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .analyzer import analyze
-from .calibration import SIGNALS, Judge
-from .embedders import Embedder, Vectors
-from .models import Answer, Citation, Language, SearchHit
-from .text import is_chinese, sentence_spans
+from sourcebook.answer.calibration import SIGNALS, Judge
+from sourcebook.index.analyzer import analyze
+from sourcebook.index.embedders import Embedder, Vectors
+from sourcebook.models import Answer, Citation, Language, SearchHit
+from sourcebook.text import is_chinese, sentence_spans
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 

@@ -18,8 +18,8 @@ from typing import Any, Literal, Protocol, TypedDict
 
 import httpx
 
-from .settings import Settings
-from .text import count_tokens as approximate_tokens
+from sourcebook.settings import Settings
+from sourcebook.text import count_tokens as approximate_tokens
 
 INSTALL_HINT = (
     "install it with `bash scripts/install-llama.sh` or `pip install 'sourcebook[llama]'`"

@@ -52,14 +52,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__
-from .access import AccessControl, AccessError, audited, check_name
-from .chat import ChatSession
-from .converters import kind_of
-from .kb import KnowledgeBase, SyncState
-from .llm import LLMError
-from .mcp_server import mount_http
-from .models import (
+from sourcebook import __version__
+from sourcebook.answer.chat import ChatSession
+from sourcebook.answer.llm import LLMError
+from sourcebook.ingest.converters import kind_of
+from sourcebook.kb import KnowledgeBase, SyncState
+from sourcebook.models import (
     Answer,
     AnswerEvent,
     AnswerMode,
@@ -71,9 +69,11 @@ from .models import (
     SyncReport,
     User,
 )
-from .settings import Settings
-from .store import Filters, StoreError, restricted
-from .web import router as web_router
+from sourcebook.settings import Settings
+from sourcebook.store.access import AccessControl, AccessError, audited, check_name
+from sourcebook.store.embedded import Filters, StoreError, restricted
+from sourcebook.surfaces.mcp_server import mount_http
+from sourcebook.surfaces.web import router as web_router
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8321

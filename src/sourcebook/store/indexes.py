@@ -22,7 +22,7 @@ import tantivy
 from numpy.typing import NDArray
 from usearch.index import Index
 
-from .embedders import Vectors
+from sourcebook.index.embedders import Vectors
 
 ScoredIds = list[tuple[int, float]]
 

@@ -1,0 +1,1 @@
+"""Answer stage: extractive answers and their judge, LLM generation with verification, and chat."""

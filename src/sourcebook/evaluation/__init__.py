@@ -1,0 +1,1 @@
+"""Evaluation and benchmarks: datasets, metrics, `sourcebook eval` and `sourcebook bench`."""

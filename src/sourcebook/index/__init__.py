@@ -1,0 +1,1 @@
+"""Index stage: keyword analysis and the embedders that turn text into vectors."""

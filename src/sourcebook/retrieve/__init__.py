@@ -1,0 +1,1 @@
+"""Retrieve stage: hybrid BM25 + dense search, fusion, and the rerankers."""
