@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import json
@@ -21,7 +22,7 @@ from sourcebook.answer.llm import LLM, create_llm
 from sourcebook.index.analyzer import analyze
 from sourcebook.index.embedders import EMBEDDERS, CachedEmbedder, Embedder, Vectors, get_embedder
 from sourcebook.ingest.chunker import contextual_text
-from sourcebook.ingest.pipeline import Ingestor, ProgressCallback, Source
+from sourcebook.ingest.pipeline import Ingestor, ProgressCallback, Source, absolute_path
 from sourcebook.models import (
     Answer,
     AnswerEvent,
@@ -39,6 +40,12 @@ from sourcebook.store.embedded import EmbeddedStore, Filters, StoreError, text_h
 from sourcebook.text import normalize
 
 SyncState = Literal["indexed", "changed", "missing"]
+
+
+def _is_under(path: str, root: str) -> bool:
+    """Whether a document path is the source `root` or inside it."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
 
 # Nice value of the answer threads: under contention the scheduler gives a search thread
 # about three times their CPU share, and an idle machine runs them at full speed.
@@ -144,11 +151,14 @@ class KnowledgeBase:
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         progress: ProgressCallback | None = None,
+        keep_unreadable: bool = False,
     ) -> SyncReport:
-        """Index files and folders and remember them as sources for `sync`."""
+        """Index files and folders and remember them as sources for `sync`. A file that
+        cannot be read any more leaves the indexes, unless `keep_unreadable` (the upload
+        route, which puts the indexed version of such a file back)."""
         sources = [
             Source(
-                Path(p).expanduser().resolve(),
+                absolute_path(p),
                 tuple(include),
                 tuple(exclude) + tuple(self.settings.exclude),
             )
@@ -158,7 +168,7 @@ class KnowledgeBase:
             for source in sources:
                 if source.root.exists():
                     self.store.add_source(str(source.root), include, exclude)
-            report = self._ingestor().run(sources, prune=True, progress=progress)
+            report = self._ingestor().run(sources, True, progress, keep_unreadable)
             report.cached_answers_purged = self.store.purge_cached_answers()
             return report
 
@@ -175,9 +185,7 @@ class KnowledgeBase:
             for source in sources:
                 if not source.root.exists():  # a whole source folder or file went away
                     for document in self.store.documents():
-                        if document.path == str(source.root) or document.path.startswith(
-                            str(source.root).rstrip("/") + "/"
-                        ):
+                        if _is_under(document.path, str(source.root)):
                             self.store.remove_document(document.path)
                             report.removed += 1
                             report.chunks_removed += document.chunks
@@ -189,11 +197,10 @@ class KnowledgeBase:
         removed: list[str] = []
         with self.store.writing():
             for raw in paths:
-                target = str(Path(raw).expanduser().resolve())
+                target = str(absolute_path(raw))
                 self.store.remove_source(target)
-                prefix = target.rstrip("/") + "/"
                 for document in self.store.documents():
-                    if document.path == target or document.path.startswith(prefix):
+                    if _is_under(document.path, target):
                         self.store.remove_document(document.path)
                         removed.append(document.path)
             self.store.purge_cached_answers()
@@ -395,7 +402,7 @@ class KnowledgeBase:
         """The indexed text of a document, or lines [line_start, line_end] of it. With
         `groups`, a document the reader may not read is reported as not there (its
         existence is not confirmed either)."""
-        key = str(Path(path).expanduser().resolve())
+        key = str(absolute_path(path))
         text = self.store.document_text(key)
         if text is not None and groups is not None:
             document = self.store.document(key)
@@ -453,7 +460,7 @@ class KnowledgeBase:
         rules for it; no groups: the rules apply to it again."""
         for group in groups:
             check_name("group", group)
-        self.store.set_document_grants(str(Path(path).expanduser().resolve()), groups)
+        self.store.set_document_grants(str(absolute_path(path)), groups)
 
     def document_groups(self) -> dict[str, list[str]]:
         """Path -> the groups that may read it, for every document with groups (a
@@ -479,7 +486,7 @@ class KnowledgeBase:
     def resync(self, path: str | Path) -> SyncReport:
         """Re-read one indexed document: re-indexed if its file changed, removed if the
         file is gone. Unlike `add`, this does not make the file a source of its own."""
-        key = Path(path).expanduser().resolve()
+        key = absolute_path(path)
         document = self.store.document(str(key))
         if document is None:
             raise KeyError(f"{path} is not in the knowledge base")
@@ -507,10 +514,29 @@ class KnowledgeBase:
             embedder=self.store.embedder_name,
             documents=documents,
             chunks=chunks,
-            sources=[path for path, _, _ in self.store.sources()],
+            sources=self.sources(groups),
             store_bytes=self.store.size_bytes(),
             index_consistent=self.store.is_consistent(),
         )
+
+    def sources(self, groups: frozenset[str] | None = None) -> list[str]:
+        """The files and folders added (what `sync` re-reads); with `groups`, only those
+        holding a document a reader in them may read: a source's path alone (a restricted
+        file added on its own) says what it holds."""
+        paths = [path for path, _, _ in self.store.sources()]
+        if groups is None:
+            return paths
+        readable = sorted(d.path for d in self.documents(groups))
+
+        def holds_readable(root: str) -> bool:
+            # the first path >= root is root itself, else the first >= "root/" is inside
+            for probe in (root, root.rstrip(os.sep) + os.sep):
+                i = bisect.bisect_left(readable, probe)
+                if i < len(readable) and _is_under(readable[i], root):
+                    return True
+            return False
+
+        return [p for p in paths if holds_readable(p)]
 
     # --- lifecycle -----------------------------------------------------------------------
 

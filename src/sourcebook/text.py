@@ -100,3 +100,13 @@ class LineIndex:
 
     def line(self, offset: int) -> int:
         return bisect.bisect_right(self._starts, offset)
+
+
+def printable(text: str) -> str:
+    """`text` safe to print on one line of a report: every character that is not
+    printable (newlines, escape sequences, line separators, lone surrogates) written as
+    its Python escape, so a file name cannot forge a line or move the cursor; Chinese and
+    other printable characters are kept as they are."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)

@@ -39,9 +39,16 @@ def chunk_document(document: ParsedDocument, options: ChunkingOptions) -> list[C
     text = document.text
     lines = LineIndex(text)
     drafts: list[ChunkDraft] = []
-    for section in _sections(text, document.headings, document.body_start):
-        if not text[section.body_start : section.end].strip():
-            continue  # a heading directly followed by a sub-heading: its path lives on
+    sections = [
+        s
+        for s in _sections(text, document.headings, document.body_start)
+        # a heading directly followed by a sub-heading: its path lives on in the next one
+        if text[s.body_start : s.end].strip()
+    ]
+    if not sections and text[document.body_start :].strip():
+        # headings and nothing else (an outline): the headings are the content
+        sections = [_Section(document.body_start, len(text), [], document.body_start)]
+    for section in sections:
         units = _units(text, section.start, section.end, options.max_tokens)
         for start, end in _merge(units, options):
             line_start = lines.line(start)

@@ -27,6 +27,15 @@ from sourcebook.store.embedded import DocumentRecord, EmbeddedStore, text_hash
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, current path)
 
 
+def absolute_path(raw: str | Path) -> Path:
+    """The path a source or document is known by: absolute, `~` expanded and `.`/`..`
+    removed, but symbolic links kept, not resolved. The path the user added (or the link
+    found in a folder) is the document's identity: access rules match it, `remove` and
+    `sync` find it, and every surface shows it; where a link points never matters, so a
+    link cannot carry a file out of the rule of the folder it is in."""
+    return Path(os.path.abspath(Path(raw).expanduser()))
+
+
 @dataclass(frozen=True)
 class Source:
     """A file or folder the user added, with the globs that select files under it."""
@@ -48,7 +57,8 @@ def discover(source: Source, skip_folder: Path | None = None) -> Iterator[Path]:
             for d in subfolders
             if not d.startswith(".")
             and not _matches(here / d, source.root, source.exclude)
-            and (skip_folder is None or (here / d).resolve() != skip_folder)
+            # realpath: never raises on a link loop (Path.resolve does)
+            and (skip_folder is None or Path(os.path.realpath(here / d)) != skip_folder)
         )
         for name in sorted(files):
             path = here / name
@@ -77,19 +87,26 @@ class Ingestor:
         self._options = ChunkingOptions(settings.chunk_tokens, settings.chunk_overlap)
 
     def run(
-        self, sources: Sequence[Source], prune: bool, progress: ProgressCallback | None = None
+        self,
+        sources: Sequence[Source],
+        prune: bool,
+        progress: ProgressCallback | None = None,
+        keep_unreadable: bool = False,
     ) -> SyncReport:
         """Index every file of `sources`. With `prune`, documents under these sources
-        whose files are gone are removed."""
+        whose files are gone are removed. A file that cannot be read or converted any
+        more (emptied, overwritten with binary, a link loop) is reported and leaves the
+        indexes, unless `keep_unreadable` (the caller puts the indexed version back)."""
         started = time.perf_counter()
         report = SyncReport()
-        skip = self._store.folder.resolve()
+        skip = Path(os.path.realpath(self._store.folder))
         files: list[Path] = []
         for source in sources:
-            if not source.root.exists():
-                report.failed.append(
-                    FileIssue(path=str(source.root), reason="no such file or folder")
-                )
+            try:
+                source.root.stat()
+            except OSError as exc:  # missing, a dangling link, a link loop
+                reason = "no such file or folder" if not os.path.lexists(source.root) else None
+                self._fail(source.root, reason or f"cannot read: {exc.strerror}", report, True)
                 continue
             for path in discover(source, skip):
                 if kind_of(path) is None:
@@ -102,13 +119,13 @@ class Ingestor:
                     else:
                         report.skipped.append(FileIssue(path=str(path), reason="unsupported type"))
                     continue
-                files.append(path.resolve())
+                files.append(path)
         files = list(dict.fromkeys(files))
         seen = {str(p) for p in files}
         for done, path in enumerate(files):
             if progress:
                 progress(done, len(files), str(path))
-            self._ingest_file(path, report)
+            self._ingest_file(path, report, keep_unreadable)
         if progress:
             progress(len(files), len(files), "")
         if prune:
@@ -121,7 +138,7 @@ class Ingestor:
         report.seconds = round(time.perf_counter() - started, 3)
         return report
 
-    def _ingest_file(self, path: Path, report: SyncReport) -> None:
+    def _ingest_file(self, path: Path, report: SyncReport, keep_unreadable: bool) -> None:
         try:
             stat = path.stat()
             limit = self._settings.max_file_mb * 1024 * 1024
@@ -132,10 +149,10 @@ class Ingestor:
                 )
             data = path.read_bytes()
         except OSError as exc:
-            report.failed.append(FileIssue(path=str(path), reason=f"cannot read: {exc.strerror}"))
+            self._fail(path, f"cannot read: {exc.strerror}", report, keep_unreadable)
             return
         except ConversionError as exc:
-            report.failed.append(FileIssue(path=str(path), reason=str(exc)))
+            self._fail(path, str(exc), report, keep_unreadable)
             return
         content_hash = hashlib.blake2b(data, digest_size=16).hexdigest()
         existing = self._store.document(str(path))
@@ -145,12 +162,11 @@ class Ingestor:
         try:
             parsed = convert(path, data)
         except ConversionError as exc:
-            report.failed.append(FileIssue(path=str(path), reason=str(exc)))
+            self._fail(path, str(exc), report, keep_unreadable)
             return
         except Exception as exc:  # a converter library failing on odd input must not stop the batch
-            report.failed.append(
-                FileIssue(path=str(path), reason=f"could not parse: {type(exc).__name__}: {exc}")
-            )
+            reason = f"could not parse: {type(exc).__name__}: {exc}"
+            self._fail(path, reason, report, keep_unreadable)
             return
         chunks = chunk_document(parsed, self._options)
         texts = [contextual_text(parsed.title, c.heading_path, c.text) for c in chunks]
@@ -164,6 +180,17 @@ class Ingestor:
             report.chunks_removed += existing.chunks
         else:
             report.added += 1
+
+    def _fail(self, path: Path, reason: str, report: SyncReport, keep: bool) -> None:
+        """Report a file that cannot be indexed. What was indexed from it before is no
+        longer what the file says: it leaves every index (and the report says so)."""
+        existing = None if keep else self._store.document(str(path))
+        if existing is not None:
+            self._store.remove_document(existing.path)
+            report.removed += 1
+            report.chunks_removed += existing.chunks
+            reason += "; removed from the index"
+        report.failed.append(FileIssue(path=str(path), reason=reason))
 
     def _embed(self, texts: list[str]) -> tuple[np.ndarray, int]:
         """Vectors for `texts`, embedding only those not in the cache."""
@@ -204,7 +231,7 @@ def _record(
 
 def _under_any(path: str, sources: Sequence[Source]) -> bool:
     for source in sources:
-        root = str(source.root.resolve())
+        root = str(source.root)
         if path == root or path.startswith(root.rstrip(os.sep) + os.sep):
             return True
     return False

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from pathlib import Path
 from typing import Annotated, Any, Protocol
 
 import anyio.to_thread
@@ -29,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sourcebook import __version__
 from sourcebook.answer.llm import LLMError
+from sourcebook.ingest.pipeline import absolute_path
 from sourcebook.kb import KnowledgeBase
 from sourcebook.models import Answer, Language, SearchHit
 from sourcebook.store.embedded import Filters, StoreError, restricted
@@ -204,7 +204,7 @@ def create_mcp_server(
             except KeyError as exc:
                 # the same message whether it does not exist or may not be read
                 raise ToolError(f"{path} is not in the knowledge base") from exc
-            key = str(Path(path).expanduser().resolve())  # as the facade keys documents
+            key = str(absolute_path(path))  # as the facade keys documents
             document = next((d for d in kb.documents(reader.groups) if d.path == key), None)
         lines = f"lines {start or 1}-{end}" if start or end else None
         kb.access.record(reader.name, "mcp", "document", None, [key], lines)
@@ -225,7 +225,7 @@ def create_mcp_server(
         `path` glob of `search` (e.g. "/notes/llm/*")."""
         reader = reader_of(ctx)
         with reading():
-            sources = kb.status().sources
+            sources = kb.sources(reader.groups)
             paths = [d.path for d in kb.documents(reader.groups)]
         kb.access.record(reader.name, "mcp", "collections", detail=f"{len(paths)} documents")
         return Collections(

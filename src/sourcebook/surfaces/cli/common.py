@@ -23,6 +23,7 @@ from sourcebook.models import Answer, AnswerEvent, AnswerMode, SearchHit, SyncRe
 from sourcebook.settings import Settings
 from sourcebook.store.access import AccessError
 from sourcebook.store.embedded import Filters, StoreError
+from sourcebook.text import printable
 
 app = typer.Typer(
     help="Sourcebook: ask your own notes (Chinese, English or both), get cited answers.",
@@ -108,10 +109,12 @@ def record_answer(base: KnowledgeBase, question: str) -> Callable[[Answer], None
 
 
 def display_path(path: str) -> str:
+    """A path as a report line shows it: relative to here, control characters escaped
+    (a newline in a file name must not start a line of its own)."""
     try:
-        return os.path.relpath(path)
+        return printable(os.path.relpath(path))
     except ValueError:
-        return path
+        return printable(path)
 
 
 def location(hit: SearchHit) -> str:
@@ -192,7 +195,8 @@ def finish_report(report: SyncReport, as_json: bool) -> None:
         )
         for issue in report.failed:
             errors.print(
-                f"[red]failed[/] {escape(display_path(issue.path))}: {escape(issue.reason)}"
+                f"[red]failed[/] {escape(display_path(issue.path))}: "
+                + escape(printable(issue.reason))
             )
     if report.failed:
         raise typer.Exit(2)

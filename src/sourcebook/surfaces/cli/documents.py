@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sourcebook.index.embedders import EMBEDDERS
+from sourcebook.ingest.pipeline import absolute_path
 from sourcebook.kb import KnowledgeBase
 from sourcebook.surfaces.cli.common import (
     CliError,
@@ -73,7 +74,7 @@ def add(
         report = with_progress(
             lambda cb: base.add(paths, include or [], exclude or [], cb), quiet=as_json
         )
-        sources = [str(p.expanduser().resolve()) for p in paths]
+        sources = [str(absolute_path(p)) for p in paths]
         audit_log(base, "add", documents=sources, detail=counts(report))
         finish_report(report, as_json)
 
@@ -128,9 +129,7 @@ def show(
         path, start, end = parse_location(document)
         text = base.document_text(path, start, end)
         lines = f"lines {start}-{end}" if start else None
-        audit_log(
-            base, "document", documents=[str(Path(path).expanduser().resolve())], detail=lines
-        )
+        audit_log(base, "document", documents=[str(absolute_path(path))], detail=lines)
         first = start or 1
         if as_json:
             emit_json({"path": path, "line_start": first, "text": text})

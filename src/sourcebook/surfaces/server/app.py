@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from sourcebook import __version__
+from sourcebook.ingest.pipeline import absolute_path
 from sourcebook.kb import KnowledgeBase
 from sourcebook.surfaces.mcp_server import mount_http
 from sourcebook.surfaces.server import answers, documents, openai
@@ -34,7 +35,7 @@ def create_app(kb: KnowledgeBase, require_auth: bool = False) -> FastAPI:
     `require_auth`: the server listens on a public address, so a request is refused
     when the knowledge base has no users (rather than served as the local user)."""
     lock = ReadWriteLock()
-    uploads = (kb.path / UPLOADS).resolve()
+    uploads = absolute_path(kb.path / UPLOADS)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -197,7 +197,7 @@ def routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRouter:
         """The knowledge base's sources (folders and files added, and the uploads), with
         the number of documents in each that the caller may read."""
         with lock.reading():
-            sources = kb.status().sources
+            sources = kb.sources(caller.groups)
             paths = [d.path for d in kb.documents(caller.groups)]
         return [
             Collection(
@@ -246,7 +246,8 @@ def _index_uploads(
         for name, file in wanted:
             kb.set_document_groups(uploads / name, readers)
             backups[name] = save_upload(uploads, name, file)
-        report = kb.add([uploads])
+        # a file that fails keeps its earlier upload indexed: it is put back below
+        report = kb.add([uploads], keep_unreadable=True)
     except BaseException:
         for name, backup in backups.items():
             restore_upload(uploads / name, backup)
