@@ -47,17 +47,20 @@ My sourdough levain uses a 1:5:5 ratio of starter, flour and water.
 面团在 250 度的铸铁锅里烤 20 分钟。
 """
 
+# a loopback server answers only requests for a loopback host (DNS rebinding)
+LOCAL = "http://127.0.0.1"
+
 
 @pytest.fixture(scope="module")
 def client(notes_kb: KnowledgeBase) -> Iterator[TestClient]:
-    with TestClient(create_app(notes_kb)) as test_client:
+    with TestClient(create_app(notes_kb), base_url=LOCAL) as test_client:
         yield test_client
 
 
 @pytest.fixture
 def writable(kb_copy: tuple[KnowledgeBase, Path]) -> Iterator[tuple[TestClient, KnowledgeBase]]:
     kb, _ = kb_copy
-    with TestClient(create_app(kb)) as test_client:
+    with TestClient(create_app(kb), base_url=LOCAL) as test_client:
         yield test_client, kb
 
 

@@ -21,6 +21,9 @@ from teams import FINANCE_QUESTION, FINANCE_SECRETS, HR_QUESTION, HR_SECRETS, Te
 
 SECRETS = HR_SECRETS + FINANCE_SECRETS
 
+# a loopback server answers only requests for a loopback host (DNS rebinding)
+LOCAL = "http://127.0.0.1"
+
 
 @pytest.fixture(scope="module")
 def team(notes_kb: KnowledgeBase, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
@@ -31,7 +34,7 @@ def team(notes_kb: KnowledgeBase, tmp_path_factory: pytest.TempPathFactory) -> I
 
 @pytest.fixture(scope="module")
 def client(team: Team) -> Iterator[TestClient]:
-    with TestClient(create_app(team.kb)) as test_client:
+    with TestClient(create_app(team.kb), base_url=LOCAL) as test_client:
         yield test_client
 
 
@@ -158,9 +161,7 @@ def test_openai_endpoint_answers_only_from_readable_documents(
     client: TestClient, team: Team
 ) -> None:
     def ask(name: str, question: str, stream: bool = False) -> str:
-        ai = openai.OpenAI(
-            base_url="http://testserver/v1", api_key=team.keys[name], http_client=client
-        )
+        ai = openai.OpenAI(base_url=f"{LOCAL}/v1", api_key=team.keys[name], http_client=client)
         messages: list[openai.types.chat.ChatCompletionMessageParam] = [
             {"role": "user", "content": question}
         ]
@@ -178,7 +179,7 @@ def test_openai_endpoint_answers_only_from_readable_documents(
         assert not any(s in alice for s in FINANCE_SECRETS) and team.finance_path not in alice
     with pytest.raises(openai.AuthenticationError, match="not valid"):
         openai.OpenAI(
-            base_url="http://testserver/v1", api_key="sb_nope_nope_nope", http_client=client
+            base_url=f"{LOCAL}/v1", api_key="sb_nope_nope_nope", http_client=client
         ).models.list()
 
 
@@ -270,8 +271,8 @@ def test_without_users_a_public_server_refuses_requests(
     kb_copy: tuple[KnowledgeBase, Path],
 ) -> None:
     kb, _ = kb_copy
-    with TestClient(create_app(kb)) as local:
+    with TestClient(create_app(kb), base_url=LOCAL) as local:
         assert local.get("/api/documents").status_code == 200  # single user, loopback
-    with TestClient(create_app(kb, require_auth=True)) as public:
+    with TestClient(create_app(kb, require_auth=True), base_url=LOCAL) as public:
         response = public.get("/api/documents")
         assert response.status_code == 401 and "no users" in response.json()["detail"]

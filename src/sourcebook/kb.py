@@ -11,10 +11,12 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from sourcebook import deadline
 from sourcebook.answer.calibration import judge_for
 from sourcebook.answer.extractive import ExtractiveAnswerer
 from sourcebook.answer.generation import PROMPT_VERSION, GroundedGenerator, Verifier, final_answer
@@ -28,6 +30,7 @@ from sourcebook.models import (
     AnswerEvent,
     AnswerMode,
     DocumentInfo,
+    InvalidInput,
     SearchHit,
     Status,
     SyncReport,
@@ -237,10 +240,30 @@ class KnowledgeBase:
         self, query: str, limit: int = 10, filters: Filters | None = None
     ) -> list[SearchHit]:
         """Hybrid (BM25 + dense) search; filters apply before ranking is cut off."""
-        if not query.strip():
-            raise ValueError("the query is empty")
+        self._check_question(query, "query")
         vector = self._query_vector(query) if self.settings.retrieval != "bm25" else None
+        deadline.check("ranking")
         return self._retriever().retrieve(query, limit, filters, vector)
+
+    def _check_question(self, text: str, what: str = "question") -> None:
+        """Refuse what no search should spend time on: nothing, more than
+        `max_question_chars`, or text that is not valid Unicode (a lone surrogate, which
+        no tokenizer, database or response can encode)."""
+        if not text.strip():
+            raise ValueError(f"the {what} is empty")
+        limit = self.settings.max_question_chars
+        if len(text) > limit:
+            raise InvalidInput(
+                f"the {what} is {len(text):,} characters long; the limit is {limit:,} "
+                "(SOURCEBOOK_MAX_QUESTION_CHARS): ask about one thing at a time"
+            )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(
+                f"the {what} is not valid Unicode (a lone surrogate at character "
+                f"{exc.start}); send UTF-8 text"
+            ) from exc
 
     def ask(
         self, question: str, filters: Filters | None = None, mode: AnswerMode | None = None
@@ -300,9 +323,9 @@ class KnowledgeBase:
         return chosen
 
     def _evidence(self, question: str, filters: Filters | None) -> tuple[list[SearchHit], Vectors]:
-        if not question.strip():
-            raise ValueError("the question is empty")
+        self._check_question(question)
         query_vector = self._query_vector(question)
+        deadline.check("ranking")
         hits = self._retriever().retrieve(
             question, self.settings.evidence_chunks, filters, query_vector
         )
@@ -320,11 +343,14 @@ class KnowledgeBase:
             self.settings.answer_embedded_sentences,
         )
         idf = idf_weights(total, frequencies)
-        return (
-            self._answer_workers()
-            .submit(answerer.answer, question, query_vector, hits, idf)
-            .result()
-        )
+        deadline.check("answering")
+        future = self._answer_workers().submit(answerer.answer, question, query_vector, hits, idf)
+        try:
+            return future.result(timeout=deadline.remaining())
+        except FutureTimeout:
+            future.cancel()  # still queued: never started; running: finishes unseen
+            deadline.check("the answer was ready")
+            raise
 
     def _answer_workers(self) -> ThreadPoolExecutor:
         """The threads extractive answers are computed in: `settings.answer_workers` of them,
@@ -542,7 +568,8 @@ class KnowledgeBase:
 
     def close(self) -> None:
         if self._answer_pool is not None:
-            self._answer_pool.shutdown()
+            # answers still queued are dropped; the running ones (bounded) finish
+            self._answer_pool.shutdown(cancel_futures=True)
         if self._access is not None:
             self._access.close()
         self.store.close()

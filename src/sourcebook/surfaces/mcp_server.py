@@ -28,9 +28,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sourcebook import __version__
 from sourcebook.answer.llm import LLMError
+from sourcebook.deadline import DeadlineExceeded
 from sourcebook.ingest.pipeline import absolute_path
 from sourcebook.kb import KnowledgeBase
 from sourcebook.models import Answer, Language, SearchHit
+from sourcebook.settings import MAX_QUESTION_CHARS
 from sourcebook.store.embedded import Filters, StoreError, restricted
 
 HTTP_PATH = "/mcp"
@@ -138,12 +140,19 @@ def create_mcp_server(
         # the facade's messages say what to do; the client's model should read them
         try:
             yield
-        except (ValueError, StoreError, LLMError) as exc:
+        except (ValueError, StoreError, LLMError, DeadlineExceeded) as exc:
             raise ToolError(str(exc)) from exc
 
     @server.tool(annotations=_READ_ONLY)
     def search(
-        query: Annotated[str, Field(min_length=1, description="what to look for, any language")],
+        query: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=MAX_QUESTION_CHARS,
+                description="what to look for, any language",
+            ),
+        ],
         ctx: Context[Any, Any],
         limit: Annotated[int, Field(ge=1, le=50, description="how many passages")] = 5,
         path: Annotated[
@@ -164,7 +173,14 @@ def create_mcp_server(
 
     @server.tool(annotations=_READ_ONLY)
     def ask(
-        question: Annotated[str, Field(min_length=1, description="a question, Chinese or English")],
+        question: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=MAX_QUESTION_CHARS,
+                description="a question, Chinese or English",
+            ),
+        ],
         ctx: Context[Any, Any],
     ) -> Annotated[CallToolResult, CitedAnswer]:
         """Answer a question from the user's notes only. The answer is in the question's

@@ -21,6 +21,7 @@ from sourcebook.models import (
     SearchHit,
     Status,
 )
+from sourcebook.settings import MAX_QUESTION_CHARS
 from sourcebook.store.access import audited
 from sourcebook.surfaces.server.auth import CallerDep, answer_detail, audit, cited, current_caller
 from sourcebook.surfaces.server.errors import BAD_INPUT, EVENT_STREAM, NO_MODEL, as_json, kb_errors
@@ -53,7 +54,9 @@ def routes(kb: KnowledgeBase, lock: ReadWriteLock) -> APIRouter:
     @api.get("/search", response_model=list[SearchHit], tags=["answers"], responses=BAD_INPUT)
     def search(
         caller: CallerDep,
-        q: Annotated[str, Query(min_length=1, description="what to look for")],
+        q: Annotated[
+            str, Query(min_length=1, max_length=MAX_QUESTION_CHARS, description="what to look for")
+        ],
         limit: Annotated[int, Query(ge=1, le=1000)] = 10,
         path: Annotated[str | None, Query(description="only paths matching this glob")] = None,
         tag: Annotated[list[str] | None, Query(description="only with this tag")] = None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 
 import uvicorn
@@ -20,6 +20,7 @@ from sourcebook.surfaces.mcp_server import mount_http
 from sourcebook.surfaces.server import answers, documents, openai
 from sourcebook.surfaces.server.auth import check_host, current_caller, is_loopback
 from sourcebook.surfaces.server.errors import OpenAIError
+from sourcebook.surfaces.server.guard import LOOPBACK_NAMES, RequestGuard, host_name
 from sourcebook.surfaces.server.locking import ReadWriteLock
 from sourcebook.surfaces.server.schemas import OpenAIErrorBody, OpenAIErrorResponse
 from sourcebook.surfaces.web import router as web_router
@@ -27,13 +28,18 @@ from sourcebook.surfaces.web import router as web_router
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8321
 UPLOADS = "uploads"  # folder inside the knowledge base folder that receives uploads
+SHUTDOWN_SECONDS = 5
 
 
-def create_app(kb: KnowledgeBase, require_auth: bool = False) -> FastAPI:
+def create_app(
+    kb: KnowledgeBase, require_auth: bool = False, hosts: Collection[str] = ()
+) -> FastAPI:
     """The API over one open knowledge base (which the caller closes after serving).
 
     `require_auth`: the server listens on a public address, so a request is refused
-    when the knowledge base has no users (rather than served as the local user)."""
+    when the knowledge base has no users (rather than served as the local user), and any
+    Host header is accepted (every request needs a key). Otherwise only requests for a
+    loopback name or one of `hosts` (the address it is bound to) are answered."""
     lock = ReadWriteLock()
     uploads = absolute_path(kb.path / UPLOADS)
 
@@ -73,11 +79,22 @@ def create_app(kb: KnowledgeBase, require_auth: bool = False) -> FastAPI:
     app.include_router(web_router)  # the web UI: pages that call the routes above
     # the MCP tools (streamable HTTP), for the caller `current_caller` names
     mcp = mount_http(app, kb, lock.reading, current_caller, public=require_auth)
+    # outermost: before any route, the upload limit and the MCP transport
+    allowed = None if require_auth else LOOPBACK_NAMES | {host_name(h) for h in hosts}
+    app.add_middleware(RequestGuard, settings=kb.settings, allowed_hosts=allowed)
     return app
 
 
 def run_server(kb: KnowledgeBase, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
     """Serve until interrupted (Ctrl-C)."""
     check_host(host, kb.access.has_users())
-    app = create_app(kb, require_auth=not is_loopback(host))
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    app = create_app(kb, require_auth=not is_loopback(host), hosts=[host])
+    # on SIGTERM or Ctrl-C: stop accepting, let requests in flight finish (each is
+    # bounded), then close what is still open after this many seconds
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+    )

@@ -284,12 +284,15 @@ def upload_name(raw: str | None) -> str:
         not name.strip()
         or name.startswith(".")
         or any(c in name for c in "/\\\0")
-        or len(name.encode("utf-8")) > 255
+        # a newline or escape sequence could forge a line of a report; a lone
+        # surrogate cannot be encoded as a file name at all
+        or not name.isprintable()
+        or len(name.encode("utf-8", "surrogatepass")) > 255
     ):
         raise HTTPException(
             400,
-            f"invalid file name {raw!r}: give a plain file name, without folders and "
-            "not starting with '.'",
+            f"invalid file name {raw!r}: give a plain file name, without folders or "
+            "control characters and not starting with '.'",
         )
     return name
 

@@ -12,6 +12,8 @@ from fastapi import (
 )
 
 from sourcebook.answer.llm import LLMError
+from sourcebook.deadline import DeadlineExceeded
+from sourcebook.models import InvalidInput
 from sourcebook.store.embedded import StoreError
 from sourcebook.surfaces.server.schemas import ErrorResponse, OpenAIErrorResponse
 
@@ -28,7 +30,8 @@ class OpenAIError(Exception):
 
 Responses = dict[int | str, dict[str, Any]]
 BAD_INPUT: Responses = {
-    400: {"model": ErrorResponse, "description": "bad input (an empty question, …)"}
+    400: {"model": ErrorResponse, "description": "bad input (an empty question, …)"},
+    503: {"model": ErrorResponse, "description": "the request took longer than its deadline"},
 }
 NO_MODEL: Responses = {
     503: {"model": ErrorResponse, "description": "the language model is unavailable"}
@@ -66,8 +69,10 @@ def as_json(responses: Responses) -> Responses:
 
 
 def status_of(exc: Exception) -> int:
-    if isinstance(exc, LLMError):
+    if isinstance(exc, LLMError | DeadlineExceeded):
         return 503
+    if isinstance(exc, InvalidInput):
+        return 422
     if isinstance(exc, StoreError):
         return 409
     return 400
@@ -78,7 +83,7 @@ def kb_errors(openai: bool = False) -> Iterator[None]:
     """The facade's errors as HTTP errors: their messages say what to do."""
     try:
         yield
-    except (ValueError, StoreError, LLMError) as exc:
+    except (ValueError, StoreError, LLMError, DeadlineExceeded) as exc:
         if openai:
             raise OpenAIError(status_of(exc), str(exc)) from exc
         raise HTTPException(status_of(exc), str(exc)) from exc

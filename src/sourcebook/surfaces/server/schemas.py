@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,6 +14,7 @@ from sourcebook.models import (
     DocumentInfo,
     SyncReport,
 )
+from sourcebook.settings import MAX_QUESTION_CHARS
 from sourcebook.store.embedded import Filters
 
 
@@ -64,7 +65,9 @@ class FilterSpec(BaseModel):
 class AskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(min_length=1, description="a question, in Chinese or English")
+    question: str = Field(
+        min_length=1, max_length=MAX_QUESTION_CHARS, description="a question, in Chinese or English"
+    )
     mode: AnswerMode | None = Field(None, description="default: the server's answer mode")
     filters: FilterSpec | None = None
 
@@ -120,18 +123,23 @@ class Collection(BaseModel):
     uploads: bool
 
 
+# a conversation replayed to the server: its last turns are read, so more is only cost
+MAX_MESSAGES = 100
+Question = Annotated[str, Field(max_length=MAX_QUESTION_CHARS)]
+
+
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     type: str
-    text: str | None = None
+    text: Question | None = None
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: str
-    content: str | list[ContentPart] | None = None
+    content: Question | list[ContentPart] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -146,7 +154,7 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
     filters: FilterSpec | None = None
 
