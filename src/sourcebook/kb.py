@@ -185,27 +185,27 @@ class KnowledgeBase:
             report = self._ingestor().run(
                 [s for s in sources if s.root.exists()], prune=True, progress=progress
             )
-            for source in sources:
-                if not source.root.exists():  # a whole source folder or file went away
-                    for document in self.store.documents():
-                        if _is_under(document.path, str(source.root)):
-                            self.store.remove_document(document.path)
-                            report.removed += 1
-                            report.chunks_removed += document.chunks
+            present = [str(s.root) for s in sources if s.root.exists()]
+            for document in self.store.documents():
+                # under a source folder or file that went away, or under no source at
+                # all (indexed by an older version under a link's target, say)
+                if not any(_is_under(document.path, root) for root in present):
+                    self.store.remove_document(document.path)
+                    report.removed += 1
+                    report.chunks_removed += document.chunks
             report.cached_answers_purged = self.store.purge_cached_answers()
             return report
 
     def remove(self, paths: Sequence[str | Path]) -> list[str]:
-        """Forget files or whole folders (and stop syncing them). Returns removed paths."""
+        """Forget files or whole folders (and stop syncing them). Returns removed paths.
+        Each path is removed with its documents in one transaction (all or nothing)."""
         removed: list[str] = []
         with self.store.writing():
             for raw in paths:
                 target = str(absolute_path(raw))
-                self.store.remove_source(target)
-                for document in self.store.documents():
-                    if _is_under(document.path, target):
-                        self.store.remove_document(document.path)
-                        removed.append(document.path)
+                under = [d.path for d in self.store.documents() if _is_under(d.path, target)]
+                self.store.remove_source_and_documents(target, under)
+                removed.extend(under)
             self.store.purge_cached_answers()
         return removed
 

@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sourcebook.faults import crash_point
 from sourcebook.models import Answer, AnswerEvent, ApiKeyInfo, AuditEntry, Surface, User
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class AccessControl:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                crash_point("access.commit")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise

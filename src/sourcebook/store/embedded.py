@@ -34,6 +34,7 @@ from typing import IO, NamedTuple, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from sourcebook.faults import crash_point
 from sourcebook.index.analyzer import analyze
 from sourcebook.index.embedders import Vectors
 from sourcebook.models import ChunkDraft, DocumentInfo, SearchHit
@@ -308,10 +309,12 @@ class EmbeddedStore:
                 "INSERT INTO meta VALUES ('generation', 1) ON CONFLICT (key)"
                 " DO UPDATE SET value = value + 1"
             )
+            crash_point("store.commit")  # killed here: the transaction never happened
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+        crash_point("store.committed")
 
     def _generation(self) -> int:
         """A number every write transaction of any process changes (documents, chunks,
@@ -445,6 +448,18 @@ class EmbeddedStore:
         self._after_write(1)
         return removed
 
+    def remove_source_and_documents(self, root: str, paths: Sequence[str]) -> None:
+        """Forget a source and the documents under it in one transaction: a process
+        killed during a `remove FOLDER` leaves either all of them or none, never
+        documents whose source is gone (which no `sync` would look at again)."""
+        with self._transaction():
+            self._db.execute("DELETE FROM sources WHERE path = ?", (root,))
+            for path in paths:
+                self._delete_document_rows(path)
+                self._db.execute("DELETE FROM document_grants WHERE path = ?", (path,))
+                self._db.execute("DELETE FROM document_groups WHERE path = ?", (path,))
+        self._after_write(len(paths))
+
     def _delete_document_rows(self, path: str) -> bool:
         doc_id = self._delete_chunk_rows(path)
         if doc_id is None:
@@ -525,8 +540,11 @@ class EmbeddedStore:
         start = min(keyword_mark, vector_mark)
         if last > start:
             self._apply_log(start, keyword_mark, vector_mark)
+        crash_point("flush.applied")
         self._keyword.commit(last)
+        crash_point("flush.keyword")
         self._vectors.commit(last)
+        crash_point("flush.vectors")
         with self._transaction():
             self._db.execute("DELETE FROM change_log WHERE seq <= ?", (last,))
         self._pending_since_flush = 0

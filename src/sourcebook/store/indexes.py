@@ -22,6 +22,7 @@ import tantivy
 from numpy.typing import NDArray
 from usearch.index import Index
 
+from sourcebook.faults import crash_point
 from sourcebook.index.embedders import Vectors
 
 ScoredIds = list[tuple[int, float]]
@@ -77,6 +78,7 @@ class KeywordIndex:
             self._writer.commit()
             self._writer.wait_merging_threads()
             self._writer = None
+            crash_point("keyword.committed")
         _write_watermark(self._state, watermark)
         self._index.reload()
 
@@ -216,6 +218,7 @@ class VectorIndex:
         if self._dirty:
             tmp = self._path.with_suffix(".tmp")
             self._index.save(str(tmp))
+            crash_point("vectors.saved")
             os.replace(tmp, self._path)
             self._dirty = False
         _write_watermark(self._state, watermark)

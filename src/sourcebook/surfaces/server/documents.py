@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sourcebook.faults import crash_point
 from sourcebook.ingest.converters import kind_of
 from sourcebook.kb import KnowledgeBase
 from sourcebook.models import DocumentInfo, SyncReport
@@ -299,7 +300,7 @@ def upload_name(raw: str | None) -> str:
 
 def save_upload(folder: Path, name: str, upload: UploadFile) -> Path | None:
     """Write an upload to `folder/name` (the file appears whole or not at all). An
-    earlier file of that name is moved aside and returned, to restore if the new one
+    earlier file of that name is kept aside and returned, to restore if the new one
     cannot be indexed."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / name
@@ -308,10 +309,16 @@ def save_upload(folder: Path, name: str, upload: UploadFile) -> Path | None:
         upload.file.seek(0)
         while block := upload.file.read(1 << 20):
             out.write(block)
+    crash_point("upload.saved")
     backup = None
     if target.exists():
+        # a second name for the earlier file, then one atomic replace: at no moment is
+        # there no file at `target` (a process killed in between would otherwise lose
+        # the earlier upload at the next sync)
         backup = folder / f".{name}.previous"
-        os.replace(target, backup)
+        backup.unlink(missing_ok=True)
+        os.link(target, backup)
+        crash_point("upload.linked")
     os.replace(partial, target)
     return backup
 
