@@ -175,6 +175,13 @@ class KnowledgeBase:
             report.cached_answers_purged = self.store.purge_cached_answers()
             return report
 
+    def register_source(self, path: str | Path) -> None:
+        """Remember a folder as a source without indexing it now: the upload route does
+        this before it writes files into its folder, so that a process killed between
+        the two leaves files the next `sync` indexes, never files no source covers."""
+        with self.store.writing():
+            self.store.add_source(str(absolute_path(path)), (), ())
+
     def sync(self, progress: ProgressCallback | None = None) -> SyncReport:
         """Re-read every source: new and changed files are indexed, deleted ones removed."""
         sources = [
@@ -185,6 +192,8 @@ class KnowledgeBase:
             report = self._ingestor().run(
                 [s for s in sources if s.root.exists()], prune=True, progress=progress
             )
+            # a re-embedding a killed `reindex` left unfinished (new chunks too)
+            self._reembed(progress)
             present = [str(s.root) for s in sources if s.root.exists()]
             for document in self.store.documents():
                 # under a source folder or file that went away, or under no source at
@@ -209,27 +218,41 @@ class KnowledgeBase:
             self.store.purge_cached_answers()
         return removed
 
-    def reindex(self, model: str | None = None) -> int:
-        """Re-embed every chunk, with another model if given; returns the chunk count."""
-        name = model or self.store.embedder_name
+    def reindex(self, model: str | None = None, progress: ProgressCallback | None = None) -> int:
+        """Re-embed every chunk, with another model if given (default: the model of a
+        re-embedding that was interrupted, else the current one); returns the chunk
+        count. Resumable: the new vectors are kept as they are computed, and searches use
+        the old ones until every chunk has a new one."""
+        pending = self.store.reembedding()
+        name = model or (pending.model if pending else self.store.embedder_name)
         if name not in EMBEDDERS:
             raise StoreError(
                 f"unknown embedding model {name!r}; choose one of: {', '.join(EMBEDDERS)}"
             )
-        embedder = get_embedder(name, self.settings.threads)
         with self.store.writing():
-            self.store.set_embedder(name, embedder.dim)
-            self._embedder = embedder
-            self._cached = None  # vectors of the old model must not be reused
-            contexts = self.store.chunk_contexts()
-            batch = self.settings.embed_batch
-            for start in range(0, len(contexts), batch):
-                part = contexts[start : start + batch]
-                texts = [contextual_text(title, path, text) for _, title, path, text in part]
-                vectors = embedder.embed_passages(texts)
-                self.store.put_vectors({row[0]: v for row, v in zip(part, vectors, strict=True)})
-        self.store.rebuild_indexes()
+            self.store.begin_reembedding(name, EMBEDDERS[name].dim)
+            self._reembed(progress)
         return self.store.counts()[1]
+
+    def _reembed(self, progress: ProgressCallback | None = None) -> None:
+        """Continue the re-embedding in progress to its end (under the write lock)."""
+        state = self.store.reembedding()
+        if state is None:
+            return
+        embedder = get_embedder(state.model, self.settings.threads)
+        done = state.done
+        while part := self.store.pending_contexts(self.settings.embed_batch):
+            if progress:
+                progress(done, state.total, "")
+            texts = [contextual_text(title, path, text) for _, title, path, text in part]
+            vectors = embedder.embed_passages(texts)
+            self.store.put_pending_vectors(
+                {row[0]: v for row, v in zip(part, vectors, strict=True)}
+            )
+            done += len(part)
+        self.store.finish_reembedding()
+        self._embedder = embedder
+        self._cached = None  # vectors of the old model must not be reused
 
     def _ingestor(self) -> Ingestor:
         return Ingestor(self.store, self.embedder, self.settings)
@@ -543,6 +566,12 @@ class KnowledgeBase:
             sources=self.sources(groups),
             store_bytes=self.store.size_bytes(),
             index_consistent=self.store.is_consistent(),
+            reembedding=(
+                f"re-embedding {state.done} of {state.total} with {state.model}"
+                " (`sourcebook reindex` continues it; searches use the current vectors)"
+                if (state := self.store.reembedding())
+                else None
+            ),
         )
 
     def sources(self, groups: frozenset[str] | None = None) -> list[str]:

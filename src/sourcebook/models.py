@@ -212,6 +212,9 @@ class Status(BaseModel):
     sources: list[str]
     store_bytes: int
     index_consistent: bool
+    reembedding: str | None = Field(
+        None, description="a re-embedding in progress (`sourcebook reindex`) and how far it is"
+    )
 
 
 # --- teams and the audit log -------------------------------------------------------------

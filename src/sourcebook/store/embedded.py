@@ -166,6 +166,9 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
 CREATE INDEX IF NOT EXISTS chunks_hash ON chunks(text_hash);
 CREATE TABLE IF NOT EXISTS vectors (text_hash TEXT PRIMARY KEY, vector BLOB NOT NULL);
+-- a re-embedding in progress (`reindex`): the new model's vectors, swapped in when every
+-- chunk text has one; until then searches use `vectors` (meta 'reembedding' names the model)
+CREATE TABLE IF NOT EXISTS pending_vectors (text_hash TEXT PRIMARY KEY, vector BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS change_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, chunk_id INTEGER NOT NULL, op TEXT NOT NULL
 );
@@ -258,15 +261,68 @@ class EmbeddedStore:
             )
         return stored
 
-    def set_embedder(self, name: str, dim: int) -> None:
-        """Record a new model identity; the caller re-embeds every chunk (reindex)."""
+    # --- re-embedding (reindex), resumable -------------------------------------------------
+
+    def reembedding(self) -> Reembedding | None:
+        """The re-embedding in progress, if any: its model and how far it has got."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'reembedding'").fetchone()
+        if row is None:
+            return None
+        target = json.loads(row[0])
+        done, total = self._db.execute(
+            "SELECT COUNT(p.text_hash), COUNT(*) FROM (SELECT DISTINCT text_hash FROM chunks) c"
+            " LEFT JOIN pending_vectors p ON p.text_hash = c.text_hash"
+        ).fetchone()
+        return Reembedding(str(target["model"]), int(target["dim"]), int(done), int(total))
+
+    def begin_reembedding(self, name: str, dim: int) -> None:
+        """Start (or resume) re-embedding every chunk text with model `name`. Searches keep
+        the current model's vectors until `finish_reembedding`."""
+        current = self.reembedding()
         with self._transaction():
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('embedder', ?)", (name,))
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(dim),))
+            if current is None or current.model != name:
+                self._db.execute("DELETE FROM pending_vectors")
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('reembedding', ?)",
+                (json.dumps({"model": name, "dim": dim}),),
+            )
+
+    def pending_contexts(self, limit: int) -> list[tuple[str, str, list[str], str]]:
+        """Up to `limit` (text hash, title, heading path, text) still to re-embed."""
+        rows = self._db.execute(
+            "SELECT c.text_hash, d.title, c.heading_path, c.text FROM chunks c"
+            " JOIN documents d ON d.id = c.doc_id"
+            " WHERE c.text_hash NOT IN (SELECT text_hash FROM pending_vectors)"
+            " GROUP BY c.text_hash LIMIT ?",
+            (limit,),
+        )
+        return [(h, t, json.loads(p), x) for h, t, p, x in rows]
+
+    def put_pending_vectors(self, vectors: dict[str, Vectors]) -> None:
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO pending_vectors VALUES (?, ?)",
+                ((h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()),
+            )
+
+    def finish_reembedding(self) -> None:
+        """Swap the new vectors in and record the new model, in one transaction that
+        also logs every chunk for the derived indexes (so a process killed before they
+        are rebuilt has them rebuilt by the next writer)."""
+        state = self.reembedding()
+        if state is None or state.done < state.total:
+            raise StoreError("the re-embedding is not complete: run `sourcebook reindex`")
+        with self._transaction():
             self._db.execute("DELETE FROM vectors")
-        self.embedder_name, self.dim = name, dim
-        self._vectors = VectorIndex(self.folder / "vectors.usearch", dim, self._exact_below)
-        self._vectors.clear()
+            self._db.execute("INSERT INTO vectors SELECT text_hash, vector FROM pending_vectors")
+            self._db.execute("DELETE FROM pending_vectors")
+            self._db.execute("DELETE FROM meta WHERE key = 'reembedding'")
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('embedder', ?)", (state.model,))
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(state.dim),))
+            self._db.execute("INSERT INTO change_log (chunk_id, op) SELECT id, 'add' FROM chunks")
+        self.embedder_name, self.dim = state.model, state.dim
+        self._vectors = VectorIndex(self.folder / "vectors.usearch", state.dim, self._exact_below)
+        self._vectors.clear()  # refilled from the log by the flush that follows
 
     @contextmanager
     def writing(self) -> Iterator[None]:
@@ -506,21 +562,6 @@ class EmbeddedStore:
             )
         return cursor.rowcount
 
-    def chunk_contexts(self) -> list[tuple[str, str, list[str], str]]:
-        """(text hash, document title, heading path, text) of every distinct chunk text."""
-        rows = self._db.execute(
-            "SELECT c.text_hash, d.title, c.heading_path, c.text FROM chunks c"
-            " JOIN documents d ON d.id = c.doc_id GROUP BY c.text_hash"
-        )
-        return [(h, t, json.loads(p), x) for h, t, p, x in rows]
-
-    def put_vectors(self, vectors: dict[str, Vectors]) -> None:
-        with self._transaction():
-            self._db.executemany(
-                "INSERT OR REPLACE INTO vectors VALUES (?, ?)",
-                ((h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()),
-            )
-
     # --- derived indexes -----------------------------------------------------------------
 
     def _last_seq(self) -> int:
@@ -583,22 +624,28 @@ class EmbeddedStore:
             if keys:
                 self._vectors.upsert(keys, np.vstack(vectors))
 
-    def rebuild_indexes(self) -> None:
-        """Recreate both indexes from SQLite (after a model change or by request)."""
-        with self.writing():
-            self._keyword.clear()
-            self._vectors.clear()
-            self._keyword.commit(0)
-            self._vectors.commit(0)
-            with self._transaction():
-                self._db.execute("DELETE FROM change_log")
-                self._db.execute(
-                    "INSERT INTO change_log (chunk_id, op) SELECT id, 'add' FROM chunks"
-                )
-
     def index_sizes(self) -> tuple[int, int]:
         """Entries in the keyword and vector indexes (each should equal the chunk count)."""
         return len(self._keyword), len(self._vectors)
+
+    def consistency_problems(self) -> list[str]:
+        """What disagrees between the records and the derived indexes (empty: nothing):
+        each index must hold exactly the chunk ids of SQLite, and every chunk text its
+        vector. Reads everything: for checks and tests, not per request."""
+        chunks = {int(r[0]) for r in self._db.execute("SELECT id FROM chunks")}
+        problems = []
+        for name, ids in (("keyword", self._keyword.ids()), ("vector", self._vectors.ids())):
+            if ids != chunks:
+                problems.append(
+                    f"{name} index: {len(ids - chunks)} ids not in the records, "
+                    f"{len(chunks - ids)} chunks missing"
+                )
+        missing = self._db.execute(
+            "SELECT COUNT(*) FROM chunks WHERE text_hash NOT IN (SELECT text_hash FROM vectors)"
+        ).fetchone()[0]
+        if missing:
+            problems.append(f"{missing} chunks have no vector")
+        return problems
 
     def is_consistent(self) -> bool:
         last = self._last_seq()
@@ -848,6 +895,15 @@ _UNREADABLE = (
     " AND NOT EXISTS (SELECT 1 FROM document_groups g WHERE g.path = d.path"
     "  AND g.group_name IN (SELECT value FROM json_each(?)))"
 )
+
+
+class Reembedding(NamedTuple):
+    """A re-embedding in progress: the model, and the chunk texts done out of all."""
+
+    model: str
+    dim: int
+    done: int
+    total: int
 
 
 class _Layout(NamedTuple):

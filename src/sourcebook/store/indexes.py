@@ -113,6 +113,14 @@ class KeywordIndex:
             for score, address in result.hits
         ]
 
+    def ids(self) -> set[int]:
+        """Every chunk id in the index (for consistency checks, not for queries)."""
+        searcher = self._index.searcher()
+        if searcher.num_docs == 0:
+            return set()
+        result = searcher.search(tantivy.Query.all_query(), searcher.num_docs, count=False)
+        return {int(searcher.doc(address)["chunk_id"][0]) for _, address in result.hits}
+
     def document_frequencies(self, tokens: Sequence[str]) -> tuple[int, dict[str, int]]:
         """(number of chunks, chunks containing each token), for idf weights."""
         searcher = self._index.searcher()
@@ -299,6 +307,10 @@ class VectorIndex:
             if len(found) >= limit or count >= size:
                 return found[:limit]
             count = min(size, count * 4)
+
+    def ids(self) -> set[int]:
+        """Every chunk id in the index (for consistency checks)."""
+        return {int(k) for k in self._index.keys} if len(self._index) else set()
 
     def __len__(self) -> int:
         return len(self._index)

@@ -153,6 +153,8 @@ def status(kb: KbOption = None, as_json: JsonOption = False) -> None:
         table.add_row("chunks", str(info.chunks))
         table.add_row("size", f"{info.store_bytes / 1e6:.1f} MB")
         table.add_row("indexes", "up to date" if info.index_consistent else "[yellow]behind[/]")
+        if info.reembedding:
+            table.add_row("embeddings", f"[yellow]{escape(info.reembedding)}[/]")
         for source in info.sources:
             table.add_row("source", display_path(source))
         console.print(table)

@@ -243,6 +243,7 @@ def _index_uploads(
     backups: dict[str, Path | None] = {}
     # set before indexing, so that each document is written with its groups
     earlier = {name: kb.store.document_grants(str(uploads / name)) for name, _ in wanted}
+    kb.register_source(uploads)
     try:
         for name, file in wanted:
             kb.set_document_groups(uploads / name, readers)
