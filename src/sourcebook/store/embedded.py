@@ -233,6 +233,7 @@ class EmbeddedStore:
         self._lock_file: IO[str] | None = None
         self._pending_since_flush = 0
         self._recover()
+        self._followed = self._generation()
 
     # --- identity and locking ------------------------------------------------------------
 
@@ -770,17 +771,32 @@ class EmbeddedStore:
             rows.extend((path, group) for group in sorted(groups))
         self._db.executemany("INSERT INTO document_groups VALUES (?, ?)", rows)
 
+    def follow_writers(self) -> None:
+        """Make the next search see what other processes wrote (a CLI `add` while the
+        server runs): when the store's generation has moved, reload the keyword index
+        and reopen the vector file if it was replaced. One SQLite read otherwise."""
+        if self._lock_file is not None:
+            return  # this process is the writer: its indexes are the newest
+        generation = self._generation()
+        if generation != self._followed:
+            self._followed = generation
+            self._keyword.reload()
+            self._vectors.follow()
+
     def keyword_search(
         self, query: str, limit: int, doc_ids: Sequence[int] | None = None
     ) -> ScoredIds:
+        self.follow_writers()
         return self._keyword.search(analyze(query), limit, doc_ids)
 
     def keyword_statistics(self, tokens: Sequence[str]) -> tuple[int, dict[str, int]]:
+        self.follow_writers()
         return self._keyword.document_frequencies(tokens)
 
     def vector_search(
         self, vector: Vectors, limit: int, doc_ids: Sequence[int] | None = None
     ) -> ScoredIds:
+        self.follow_writers()
         if doc_ids is None:
             return self._vectors.search(vector, limit)
         layout = self._current_layout()

@@ -73,6 +73,10 @@ class KeywordIndex:
         term = tantivy.Query.term_query(self._schema, "chunk_id", chunk_id)
         self._get_writer().delete_documents_by_query(term)
 
+    def reload(self) -> None:
+        """See what another process has committed since (a reader's next search)."""
+        self._index.reload()
+
     def commit(self, watermark: int) -> None:
         if self._writer is not None:
             self._writer.commit()
@@ -170,7 +174,25 @@ class VectorIndex:
     def watermark(self) -> int:
         return _read_watermark(self._state) if self._path.exists() else 0
 
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            stat = self._path.stat()
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
+    def follow(self) -> None:
+        """Reopen the file if another process has replaced it (a writer saves to a new
+        file and renames it over the old one, so a memory-mapped reader would otherwise
+        keep searching the old vectors forever). Not while this process writes."""
+        if self._dirty or self._file_identity() == self._opened:
+            return
+        self._writable = False  # _open makes a new, writable index if there is no file
+        self._index = self._open(view=True)
+        self._matrix = None
+
     def _open(self, view: bool) -> Index:
+        self._opened = self._file_identity()
         if self._path.exists():
             restored = Index.restore(str(self._path), view=view)
             if restored is not None and restored.ndim == self._dim:
