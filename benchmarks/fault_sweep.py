@@ -26,6 +26,7 @@ and it stops by itself. The pytest suite runs a sample (`tests/test_fault_inject
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -46,6 +47,7 @@ from sourcebook.faults import ENVIRONMENT
 
 EMBEDDER = "use-multilingual"  # the fast model: the sweep runs hundreds of processes
 COMMAND_TIMEOUT = 120
+TOP, SUB = 16, 4  # notes in the folder and in its subfolder
 
 
 def note(i: int, marker: str) -> str:
@@ -75,15 +77,15 @@ class Scenario:
 
 def full_notes(work: Path) -> None:
     (work / "notes" / "sub").mkdir(parents=True)
-    for i in range(6):
+    for i in range(TOP):
         (work / "notes" / f"n{i}.md").write_text(note(i, f"marker{i}x"), encoding="utf-8")
-    for i in range(6, 8):
+    for i in range(TOP, TOP + SUB):
         (work / "notes" / "sub" / f"n{i}.md").write_text(note(i, f"marker{i}x"), "utf-8")
 
 
 def all_notes() -> dict[str, str]:
-    present = {f"notes/n{i}.md": f"marker{i}x" for i in range(6)}
-    present.update({f"notes/sub/n{i}.md": f"marker{i}x" for i in range(6, 8)})
+    present = {f"notes/n{i}.md": f"marker{i}x" for i in range(TOP)}
+    present.update({f"notes/sub/n{i}.md": f"marker{i}x" for i in range(TOP, TOP + SUB)})
     return present
 
 
@@ -102,15 +104,18 @@ def _sync(work: Path) -> list[str]:
     (notes / "n1.md").unlink()
     (notes / "n2.md").write_bytes(b"")  # emptied
     (notes / "n3.md").write_bytes(b"\x00\xff\xfe" * 100)  # overwritten with binary
-    (notes / "n8.md").write_text(note(8, "marker8x"), encoding="utf-8")
+    for i in range(4, 8):
+        (notes / f"n{i}.md").write_text(note(i, f"marker{i}edited"), encoding="utf-8")
+    for i in range(40, 44):
+        (notes / f"n{i}.md").write_text(note(i, f"marker{i}x"), encoding="utf-8")
     shutil.rmtree(notes / "sub")
     return ["sync"]
 
 
 def _expect_sync(work: Path, kb: KnowledgeBase) -> Expected:
-    present = {f"notes/n{i}.md": f"marker{i}x" for i in (4, 5, 8)}
-    present["notes/n0.md"] = "marker0edited"
-    absent = {"marker0x", "marker1x", "marker2x", "marker3x", "marker6x", "marker7x"}
+    present = {f"notes/n{i}.md": f"marker{i}x" for i in [*range(8, TOP), *range(40, 44)]}
+    present.update({f"notes/n{i}.md": f"marker{i}edited" for i in (0, *range(4, 8))})
+    absent = {f"marker{i}x" for i in [*range(0, 8), *range(TOP, TOP + SUB)]}
     return Expected(present=present, absent=absent)
 
 
@@ -122,6 +127,15 @@ def _expect_remove(work: Path, kb: KnowledgeBase) -> Expected:
     if kb.sources():  # the removal did not happen (one transaction): all still there
         return Expected(present=all_notes())
     return Expected(absent=set(all_notes().values()))
+
+
+def _remove_file(work: Path) -> list[str]:
+    return ["remove", str(work / "notes" / "n3.md")]
+
+
+def _expect_remove_file(work: Path, kb: KnowledgeBase) -> Expected:
+    # a file inside a source folder: `remove` forgets it now, the next sync finds it again
+    return Expected(present=all_notes())
 
 
 def _reindex(work: Path) -> list[str]:
@@ -156,6 +170,7 @@ SCENARIOS = [
     Scenario("add", "empty", _add, _expect_add),
     Scenario("sync", "full", _sync, _expect_sync),
     Scenario("remove", "full", _remove, _expect_remove),
+    Scenario("remove-file", "full", _remove_file, _expect_remove_file),
     Scenario("reindex", "full", _reindex, _expect_reindex),
     Scenario("access", "full", _access, _expect_access),
     Scenario("user", "full", _user, _expect_reindex),
@@ -165,7 +180,10 @@ SCENARIOS = [
 
 def environment(work: Path, crash: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != ENVIRONMENT}
-    env.update(SOURCEBOOK_KB=str(work / "kb"), SOURCEBOOK_EMBEDDER=EMBEDDER)
+    # small embedding batches: a re-embedding commits after each, more steps to kill at
+    env.update(
+        SOURCEBOOK_KB=str(work / "kb"), SOURCEBOOK_EMBEDDER=EMBEDDER, SOURCEBOOK_EMBED_BATCH="4"
+    )
     if crash:
         env[ENVIRONMENT] = crash
     return env
@@ -332,15 +350,15 @@ def run_upload_point(seeds: dict[str, Path], root: Path, n: int) -> Outcome:
             ("files", ("u2.md", note(2, "markerup2").encode(), "text/markdown")),
         ]
         if server.poll() is None:
-            try:
+            with contextlib.suppress(httpx.HTTPError):  # killed while answering
                 httpx.post(f"{url}/api/documents", files=files, timeout=COMMAND_TIMEOUT)
-            except httpx.HTTPError:
-                pass  # killed while answering
     finally:
-        killed = server.poll() == -signal.SIGKILL
-        if server.poll() is None:
+        try:  # a crash point may be reached while the answer is on its way
+            server.wait(timeout=3)
+        except subprocess.TimeoutExpired:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
+        killed = server.returncode == -signal.SIGKILL
     return Outcome("upload", n, killed, check(seed, UPLOAD_SCENARIO, f"upload@{n}"))
 
 

@@ -18,8 +18,14 @@ clients / throughput by Little's law). With a mean think time T > 0 each client 
 exponentially distributed pause (mean T seconds) between requests, like people reading
 their results: 50 clients at T = 2 s offer about 25 requests per second.
 
+Attackers (`--attackers N`, issue 12): N more clients that send only maximal requests,
+1 MB questions to `POST /api/ask`, as fast as they are answered (422: refused by length);
+they are reported as their own route, and their 422s are not errors. Before the load, five
+such questions are sent alone and the server's CPU time per request is measured.
+
 Usage:  python benchmarks/load_test.py [--kb PATH] [--clients 50] [--seconds 30]
             [--think 0] [--questions notes|datasets] [--ask-share 0.2] [--key sb_…]
+            [--attackers 0]
             [--output benchmarks/results/load_test/latest.json]
 Without --kb, the sample notes are indexed once into benchmarks/work/load-kb.
 """
@@ -196,11 +202,39 @@ async def client(
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
 
 
+ATTACK = "POST /api/ask (1 MB)"
+MAXIMAL_QUESTION = "显存为什么" * (1024 * 1024 // 15)  # 1 MB of UTF-8
+
+
+async def attacker(http: httpx.AsyncClient, deadline: float, stats: RouteStats) -> None:
+    """Maximal requests back to back; the expected answer is 422 (too long)."""
+    body = json.dumps({"question": MAXIMAL_QUESTION}, ensure_ascii=False).encode()
+    headers = {"Content-Type": "application/json"}
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        status: int | None = None
+        error: BaseException | None = None
+        try:
+            response = await http.post("/api/ask", content=body, headers=headers)
+            await response.aread()
+            status = response.status_code
+        except httpx.HTTPError as exc:
+            error = exc
+        stats.record(time.perf_counter() - started, 200 if status == 422 else status, error)
+
+
 async def load(
-    url: str, clients: int, seconds: float, workload: Workload, key: str | None = None
+    url: str,
+    clients: int,
+    seconds: float,
+    workload: Workload,
+    key: str | None = None,
+    attackers: int = 0,
 ) -> dict[str, Any]:
     stats = {SEARCH: RouteStats(), ASK: RouteStats()}
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    attack = RouteStats()
+    clients_in_all = clients + attackers
+    limits = httpx.Limits(max_connections=clients_in_all, max_keepalive_connections=clients_in_all)
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     async with httpx.AsyncClient(
@@ -208,9 +242,14 @@ async def load(
     ) as http:
         started = time.monotonic()
         deadline = started + seconds
-        await asyncio.gather(*(client(i, http, deadline, workload, stats) for i in range(clients)))
+        await asyncio.gather(
+            *(client(i, http, deadline, workload, stats) for i in range(clients)),
+            *(attacker(http, deadline, attack) for _ in range(attackers)),
+        )
         elapsed = time.monotonic() - started
     routes = {route: s.summary(elapsed) for route, s in stats.items()}
+    if attackers:
+        routes[ATTACK] = attack.summary(elapsed)
     every = RouteStats(
         latencies_s=[x for s in stats.values() for x in s.latencies_s],
         errors=sum(s.errors for s in stats.values()),
@@ -218,6 +257,19 @@ async def load(
     total = every.summary(elapsed)
     del total["statuses"], total["exceptions"]
     return {"elapsed_s": round(elapsed, 2), "total": total, "routes": routes}
+
+
+def cpu_per_maximal_request(url: str, server: psutil.Process, key: str | None) -> float:
+    """The server's CPU seconds per 1 MB question, five sent one after another, alone."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    before = sum(server.cpu_times()[:2])
+    for _ in range(5):
+        response = httpx.post(
+            f"{url}/api/ask", json={"question": MAXIMAL_QUESTION}, headers=headers, timeout=60
+        )
+        if response.status_code != 422:
+            raise SystemExit(f"a 1 MB question got {response.status_code}, not 422")
+    return (sum(server.cpu_times()[:2]) - before) / 5
 
 
 def wait_until_up(url: str, process: subprocess.Popen[bytes], key: str | None) -> float:
@@ -248,6 +300,9 @@ def main() -> None:
     parser.add_argument(
         "--key", help="API key the clients send (a knowledge base with users: its ACL applies)"
     )
+    parser.add_argument(
+        "--attackers", type=int, default=0, help="extra clients sending 1 MB questions"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args()
@@ -275,10 +330,13 @@ def main() -> None:
         startup_s = wait_until_up(url, process, args.key)
         print(f"serving {kb_path} at {url} (up in {startup_s:.1f} s); ", end="")
         print(f"{args.clients} clients for {args.seconds:g} s …", flush=True)
-        load_before = os.getloadavg()
         server = psutil.Process(process.pid)
+        maximal_cpu_s = cpu_per_maximal_request(url, server, args.key)
+        load_before = os.getloadavg()
         cpu_before = sum(server.cpu_times()[:2])
-        result = asyncio.run(load(url, args.clients, args.seconds, workload, args.key))
+        result = asyncio.run(
+            load(url, args.clients, args.seconds, workload, args.key, args.attackers)
+        )
         # CPU the server used, in cores: how close to saturation the run was
         server_cores = (sum(server.cpu_times()[:2]) - cpu_before) / result["elapsed_s"]
         load_after = os.getloadavg()
@@ -309,6 +367,8 @@ def main() -> None:
             "load_average_after": [round(x, 2) for x in load_after],
         },
         "server_startup_s": round(startup_s, 1),
+        "attackers": args.attackers,
+        "server_cpu_s_per_1mb_question": round(maximal_cpu_s, 3),
         "server_cpu_cores": round(server_cores, 2),
         **result,
     }
@@ -316,6 +376,7 @@ def main() -> None:
     args.output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
     total = result["total"]
+    print(f"a 1 MB question costs the server {maximal_cpu_s:.3f} s of CPU (alone)")
     print(
         f"{total['requests']} requests, {total['errors']} errors, "
         f"{total['throughput_rps']} req/s in {result['elapsed_s']} s; "
