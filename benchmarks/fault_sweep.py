@@ -47,7 +47,7 @@ from sourcebook.faults import ENVIRONMENT
 
 EMBEDDER = "use-multilingual"  # the fast model: the sweep runs hundreds of processes
 COMMAND_TIMEOUT = 120
-TOP, SUB = 16, 4  # notes in the folder and in its subfolder
+TOP, SUB = 24, 4  # notes in the folder and in its subfolder
 
 
 def note(i: int, marker: str) -> str:
