@@ -32,8 +32,8 @@ from sourcebook.settings import MAX_QUESTION_CHARS, Settings
 
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 # Routes whose body is one question (and filters): no valid body is larger than this, so
-# a larger one is refused as too long a question (422) before any of it is read or
-# parsed. Parsing 1 MB bodies on the event loop, 36 a second, slowed every search.
+# a larger one is refused as too long a question (422) without being parsed: parsing
+# 1 MB bodies on the event loop, 36 a second, slowed every search.
 QUESTION_ROUTES = frozenset({"/api/ask", "/api/ask/stream"})
 QUESTION_BODY_BYTES = MAX_QUESTION_CHARS * 6 + 16 * 1024  # every character \uXXXX-escaped
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -100,23 +100,19 @@ class RequestGuard:
 
     async def _checked_json(self, receive: Receive, headers: Headers, path: str) -> Receive:
         """Read the whole body (bounded), check it, and hand it on to the route."""
-        if path in QUESTION_ROUTES:
-            limit = QUESTION_BODY_BYTES
-            too_large = _Refused(
-                422,
-                f"the question is too long: at most {MAX_QUESTION_CHARS:,} characters "
-                "(SOURCEBOOK_MAX_QUESTION_CHARS); ask about one thing at a time",
-            )
-        else:
-            limit = int(self.settings.max_json_mb * 1024 * 1024)
-            too_large = _Refused(
-                413,
-                f"the request body is larger than {self.settings.max_json_mb:g} MB "
-                "(SOURCEBOOK_MAX_JSON_MB)",
-            )
+        most = int(self.settings.max_json_mb * 1024 * 1024)
+        too_large = _Refused(
+            413,
+            f"the request body is larger than {self.settings.max_json_mb:g} MB "
+            "(SOURCEBOOK_MAX_JSON_MB)",
+        )
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
+        if declared.isdigit() and int(declared) > most:
             raise too_large
+        # a question route keeps only what a valid question can fill; the rest of a
+        # larger body (up to `most`) is read and dropped unparsed, so that the client
+        # gets its 422 on a connection that stays usable
+        keep = QUESTION_BODY_BYTES if path in QUESTION_ROUTES else most
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -125,11 +121,19 @@ class RequestGuard:
                 return _replay([message], receive)  # the client left; the route sees it
             body = message.get("body", b"")
             size += len(body)
-            if size > limit:
+            if size > most:
                 raise too_large
-            chunks.append(body)
+            if size <= keep:
+                chunks.append(body)
             if not message.get("more_body", False):
                 break
+        if size > keep:
+            raise _Refused(
+                422,
+                f"the question is too long: at most {MAX_QUESTION_CHARS:,} characters "
+                "(SOURCEBOOK_MAX_QUESTION_CHARS); ask about one thing at a time",
+                read_all=True,
+            )
         body = b"".join(chunks)
         _check_json(body)
         return _replay([{"type": "http.request", "body": body, "more_body": False}], receive)
