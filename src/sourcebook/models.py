@@ -158,6 +158,8 @@ class Answer(BaseModel):
     confidence: float
     verification: Verification | None = None
     cached: bool = False
+    # the evidence measurements behind `confidence` (see calibration.SIGNALS)
+    signals: dict[str, float] = Field(default_factory=dict)
 
 
 class AnswerEvent(BaseModel):
@@ -176,8 +178,6 @@ class ChatTurn(BaseModel):
     question: str
     standalone: str
     answer: Answer
-    # the evidence measurements behind `confidence` (see calibration.SIGNALS)
-    signals: dict[str, float] = Field(default_factory=dict)
 
 
 class FileIssue(BaseModel):
