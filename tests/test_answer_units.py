@@ -7,6 +7,7 @@ punctuation, and over the bundled sample notes for cross-language questions.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from sourcebook import KnowledgeBase, Settings
 from sourcebook.answer.bilingual import glossary, greek_variants
 from sourcebook.answer.extractive import _parts
 from sourcebook.answer.units import AnswerUnit, answer_units, display_length
+from sourcebook.ingest.pipeline import TEXT_VERSION
 
 NOTE = """## 版本对应
 | ORT | CUDA | cuDNN |
@@ -171,13 +173,18 @@ def written_kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Knowl
 
 
 def _check_verbatim(kb: KnowledgeBase, question: str) -> str:
-    """Ask, and check that every quote is a byte-exact substring of the cited lines."""
+    """Ask, and check that every quote is a byte-exact substring of the cited lines of the
+    file (of the extracted text for HTML and PDF, whose files hold markup)."""
     answer = kb.ask(question)
     for citation in answer.citations:
-        lines = Path(citation.hit.path).read_text(encoding="utf-8").split("\n")
-        for quote, (first, last) in zip(citation.quotes, citation.quote_lines, strict=True):
-            cited = "\n".join(lines[first - 1 : last]).encode()
-            assert quote.encode() in cited, (quote, first, last)
+        hit = citation.hit
+        if hit.kind in ("markdown", "text", "rst", "code"):
+            lines = Path(hit.path).read_text(encoding="utf-8").split("\n")
+            cited = ["\n".join(lines[a - 1 : b]) for a, b in citation.quote_lines]
+        else:
+            cited = [kb.document_text(hit.path)] * len(citation.quotes)
+        for quote, where in zip(citation.quotes, cited, strict=True):
+            assert quote.encode() in where.encode(), (quote, hit.location)
     return answer.text if answer.found else ""
 
 
@@ -228,3 +235,33 @@ def test_english_questions_over_chinese_notes_are_answered(
     assert answer.found, (answer.confidence, answer.signals)
     assert fact in answer.text
     assert answer.signals["cross_language"] == 1.0
+
+
+def _sample_questions() -> list[str]:
+    text = (Path(__file__).resolve().parents[1] / "examples" / "QUESTIONS.md").read_text()
+    return re.findall(r"^### \d+\. (.+)$", text, re.M)
+
+
+def test_every_quote_over_the_sample_notes_is_byte_exact(notes_kb: KnowledgeBase) -> None:
+    questions = _sample_questions()
+    assert len(questions) >= 10
+    answered = [q for q in questions if _check_verbatim(notes_kb, q)]
+    assert len(answered) >= len(questions) // 2
+
+
+def test_show_prints_the_files_own_characters(notes_kb: KnowledgeBase) -> None:
+    path = next(p for p in Path(notes_kb.status().sources[0]).rglob("lora.md"))
+    lines = path.read_text(encoding="utf-8").split("\n")
+    assert notes_kb.document_text(path, 58, 58) == lines[57]
+    assert "（Dettmers 等，2023）" in lines[57]
+
+
+def test_a_store_of_normalised_text_is_converted_again_by_sync(
+    kb_copy: tuple[KnowledgeBase, Path],
+) -> None:
+    kb, notes = kb_copy
+    kb.store.set_meta_value("text_version", "1")  # as a store written before verbatim text
+    report = KnowledgeBase(kb.path, kb.settings).sync()
+    assert report.updated == len(kb.documents()) and report.chunks_embedded == 0
+    assert kb.store.meta_value("text_version") == TEXT_VERSION
+    assert KnowledgeBase(kb.path, kb.settings).sync().updated == 0
