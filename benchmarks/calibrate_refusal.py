@@ -126,7 +126,14 @@ def main() -> None:
     parser.add_argument("--tune-limit", type=int, default=400)
     parser.add_argument("--test-limit", type=int, default=400)
     parser.add_argument("--max-answerable-refusals", type=float, default=0.03)
-    parser.add_argument("--notes-weight", type=int, default=4)
+    parser.add_argument("--notes-weight", type=int, default=1)
+    parser.add_argument(
+        "--min-unanswerable-refusals",
+        type=float,
+        default=0.805,
+        help="raise the threshold until this share of CMRC's unanswerable tuning rows is "
+        "refused (the notes rows pull the fitted judge towards answering)",
+    )
     args = parser.parse_args()
 
     dataset = load_named("cmrc2018")
@@ -144,6 +151,12 @@ def main() -> None:
         rule, [[r[s] for s in SIGNALS] for r in fitting], [r["label"] for r in fitting]
     )
     judge = choose_threshold(fitted, fitting, args.max_answerable_refusals)
+    negatives = sorted(judge.confidence(r) for r in tune if r["label"] == 0)
+    if negatives:
+        needed = negatives[
+            min(len(negatives) - 1, int(args.min_unanswerable_refusals * len(negatives)))
+        ]
+        judge = judge.with_threshold(max(judge.threshold, needed))
 
     weights = zip(SIGNALS, judge.weights, strict=True)
     print("signal weights: " + ", ".join(f"{s} {w:+.2f}" for s, w in weights))

@@ -51,6 +51,12 @@ class Glossary:
     to_chinese: dict[str, tuple[str, ...]]
     to_english: dict[str, tuple[str, ...]]
 
+    def is_common_word(self, term: str) -> bool:
+        """Whether an analysed term is an ordinary dictionary word ("usually", 通常) rather
+        than a name (Adafactor, GPTQ, 张三): a missing name says far more about whether
+        the notes cover a question than a missing ordinary word."""
+        return term in self.to_chinese or term in self.to_english
+
     def variants(self, term: str) -> tuple[str, ...]:
         """The other language's spellings of an analysed term (none when unknown)."""
         if _CJK.search(term):

@@ -133,8 +133,15 @@ class ExtractiveAnswerer:
         present = frozenset(analyze(context))
         weights = [idf.get(t, 0.0) for t in asked.terms]
         highest = max(weights, default=0.0) or 1.0
+        dictionary = glossary()
         missing = [
             w
+            for t, w in zip(asked.terms, weights, strict=True)
+            if not _matches(t, asked.variants.get(t, ()), present, context)
+        ]
+        # the rarest missing *name*: an ordinary word counts a quarter
+        missing_names = [
+            w * (0.25 if dictionary and dictionary.is_common_word(t) else 1.0)
             for t, w in zip(asked.terms, weights, strict=True)
             if not _matches(t, asked.variants.get(t, ()), present, context)
         ]
@@ -146,7 +153,7 @@ class ExtractiveAnswerer:
             "sentence_coverage": best.coverage,
             "sentence_score": best.score,
             "chunk_coverage": 1.0 - sum(missing) / (sum(weights) or 1.0),
-            "missing_term": max(missing, default=0.0) / highest,
+            "missing_term": max(missing_names, default=0.0) / highest,
             "numbers_found": (
                 sum(1 for n in numbers if n in context) / len(numbers) if numbers else 1.0
             ),
