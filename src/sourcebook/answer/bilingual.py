@@ -118,7 +118,7 @@ def _build(text: str) -> Glossary:
     """Keep short glosses only ("default (setting)" → default, not "to agree tacitly"):
     a gloss of one or two content words is a translation, a longer one an explanation."""
     to_chinese: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    to_english: dict[str, list[str]] = {}
+    to_english: dict[str, tuple[str, ...]] = {}
     for line in text.splitlines():
         if line.startswith("#"):
             continue
