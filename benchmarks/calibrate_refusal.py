@@ -11,6 +11,13 @@ not used for any choice.
 
     python benchmarks/calibrate_refusal.py [--tune-limit 400] [--test-limit 400]
 
+Notes as people write them, with questions in the other language, are added to the
+fitting rows (each counted `--notes-weight` times, as there are far fewer of them):
+`benchmarks/data/crosslingual-notes.jsonl` over `examples/notes` (English questions about
+the Chinese notes and Chinese ones about the English notes, answerable or on-topic but not
+covered), and the *tune* split of `datasets/study-notes` when it is there (its test split
+is never read here).
+
 Signals are cached in benchmarks/work/refusal/ so that refitting is instant.
 """
 
@@ -53,12 +60,58 @@ def signals(kb: KnowledgeBase, queries: list[EvalQuery], cache: Path) -> list[di
     return [row for key, row in rows.items() if key in wanted]
 
 
+def notes_signals(
+    notes: Path, questions: list[dict[str, object]], work: Path, name: str
+) -> list[dict[str, float]]:
+    """Rows for questions over a folder of notes: label 1 when the notes answer them."""
+    cache = work / f"{name}.jsonl"
+    rows: dict[str, dict[str, float]] = {}
+    if cache.exists():
+        rows = {r["key"]: r for r in map(json.loads, cache.read_text().splitlines())}
+    kb_path = work / f"kb-{name}"
+    settings = Settings(kb=kb_path, embedder=DEFAULT_EMBEDDER, trained_judge=False)
+    kb = KnowledgeBase(kb_path, settings, create=not (kb_path / "sourcebook.db").exists())
+    kb.add([notes])
+    with cache.open("a", encoding="utf-8") as out:
+        for question in questions:
+            key = f"{question['question']}:{int(bool(question['answerable']))}"
+            if key not in rows:
+                answer = kb.ask(str(question["question"]))
+                rows[key] = {"key": key, "label": int(bool(question["answerable"]))}
+                rows[key].update(answer.signals)
+                out.write(json.dumps(rows[key], ensure_ascii=False) + "\n")
+    kb.close()
+    wanted = {f"{q['question']}:{int(bool(q['answerable']))}" for q in questions}
+    return [row for key, row in rows.items() if key in wanted]
+
+
+def _jsonl(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def notes_rows(work: Path) -> dict[str, list[dict[str, float]]]:
+    """The notes rows by set: the bundled sample notes, and the study-notes tune split."""
+    sets = {
+        "crosslingual-notes": notes_signals(
+            ROOT / "examples" / "notes",
+            _jsonl(ROOT / "benchmarks" / "data" / "crosslingual-notes.jsonl"),
+            work,
+            "crosslingual-notes",
+        )
+    }
+    study = ROOT / "datasets" / "study-notes"
+    if (study / "questions.jsonl").exists():
+        tune = [q for q in _jsonl(study / "questions.jsonl") if q.get("split") == "tune"]
+        sets["study-notes-tune"] = notes_signals(study / "notes", tune, work, "study-notes-tune")
+    return sets
+
+
 def rates(judge: Judge, rows: list[dict[str, float]]) -> tuple[float, float]:
     """(share of answerable refused, share of unanswerable refused)."""
     refused = [(judge.confidence(r) < judge.threshold, r["label"]) for r in rows]
     answerable = [r for r, label in refused if label == 1]
     unanswerable = [r for r, label in refused if label == 0]
-    return sum(answerable) / len(answerable), sum(unanswerable) / len(unanswerable)
+    return sum(answerable) / max(1, len(answerable)), sum(unanswerable) / max(1, len(unanswerable))
 
 
 def choose_threshold(judge: Judge, rows: list[dict[str, float]], max_refused: float) -> Judge:
@@ -73,6 +126,14 @@ def main() -> None:
     parser.add_argument("--tune-limit", type=int, default=400)
     parser.add_argument("--test-limit", type=int, default=400)
     parser.add_argument("--max-answerable-refusals", type=float, default=0.03)
+    parser.add_argument("--notes-weight", type=int, default=1)
+    parser.add_argument(
+        "--min-unanswerable-refusals",
+        type=float,
+        default=0.805,
+        help="raise the threshold until this share of CMRC's unanswerable tuning rows is "
+        "refused (the notes rows pull the fitted judge towards answering)",
+    )
     args = parser.parse_args()
 
     dataset = load_named("cmrc2018")
@@ -81,11 +142,21 @@ def main() -> None:
     cache = ROOT / "benchmarks" / "work" / "refusal"
     cache.mkdir(parents=True, exist_ok=True)
     tune = signals(kb, dataset.split("tune")[: args.tune_limit], cache / "tune.jsonl")
-    rule = judge_for(DEFAULT_EMBEDDER, trained=False)
-    fitted = fit_judge(rule, [[r[s] for s in SIGNALS] for r in tune], [r["label"] for r in tune])
-    judge = choose_threshold(fitted, tune, args.max_answerable_refusals)
     test = signals(kb, dataset.split("test")[: args.test_limit], cache / "test.jsonl")
     kb.close()
+    notes = notes_rows(cache)
+    fitting = tune + [r for rows in notes.values() for r in rows] * args.notes_weight
+    rule = judge_for(DEFAULT_EMBEDDER, trained=False)
+    fitted = fit_judge(
+        rule, [[r[s] for s in SIGNALS] for r in fitting], [r["label"] for r in fitting]
+    )
+    judge = choose_threshold(fitted, fitting, args.max_answerable_refusals)
+    negatives = sorted(judge.confidence(r) for r in tune if r["label"] == 0)
+    if negatives:
+        needed = negatives[
+            min(len(negatives) - 1, int(args.min_unanswerable_refusals * len(negatives)))
+        ]
+        judge = judge.with_threshold(max(judge.threshold, needed))
 
     weights = zip(SIGNALS, judge.weights, strict=True)
     print("signal weights: " + ", ".join(f"{s} {w:+.2f}" for s, w in weights))
@@ -96,7 +167,15 @@ def main() -> None:
         ("rule (before), test", rule, test),
         ("trained judge, tune", judge, tune),
         ("trained judge, test", judge, test),
+        *((f"trained judge, {n}", judge, r) for n, r in notes.items()),
+        *(
+            (f"  {n}, {lang}", judge, [r for r in rows if r["cross_language"] == x])
+            for n, rows in notes.items()
+            for lang, x in (("same language", 0.0), ("cross-language", 1.0))
+        ),
     ):
+        if not rows:
+            continue
         answerable, unanswerable = rates(candidate, rows)
         print(f"  {name:24s} {answerable:9.1%}  {unanswerable:12.1%}   n={len(rows) // 2}")
 
@@ -109,7 +188,8 @@ def main() -> None:
         "bias": round(judge.bias, 6),
         "mean": [round(m, 6) for m in judge.mean],
         "scale": [round(s, 6) for s in judge.scale],
-        "trained_on": f"cmrc2018 tune split, {len(tune) // 2} questions x 2 conditions",
+        "trained_on": f"cmrc2018 tune split, {len(tune) // 2} questions x 2 conditions; "
+        + ", ".join(f"{n} ({len(r)} questions, x{args.notes_weight})" for n, r in notes.items()),
     }
     existing = json.loads(OUTPUT.read_text()) if OUTPUT.exists() else {}
     existing[DEFAULT_EMBEDDER] = entry

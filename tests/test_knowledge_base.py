@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from sourcebook import Filters, KnowledgeBase
-from sourcebook.text import normalize
 
 # (question, file the answer is in, a phrase of the answering sentence)
 QUESTIONS = [
@@ -101,8 +100,8 @@ def test_answers_cite_exact_lines(
     for citation in answer.citations:
         assert f"[{citation.n}]" in answer.text
         hit = citation.hit
-        if hit.kind in ("markdown", "text", "rst"):  # lines of the file itself
-            lines = normalize(Path(hit.path).read_text(encoding="utf-8")).split("\n")
+        if hit.kind in ("markdown", "text", "rst"):  # lines of the file itself, verbatim
+            lines = Path(hit.path).read_text(encoding="utf-8").split("\n")
             for quote, (first, last) in zip(citation.quotes, citation.quote_lines, strict=True):
                 assert hit.line_start <= first <= last <= hit.line_end
                 cited = " ".join(" ".join(lines[first - 1 : last]).split())

@@ -24,7 +24,13 @@ from sourcebook.answer.llm import LLM, create_llm
 from sourcebook.index.analyzer import analyze
 from sourcebook.index.embedders import EMBEDDERS, CachedEmbedder, Embedder, Vectors, get_embedder
 from sourcebook.ingest.chunker import contextual_text
-from sourcebook.ingest.pipeline import Ingestor, ProgressCallback, Source, absolute_path
+from sourcebook.ingest.pipeline import (
+    TEXT_VERSION,
+    Ingestor,
+    ProgressCallback,
+    Source,
+    absolute_path,
+)
 from sourcebook.models import (
     Answer,
     AnswerEvent,
@@ -192,6 +198,8 @@ class KnowledgeBase:
             report = self._ingestor().run(
                 [s for s in sources if s.root.exists()], prune=True, progress=progress
             )
+            # every document has now been read by the current converters
+            self.store.set_meta_value("text_version", TEXT_VERSION)
             # a re-embedding a killed `reindex` left unfinished (new chunks too)
             self._reembed(progress)
             present = [str(s.root) for s in sources if s.root.exists()]
@@ -364,6 +372,7 @@ class KnowledgeBase:
             self.settings.max_sentences,
             judge.with_threshold(self.settings.min_confidence),
             self.settings.answer_embedded_sentences,
+            self.settings.answer_budget,
         )
         idf = idf_weights(total, frequencies)
         deadline.check("answering")
@@ -412,6 +421,7 @@ class KnowledgeBase:
                 s.llm_max_tokens,
                 s.llm_temperature,
                 s.max_sentences,
+                s.answer_budget,
                 s.min_confidence,
                 s.trained_judge,
                 s.reranker,
@@ -420,7 +430,7 @@ class KnowledgeBase:
         return text_hash(json.dumps(identity, ensure_ascii=False, sort_keys=True)), content_hashes
 
     def _query_vector(self, text: str) -> Vectors:
-        return self.cached_embedder.embed_query(text)
+        return self.cached_embedder.embed_query(normalize(text))
 
     def _retriever(self) -> HybridRetriever:
         return HybridRetriever(self.store, self.cached_embedder, self.settings, self.reranker)

@@ -163,6 +163,8 @@ class Answer(BaseModel):
     confidence: float
     verification: Verification | None = None
     cached: bool = False
+    # the evidence measurements behind `confidence` (see calibration.SIGNALS)
+    signals: dict[str, float] = Field(default_factory=dict)
 
 
 class AnswerEvent(BaseModel):
@@ -181,8 +183,6 @@ class ChatTurn(BaseModel):
     question: str
     standalone: str
     answer: Answer
-    # the evidence measurements behind `confidence` (see calibration.SIGNALS)
-    signals: dict[str, float] = Field(default_factory=dict)
 
 
 class FileIssue(BaseModel):

@@ -56,7 +56,16 @@ class Settings(BaseSettings):
 
     # answers
     evidence_chunks: int = Field(5, ge=1, description="chunks the answer may quote from")
-    max_sentences: int = Field(3, ge=1)
+    max_sentences: int = Field(
+        3, ge=1, description="answer units (sentences, rows, items...) an extractive answer quotes"
+    )
+    answer_budget: int = Field(
+        120,
+        ge=10,
+        description="length budget of an extractive answer in characters, a latin word "
+        "counting two (120: about 120 Chinese characters or 60 English words); the best "
+        "unit is always quoted whole",
+    )
     # 8: as good as 16 on CMRC's tuning split at half the time (benchmarks/RESULTS.md)
     answer_embedded_sentences: int = Field(
         8,

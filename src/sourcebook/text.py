@@ -9,6 +9,9 @@ from collections.abc import Iterator
 
 # Keep \t and \n: line numbers in citations are counted on them.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\ufeff]")
+# What is stored and shown drops only characters no one can see or search for (C0/C1
+# controls), so that every quote is the file's own text
+_INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 # One "token" per CJK character, per latin word/number, per other symbol: close to what
 # multilingual subword tokenizers produce, and cheap to compute.
@@ -22,8 +25,19 @@ _SENTENCE_END = re.compile(
 )
 
 
+def display_text(text: str) -> str:
+    """A file's text as Sourcebook stores, shows and quotes it: its own characters
+    (full-width punctuation, ligatures, zero-width spaces kept), line endings unified to
+    "\n", C0/C1 control characters dropped. Matching goes through `normalize`.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _INVISIBLE.sub("", text)
+
+
 def normalize(text: str) -> str:
-    """NFKC-normalise, unify line endings and drop control and zero-width characters.
+    """NFKC-normalise, unify line endings and drop control and zero-width characters:
+    the form every comparison (keyword tokens, embeddings, fact checks) is made on, never
+    what is shown (`display_text`).
 
     Line structure is preserved exactly, so line numbers stay those of the source file.
     """

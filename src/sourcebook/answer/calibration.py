@@ -32,6 +32,7 @@ SIGNALS = (
     "numbers_found",  # share of the question's numbers found in the top chunk
     "rerank",  # reranker score of the top chunk (0 without a reranker)
     "rerank_margin",  # ... minus the second chunk's
+    "cross_language",  # 1 when the question and the top chunk are in different languages
 )
 
 
@@ -50,6 +51,7 @@ class Judge:
     bias: float = 0.0
     mean: tuple[float, ...] = field(default=())
     scale: tuple[float, ...] = field(default=())
+    signals: tuple[str, ...] = SIGNALS  # the signals the weights are for, in their order
 
     def rescale(self, similarity: float) -> float:
         span = max(self.dense_ceiling - self.dense_floor, 1e-6)
@@ -60,7 +62,7 @@ class Judge:
             return 0.5 * signals["top_dense"] + 0.5 * signals["sentence_coverage"]
         z = self.bias + sum(
             w * (signals[name] - m) / s
-            for name, w, m, s in zip(SIGNALS, self.weights, self.mean, self.scale, strict=True)
+            for name, w, m, s in zip(self.signals, self.weights, self.mean, self.scale, strict=True)
         )
         return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
 
@@ -79,10 +81,10 @@ def _trained() -> dict[str, Judge]:
     text = resources.files("sourcebook").joinpath("data/answerability.json").read_text()
     judges = {}
     for model, entry in json.loads(text).items():
-        if tuple(entry["signals"]) != SIGNALS:
+        if not set(entry["signals"]) <= set(SIGNALS):
             raise ValueError(
-                "data/answerability.json was trained for other signals; "
-                "rerun benchmarks/calibrate_refusal.py"
+                "data/answerability.json was trained on signals the answerer no longer "
+                "measures; rerun benchmarks/calibrate_refusal.py"
             )
         judges[model] = Judge(
             dense_floor=entry["dense_floor"],
@@ -92,6 +94,7 @@ def _trained() -> dict[str, Judge]:
             bias=entry["bias"],
             mean=tuple(entry["mean"]),
             scale=tuple(entry["scale"]),
+            signals=tuple(entry["signals"]),
         )
     return judges
 
@@ -110,7 +113,8 @@ def fit_judge(
     l2: float = 1e-2,
     steps: int = 3000,
 ) -> Judge:
-    """Logistic regression by gradient descent on standardised signals, with L2."""
+    """Logistic regression by gradient descent on standardised signals, with L2; `rows`
+    hold the values of `SIGNALS`, in that order."""
     x = np.asarray(rows, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     mean = x.mean(axis=0)
@@ -129,4 +133,5 @@ def fit_judge(
         bias=float(b),
         mean=tuple(float(v) for v in mean),
         scale=tuple(float(v) for v in scale),
+        signals=SIGNALS,
     )

@@ -1,61 +1,99 @@
-"""Extractive answers: quote the evidence sentences that answer the question, with [n].
+"""Extractive answers: quote the evidence units that answer the question, with [n].
 
-No language model is involved, so nothing can be invented: every sentence of the answer
-is a sentence of a source, and every source listed is one the answer quotes. When the
-evidence is too weak the answer says so, in the question's language.
+No language model is involved, so nothing can be invented: every piece of the answer is
+an exact substring of a source (a sentence, a table row with its header, a list item with
+its lead-in, a code line with its comment: `units.py`), and every source listed is one the
+answer quotes. When the evidence is too weak the answer says so, in the question's language.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import rjieba
+
+from sourcebook.answer.bilingual import glossary, greek_variants
 from sourcebook.answer.calibration import SIGNALS, Judge
+from sourcebook.answer.units import AnswerUnit, answer_units, display_length, quote_text
 from sourcebook.index.analyzer import analyze
 from sourcebook.index.embedders import Embedder, Vectors
 from sourcebook.models import Answer, Citation, Language, SearchHit
-from sourcebook.text import is_chinese, sentence_spans
+from sourcebook.text import is_chinese, normalize
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+_LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
 
 NOT_FOUND = {
     "zh": "知识库中没有找到相关内容。",
     "en": "Not found in the knowledge base.",
 }
 
+# The question asks for several things: a whole short list may be the answer.
+_SEVERAL = re.compile(
+    r"分别|哪些|哪几|几种|几个|有什么|步骤|区别|不同|对比|优缺点|"
+    r"\b(?:what are|which|list|steps|differences?|compare|versus|vs)\b",
+    re.IGNORECASE,
+)
+# "BatchNorm 和 LayerNorm", "beta1 and beta2", "A、B、C", "Q K V": the parts of a question
+_JOINER = r"(?:\s*(?:、|,|，|/|和|与|及|以及|跟|还是|\band\b|\bor\b|\bvs\.?)\s*)"
+_LATIN_TERM = r"[A-Za-z\u0370-\u03ff][\w\u0370-\u03ff.\-]*"
+_PARTS = re.compile(rf"{_LATIN_TERM}(?:{_JOINER}{_LATIN_TERM})+")
+_LETTER_PARTS = re.compile(r"(?<!\w)[A-Z\u0391-\u03c9]\d?(?:\s+[A-Z\u0391-\u03c9]\d?)+(?!\w)")
+_CN_JOINERS = frozenset({"、", "和", "与", "及", "以及", "跟", "还是"})
+_CONNECTIVES = {"and", "or", "vs", "vs.", "what", "is", "are", "the", "of", "how", "why"}
+
 
 @dataclass(frozen=True)
 class _Candidate:
     hit_index: int
-    start: int
-    end: int
-    text: str
+    unit: AnswerUnit
+    text: str  # the unit's quoted text (what is embedded and matched)
+    tokens: frozenset[str]
     score: float
     coverage: float
     dense: float
 
 
-class ExtractiveAnswerer:
-    """Select up to `max_sentences` evidence sentences.
+@dataclass(frozen=True)
+class _Question:
+    """What the answerer needs to know about the question."""
 
-    A sentence scores by how much of the question (idf-weighted terms) it covers and by
-    its embedding similarity to the question, so that a sentence answering in other words
-    ("it does not depend on the batch size") can still win. The `judge` decides from the
-    evidence signals whether to answer at all.
+    text: str
+    language: Language
+    terms: list[str]
+    variants: dict[str, tuple[str, ...]]  # term → its spellings in the other language
+    parts: list[list[str]]  # terms of each part of a multi-part question
+    several: bool  # asks for several things (a list may answer it)
+
+
+class ExtractiveAnswerer:
+    """Select answer units within a budget (`max_units` units, `budget` characters, a
+    latin word counting two).
+
+    A unit scores by how much of the question (idf-weighted terms, or their translations
+    when question and notes differ in language) it covers and by its embedding similarity to
+    the question. The best one is always quoted; then the reason behind a "所以/so"
+    conclusion, the clause after a "；", the list a "：" introduces, a unit for each part of a
+    multi-part question not yet covered, and other units close in score, while the budget
+    lasts. The `judge` decides from the evidence signals whether to answer at all.
     """
 
     def __init__(
         self,
         embedder: Embedder,
-        max_sentences: int,
+        max_units: int,
         judge: Judge,
         max_embedded_sentences: int = 8,
+        budget: int = 120,
     ) -> None:
         self.embedder = embedder
-        self.max_sentences = max_sentences
+        self.max_units = max_units
         self.judge = judge
         self.max_embedded_sentences = max_embedded_sentences
+        self.budget = budget
 
     def answer(
         self,
@@ -64,21 +102,23 @@ class ExtractiveAnswerer:
         hits: Sequence[SearchHit],
         idf: dict[str, float],
     ) -> Answer:
-        language: Language = "zh" if is_chinese(question) else "en"
-        terms = list(dict.fromkeys(analyze(question)))
-        candidates = self._candidates(terms, query_vector, hits, idf)
-        best = max(candidates, key=lambda c: c.score, default=None)
-        signals = self.signals(question, terms, hits, candidates, best, idf)
+        asked = _understand(question, hits)
+        candidates = self._candidates(asked, query_vector, hits, idf)
+        best = max(
+            (c for c in candidates if c.unit.kind != "list" or asked.several),
+            key=lambda c: c.score,
+            default=None,
+        )
+        signals = self.signals(asked, hits, candidates, best, idf)
         confidence = self.judge.confidence(signals)
         if best is None or confidence < self.judge.threshold:
-            return self._not_found(question, language, hits, confidence, signals)
-        chosen = self._choose(candidates, best)
-        return self._compose(question, language, hits, chosen, confidence, signals)
+            return self._not_found(question, asked.language, hits, confidence, signals)
+        chosen = _Composer(self, asked, candidates, idf).compose(best)
+        return self._compose(question, asked.language, hits, chosen, confidence, signals)
 
     def signals(
         self,
-        question: str,
-        terms: list[str],
+        asked: _Question,
         hits: Sequence[SearchHit],
         candidates: Sequence[_Candidate],
         best: _Candidate | None,
@@ -89,11 +129,23 @@ class ExtractiveAnswerer:
         if not hits or best is None:
             return dict.fromkeys(SIGNALS, 0.0)
         top = hits[0]
-        present = set(analyze(" ".join([top.title, *top.heading_path, top.text])))
-        weights = [idf.get(t, 0.0) for t in terms]
+        context = normalize(" ".join([top.title, *top.heading_path, top.text]))
+        present = frozenset(analyze(context))
+        weights = [idf.get(t, 0.0) for t in asked.terms]
         highest = max(weights, default=0.0) or 1.0
-        missing = [w for t, w in zip(terms, weights, strict=True) if t not in present]
-        numbers = _NUMBER.findall(question)
+        dictionary = glossary()
+        missing = [
+            w
+            for t, w in zip(asked.terms, weights, strict=True)
+            if not _matches(t, asked.variants.get(t, ()), present, context)
+        ]
+        # the rarest missing *name*: an ordinary word counts a quarter
+        missing_names = [
+            w * (0.25 if dictionary and dictionary.is_common_word(t) else 1.0)
+            for t, w in zip(asked.terms, weights, strict=True)
+            if not _matches(t, asked.variants.get(t, ()), present, context)
+        ]
+        numbers = _NUMBER.findall(asked.text)
         rerank = [hit.scores.get("rerank", 0.0) for hit in hits[:2]]
         return {
             "top_dense": self.judge.rescale(max(hit.scores.get("dense", 0.0) for hit in hits)),
@@ -101,74 +153,85 @@ class ExtractiveAnswerer:
             "sentence_coverage": best.coverage,
             "sentence_score": best.score,
             "chunk_coverage": 1.0 - sum(missing) / (sum(weights) or 1.0),
-            "missing_term": max(missing, default=0.0) / highest,
+            "missing_term": max(missing_names, default=0.0) / highest,
             "numbers_found": (
-                sum(1 for n in numbers if n in top.text) / len(numbers) if numbers else 1.0
+                sum(1 for n in numbers if n in context) / len(numbers) if numbers else 1.0
             ),
             "rerank": rerank[0],
             "rerank_margin": rerank[0] - rerank[1] if len(rerank) > 1 else 1.0,
+            "cross_language": float(
+                asked.language != _language(" ".join(hit.text for hit in hits[:3]))
+            ),
         }
 
     def _candidates(
         self,
-        terms: list[str],
+        asked: _Question,
         query_vector: Vectors,
         hits: Sequence[SearchHit],
         idf: dict[str, float],
     ) -> list[_Candidate]:
-        total = sum(idf.get(t, 0.0) for t in terms) or 1.0
-        found: list[tuple[int, int, int, str, float]] = []
+        total = sum(idf.get(t, 0.0) for t in asked.terms) or 1.0
+        found: list[tuple[int, AnswerUnit, str, frozenset[str], float]] = []
         for index, hit in enumerate(hits):
-            for start, end in sentence_spans(hit.text):
-                sentence = hit.text[start:end]
-                if _is_markup(sentence):
-                    continue
-                present = set(analyze(sentence))
-                coverage = sum(idf.get(t, 0.0) for t in terms if t in present) / total
-                found.append((index, start, end, sentence, coverage))
+            for unit in answer_units(hit.text):
+                text = normalize(unit.text(hit.text))
+                matched = f"{unit.heading}\n{text}" if unit.heading else text
+                tokens = frozenset(analyze(matched))
+                coverage = (
+                    sum(
+                        idf.get(t, 0.0)
+                        for t in asked.terms
+                        if _matches(t, asked.variants.get(t, ()), tokens, matched)
+                    )
+                    / total
+                )
+                found.append((index, unit, text, tokens, coverage))
         similarity = self._similarities(query_vector, found)
         candidates = []
-        for (index, start, end, sentence, coverage), dense in zip(found, similarity, strict=True):
+        for (index, unit, text, tokens, coverage), dense in zip(found, similarity, strict=True):
             rank_weight = 1.0 / (1.0 + 0.15 * index)
-            # slight preference for informative, not overly long sentences
-            length_factor = 1.0 / (1.0 + max(0, len(sentence) - 200) / 400)
+            # slight preference for informative, not overly long units
+            length_factor = 1.0 / (1.0 + max(0, len(text) - 200) / 400)
             score = (0.5 * coverage + 0.5 * self.judge.rescale(dense)) * rank_weight * length_factor
-            candidates.append(_Candidate(index, start, end, sentence, score, coverage, dense))
-        return candidates
+            candidates.append(_Candidate(index, unit, text, tokens, score, coverage, dense))
+        return [self._whole_list_score(c, candidates, asked) for c in candidates]
+
+    def _whole_list_score(
+        self, candidate: _Candidate, candidates: list[_Candidate], asked: _Question
+    ) -> _Candidate:
+        """A whole list scores as its best item (it quotes it), favoured when the question
+        asks for several things; one too long to be a short list is never chosen."""
+        if candidate.unit.kind != "list":
+            return candidate
+        if display_length(candidate.text) > 2 * self.budget:
+            return replace(candidate, score=0.0)
+        spans = set(candidate.unit.spans)
+        items = [
+            c.score
+            for c in candidates
+            if c.hit_index == candidate.hit_index
+            and c.unit.kind == "list_item"
+            and set(c.unit.spans) <= spans
+        ]
+        factor = 1.1 if asked.several else 0.8
+        return replace(candidate, score=max([candidate.score, *items]) * factor)
 
     def _similarities(
-        self, query_vector: Vectors, found: list[tuple[int, int, int, str, float]]
+        self,
+        query_vector: Vectors,
+        found: list[tuple[int, AnswerUnit, str, frozenset[str], float]],
     ) -> list[float]:
-        """Dense similarity for the most promising sentences (bounded: embedding a
-        sentence costs milliseconds); the others get the floor."""
+        """Dense similarity for the most promising units (bounded: embedding a unit costs
+        milliseconds); the others get the floor."""
         order = sorted(range(len(found)), key=lambda i: -found[i][4] / (1 + 0.15 * found[i][0]))
         chosen = order[: self.max_embedded_sentences]
         similarity = [self.judge.dense_floor] * len(found)
         if chosen:
-            vectors = self.embedder.embed_passages([found[i][3] for i in chosen])
+            vectors = self.embedder.embed_passages([found[i][2] for i in chosen])
             for i, value in zip(chosen, vectors @ query_vector, strict=True):
                 similarity[i] = float(value)
         return similarity
-
-    def _choose(self, candidates: list[_Candidate], best: _Candidate) -> list[_Candidate]:
-        chosen = [best]
-        # the sentence after the best one often completes it ("... 原因如下。首先 ...")
-        following = [
-            c
-            for c in candidates
-            if c.hit_index == best.hit_index and c.start >= best.end and c.score >= 0.3 * best.score
-        ]
-        if following:
-            chosen.append(min(following, key=lambda c: c.start))
-        for candidate in sorted(candidates, key=lambda c: -c.score):
-            if len(chosen) >= self.max_sentences:
-                break
-            if candidate in chosen or candidate.score < 0.6 * best.score:
-                continue
-            if any(candidate.text == c.text for c in chosen):
-                continue
-            chosen.append(candidate)
-        return sorted(chosen[: self.max_sentences], key=lambda c: (c.hit_index, c.start))
 
     def _compose(
         self,
@@ -179,20 +242,25 @@ class ExtractiveAnswerer:
         confidence: float,
         signals: dict[str, float],
     ) -> Answer:
-        numbers: dict[int, int] = {}
+        """Sources in the order they were chosen (the best first), each source's quotes in
+        the note's order; a quote is a span of the note, never rewritten."""
+        spans: dict[int, set[tuple[int, int]]] = {}
+        for candidate in chosen:
+            spans.setdefault(candidate.hit_index, set()).update(candidate.unit.spans)
         citations: list[Citation] = []
         parts = []
-        for candidate in chosen:
-            if candidate.hit_index not in numbers:
-                numbers[candidate.hit_index] = len(numbers) + 1
-                citations.append(
-                    Citation(n=numbers[candidate.hit_index], hit=hits[candidate.hit_index])
-                )
-            citation = citations[numbers[candidate.hit_index] - 1]
-            citation.quotes.append(candidate.text)
-            hit = hits[candidate.hit_index]
-            citation.quote_lines.append(_quote_lines(hit, candidate))
-            parts.append(_clean(candidate.text) + f" [{numbers[candidate.hit_index]}]")
+        for hit_index, hit_spans in spans.items():
+            hit = hits[hit_index]
+            citation = Citation(n=len(citations) + 1, hit=hit)
+            citations.append(citation)
+            quoted = []
+            for start, end in _outermost(hit_spans):
+                text = quote_text(hit.text[start:end])
+                offset = hit.text.index(text, start)
+                citation.quotes.append(text)
+                citation.quote_lines.append(_quote_lines(hit, offset, offset + len(text)))
+                quoted.append(" ".join(line.strip() for line in text.split("\n")))
+            parts.append(" ".join(quoted) + f" [{citation.n}]")
         text = " ".join(parts)  # "…显存。 [1] activations…": the marker stays readable
         return Answer(
             question=question,
@@ -224,23 +292,191 @@ class ExtractiveAnswerer:
         )
 
 
-def _quote_lines(hit: SearchHit, candidate: _Candidate) -> tuple[int, int]:
+class _Composer:
+    """Picks the units of one answer around the best one (see `ExtractiveAnswerer`)."""
+
+    def __init__(
+        self,
+        answerer: ExtractiveAnswerer,
+        asked: _Question,
+        candidates: list[_Candidate],
+        idf: dict[str, float],
+    ) -> None:
+        self.answerer = answerer
+        self.asked = asked
+        self.candidates = candidates
+        self.idf = idf
+        self.chosen: list[_Candidate] = []
+
+    def compose(self, best: _Candidate) -> list[_Candidate]:
+        self.chosen = [best]
+        if best.unit.conclusion:
+            self._add(self._reason(best))
+        self._follow(best)
+        for part in self.asked.parts:
+            if not any(self._covers(c, part) for c in self.chosen):
+                covering = [c for c in self.candidates if self._covers(c, part)]
+                if covering and self._add(max(covering, key=lambda c: c.score)):
+                    self._follow(self.chosen[-1])
+        for candidate in sorted(self.candidates, key=lambda c: -c.score):
+            if candidate.score < 0.6 * best.score or len(self.chosen) >= self.answerer.max_units:
+                break
+            if candidate.unit.kind == "list" and not self.asked.several:
+                continue
+            self._add(candidate)
+        return self.chosen
+
+    def _add(self, candidate: _Candidate | None, stretch: float = 1.0) -> bool:
+        """Add a unit if it brings something new and the answer stays within budget
+        (`stretch` times it: a whole list a sentence introduces may run longer)."""
+        if candidate is None or len(self.chosen) >= self.answerer.max_units:
+            return False
+        spans = {s for c in self.chosen for s in c.unit.spans}
+        if set(candidate.unit.spans) <= spans:
+            return False
+        length = sum(display_length(c.text) for c in self.chosen)
+        if length + display_length(candidate.text) > stretch * self.answerer.budget:
+            return False
+        self.chosen.append(candidate)
+        return True
+
+    def _follow(self, candidate: _Candidate) -> None:
+        """A clause ending in "；" continues in the next one; a sentence ending in "："
+        introduces what follows (the whole list when it is short, else the next unit)."""
+        current = candidate
+        for _ in range(2):
+            if not (current.unit.open_clause or current.unit.introduces):
+                return
+            following = self._after(current)
+            if current.unit.introduces:
+                whole = [
+                    c
+                    for c in following
+                    if c.unit.kind == "list" and c.unit.main == current.unit.main
+                ]
+                if whole and self._add(whole[0], stretch=2.0):
+                    return
+                following = [c for c in following if c.unit.kind != "list"]
+            if not following or not self._add(following[0]):
+                return
+            current = following[0]
+
+    def _after(self, candidate: _Candidate) -> list[_Candidate]:
+        end = candidate.unit.main[1]
+        return sorted(
+            (
+                c
+                for c in self.candidates
+                if c.hit_index == candidate.hit_index
+                and (
+                    c.unit.position >= end
+                    or (c.unit.kind == "list" and c.unit.main == candidate.unit.main)
+                )
+            ),
+            key=lambda c: (c.unit.position, c.unit.kind != "list"),
+        )
+
+    def _reason(self, conclusion: _Candidate) -> _Candidate | None:
+        """The earlier unit of the same source that shares most (idf-weighted) terms with a
+        "所以/因此/so" conclusion: the reason it draws on."""
+        best: tuple[float, _Candidate] | None = None
+        earlier = [
+            c
+            for c in self.candidates
+            if c.hit_index == conclusion.hit_index
+            and c.unit.position < conclusion.unit.position
+            and c.unit.kind != "list"
+        ]
+        for distance, candidate in enumerate(sorted(earlier, key=lambda c: -c.unit.position)):
+            shared = sum(self.idf.get(t, 1.0) for t in candidate.tokens & conclusion.tokens)
+            value = shared / (1.0 + 0.2 * distance)
+            if shared > 0 and (best is None or value > best[0]):
+                best = (value, candidate)
+        return best[1] if best else None
+
+    def _covers(self, candidate: _Candidate, part: list[str]) -> bool:
+        return all(
+            _matches(t, self.asked.variants.get(t, ()), candidate.tokens, candidate.text)
+            for t in part
+        )
+
+
+def _understand(question: str, hits: Sequence[SearchHit]) -> _Question:
+    normalized = normalize(question)
+    language: Language = "zh" if is_chinese(normalized) else "en"
+    terms = list(dict.fromkeys(analyze(normalized)))
+    evidence = normalize(" ".join(hit.text for hit in hits))
+    # a term is also looked for in the other language when the evidence is written in it
+    # (a Chinese note full of English terms is both); the dictionary loads on first need
+    wanted = {"zh": bool(_CJK.search(evidence)), "en": bool(_LATIN_WORD.search(evidence))}
+    variants: dict[str, tuple[str, ...]] = {}
+    for term in terms:
+        found = greek_variants(term)
+        other = "en" if _CJK.search(term) else "zh"
+        if not found and wanted[other] and (dictionary := glossary()) is not None:
+            found = dictionary.variants(term)
+        if found:
+            variants[term] = found
+    return _Question(
+        text=normalized,
+        language=language,
+        terms=terms,
+        variants=variants,
+        parts=_parts(normalized),
+        several=bool(_SEVERAL.search(normalized)) or len(_parts(normalized)) > 1,
+    )
+
+
+def _parts(question: str) -> list[list[str]]:
+    """The analysed terms of each enumerated part ("Q K V 分别是什么" → [q], [k], [v])."""
+    parts: list[list[str]] = []
+    groups: list[list[str]] = []
+    for pattern in (_PARTS, _LETTER_PARTS):
+        for match in pattern.finditer(question):
+            pieces = re.split(_JOINER if pattern is _PARTS else r"\s+", match.group(0))
+            groups.append([p for p in pieces if p and p.lower() not in _CONNECTIVES])
+    # Chinese: the words on either side of 、/和/与 (as jieba segments them)
+    words = [w for w in rjieba.cut(question) if w.strip()]
+    joined = [i for i, w in enumerate(words) if w in _CN_JOINERS and 0 < i < len(words) - 1]
+    if joined:
+        groups.append([words[j] for i in joined for j in (i - 1, i + 1) if _CJK.search(words[j])])
+    for group in groups:
+        if len(group) < 2:
+            continue
+        for word in group:
+            terms = analyze(word) or [word.lower()]
+            if terms not in parts:
+                parts.append(terms)
+    return parts if len(parts) > 1 else []
+
+
+def _matches(term: str, variants: tuple[str, ...], tokens: frozenset[str], text: str) -> bool:
+    if term in tokens:
+        return True
+    # Chinese words and Greek letters are looked up in the text (segmentation cuts "β2")
+    return any(v in tokens or (not v.isascii() and v in text) for v in variants)
+
+
+def _language(text: str) -> Language:
+    """Chinese when it has at least as many Chinese characters as latin words (Chinese
+    notes are full of English terms)."""
+    return "zh" if len(_CJK.findall(text)) >= len(_LATIN_WORD.findall(text)) else "en"
+
+
+def _outermost(spans: set[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Spans in text order without those inside another one."""
+    ordered = sorted(spans, key=lambda s: (s[0], -s[1]))
+    kept: list[tuple[int, int]] = []
+    for start, end in ordered:
+        if kept and start >= kept[-1][0] and end <= kept[-1][1]:
+            continue
+        kept.append((start, end))
+    return kept
+
+
+def _quote_lines(hit: SearchHit, start: int, end: int) -> tuple[int, int]:
     if hit.kind == "html":  # extracted lines were mapped to tags' lines: cite the chunk
         return hit.line_start, hit.line_end
-    first = hit.line_start + hit.text.count("\n", 0, candidate.start)
-    last = hit.line_start + hit.text.count("\n", 0, candidate.end)
+    first = hit.line_start + hit.text.count("\n", 0, start)
+    last = hit.line_start + hit.text.count("\n", 0, max(start, end - 1))
     return min(first, hit.line_end), min(last, hit.line_end)
-
-
-def _is_markup(sentence: str) -> bool:
-    stripped = sentence.strip()
-    return stripped.startswith(("```", "~~~", "|", "#")) or not any(c.isalnum() for c in stripped)
-
-
-def _clean(sentence: str) -> str:
-    """One line, without list markers, for quoting inside a paragraph."""
-    text = " ".join(sentence.split())
-    for marker in ("- ", "* ", "+ "):
-        if text.startswith(marker):
-            return text[len(marker) :]
-    return text

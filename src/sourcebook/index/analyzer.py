@@ -13,6 +13,8 @@ from functools import lru_cache
 import rjieba
 import Stemmer
 
+from sourcebook.text import normalize
+
 _stemmer = Stemmer.Stemmer("english")
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 # Identifiers and numbers such as set_detect_anomaly, torch.float16, 0.999, gpt-4:
@@ -36,9 +38,10 @@ CHINESE_STOPWORDS = frozenset(
 
 
 def analyze(text: str) -> list[str]:
-    """Tokens for BM25: segmented, lower-cased, stemmed, without stop words."""
+    """Tokens for BM25: NFKC-normalised, segmented, lower-cased, stemmed, without stop
+    words (the stored text keeps the file's characters: "（，）" and "(,)" match)."""
     tokens: list[str] = []
-    for piece in rjieba.cut(text):
+    for piece in rjieba.cut(normalize(text)):
         if _COMPOUND.match(piece):
             tokens.append(piece.lower())
         for word in _WORD.findall(piece):
@@ -46,6 +49,11 @@ def analyze(text: str) -> list[str]:
             if token:
                 tokens.append(token)
     return tokens
+
+
+def stem_word(word: str) -> str:
+    """The stem an English word is indexed under (lower-cased, Snowball)."""
+    return str(_stemmer.stemWord(word.lower()))
 
 
 @lru_cache(maxsize=200_000)

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from sourcebook.models import ChunkDraft, Heading, ParsedDocument
-from sourcebook.text import LineIndex, count_tokens, sentence_spans, token_spans
+from sourcebook.text import LineIndex, count_tokens, normalize, sentence_spans, token_spans
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,11 @@ def chunk_document(document: ParsedDocument, options: ChunkingOptions) -> list[C
 def contextual_text(title: str, heading_path: list[str], text: str) -> str:
     """What is embedded and keyword-indexed for a chunk: its context, then its text.
 
-    The heading path (or the title) tells the models what a short passage is about.
+    The heading path (or the title) tells the models what a short passage is about. It is
+    NFKC-normalised: what is matched, not what is shown.
     """
     context = chunk_context(title, heading_path, text)
-    return f"{context}\n{text}" if context else text
+    return normalize(f"{context}\n{text}" if context else text)
 
 
 def chunk_context(title: str, heading_path: list[str], text: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from sourcebook.models import Heading, ParsedDocument
-from sourcebook.text import normalize
+from sourcebook.text import display_text, normalize
 
 # pypdf logs every oddity it recovers from; failures reach the user as ConversionError.
 logging.getLogger("pypdf").setLevel(logging.ERROR)
@@ -119,7 +119,7 @@ def decode(data: bytes) -> str:
 
 
 def _read_text(data: bytes) -> str:
-    return normalize(decode(data))
+    return display_text(decode(data))
 
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n)---[ \t]*(?:\n|\Z)", re.S)
@@ -256,7 +256,7 @@ def _html(path: Path, data: bytes) -> ParsedDocument:
     except (etree.ParserError, ValueError) as exc:
         raise ConversionError(f"malformed HTML: {exc}") from exc
     title_el = root.find(".//title")
-    page_title = normalize(title_el.text_content()).strip() if title_el is not None else ""
+    page_title = display_text(title_el.text_content()).strip() if title_el is not None else ""
     body = root.find("body")
     builder = _TextBuilder()
     _walk_html(body if body is not None else root, builder)
@@ -276,7 +276,7 @@ class _TextBuilder:
         self.pages: list[int] = []
 
     def add(self, text: str, source_line: int, page: int = 0) -> None:
-        for line in normalize(text).split("\n"):
+        for line in display_text(text).split("\n"):
             line = line.rstrip()
             if not line.strip() and (not self.lines or not self.lines[-1]):
                 continue  # collapse runs of blank lines

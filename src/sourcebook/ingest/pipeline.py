@@ -26,6 +26,11 @@ from sourcebook.store.embedded import DocumentRecord, EmbeddedStore, text_hash
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, current path)
 
+# What converters store: "2" = the file's own characters (NFKC only for matching); a store
+# written before holds NFKC text, so its documents are converted again by the next `sync`
+# even where the file did not change.
+TEXT_VERSION = "2"
+
 
 def absolute_path(raw: str | Path) -> Path:
     """The path a source or document is known by: absolute, `~` expanded and `.`/`..`
@@ -85,6 +90,10 @@ class Ingestor:
         self._embedder = embedder
         self._settings = settings
         self._options = ChunkingOptions(settings.chunk_tokens, settings.chunk_overlap)
+        self._reconvert = store.meta_value("text_version") != TEXT_VERSION
+        if self._reconvert and not store.counts()[0]:
+            store.set_meta_value("text_version", TEXT_VERSION)  # a new store: nothing to redo
+            self._reconvert = False
 
     def run(
         self,
@@ -156,7 +165,7 @@ class Ingestor:
             return
         content_hash = hashlib.blake2b(data, digest_size=16).hexdigest()
         existing = self._store.document(str(path))
-        if existing and existing.content_hash == content_hash:
+        if existing and existing.content_hash == content_hash and not self._reconvert:
             report.unchanged += 1
             return
         try:

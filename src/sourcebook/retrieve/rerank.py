@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 from sourcebook.index.analyzer import analyze
 from sourcebook.ingest.chunker import chunk_context
 from sourcebook.models import SearchHit
+from sourcebook.text import normalize
 
 FEATURES = (
     "bm25_norm",  # BM25 score / best BM25 score in the list
@@ -101,7 +102,7 @@ def feature_matrix(
             sum(idf.get(t, 0.0) for t in query.terms if t in heading) / total_idf,
             len(query.bigrams & pairs) / len(query.bigrams) if query.bigrams else 0.0,
             (
-                sum(1 for n in query.numbers if n in hit.text) / len(query.numbers)
+                sum(1 for n in query.numbers if n in normalize(hit.text)) / len(query.numbers)
                 if query.numbers
                 else 0.0
             ),

