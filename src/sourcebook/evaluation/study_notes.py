@@ -477,7 +477,9 @@ def _report(
         "embedder": model,
         "documents": documents,
         "queries": len(records),
-        "by_language": {name: aggregate([r for r in records if test(r)]) for name, test in GROUPS.items()},
+        "by_language": {
+            name: aggregate([r for r in records if test(r)]) for name, test in GROUPS.items()
+        },
         "by_kind": by_kind,
         "byte_exact_quotes": {
             "quotes": len(checks),
@@ -485,7 +487,9 @@ def _report(
             "elsewhere_in_file": checks.count("elsewhere"),
             "altered": checks.count("altered"),
             "answers_all_exact": sum(
-                1 for r in records if r["quotes"] and all(q["check"] == "exact" for q in r["quotes"])
+                1
+                for r in records
+                if r["quotes"] and all(q["check"] == "exact" for q in r["quotes"])
             ),
             "answers_with_quotes": sum(1 for r in records if r["quotes"]),
         },

@@ -447,9 +447,9 @@ def evaluate(
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2, ensure_ascii=False))
         console.print(summarize(results), markup=False)
-        if chart is not None and chart != Path():  # --chart "" turns the chart off
-            if write_chart(results, chart):
-                console.print(f"chart: {chart}")
+        # --chart "" turns the chart off
+        if chart is not None and chart != Path() and write_chart(results, chart):
+            console.print(f"chart: {chart}")
 
 
 @app.command()
