@@ -1,0 +1,5 @@
+"""`python -m sourcebook.surfaces.cli`: the command line (as `sourcebook`)."""
+
+from sourcebook.surfaces.cli import main
+
+main()

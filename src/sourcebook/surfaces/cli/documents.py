@@ -1,0 +1,159 @@
+"""Commands that change what is indexed (init, add, sync, remove, reindex) and read it back
+(show, status)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from sourcebook.index.embedders import EMBEDDERS
+from sourcebook.kb import KnowledgeBase
+from sourcebook.surfaces.cli.common import (
+    CliError,
+    JsonOption,
+    KbOption,
+    app,
+    audit_log,
+    console,
+    counts,
+    display_path,
+    emit_json,
+    errors_to_exit,
+    finish_report,
+    open_kb,
+    parse_location,
+    settings_for,
+    with_progress,
+)
+
+
+@app.command()
+def init(
+    kb: KbOption = None,
+    model: Annotated[
+        str | None, typer.Option(help=f"embedding model: {', '.join(EMBEDDERS)}")
+    ] = None,
+) -> None:
+    """Create an empty knowledge base."""
+    with errors_to_exit():
+        settings = settings_for(kb)
+        if model:
+            settings.embedder = model
+        if (settings.kb / "sourcebook.db").exists():
+            raise CliError(f"a knowledge base already exists at {settings.kb}")
+        with KnowledgeBase.create(settings.kb, settings) as base:
+            console.print(
+                f"Created knowledge base at [bold]{escape(str(base.path))}[/] "
+                f"(embedding model: {base.store.embedder_name})"
+            )
+
+
+@app.command()
+def add(
+    paths: Annotated[list[Path], typer.Argument(help="files or folders to index")],
+    kb: KbOption = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option("--include", "-i", help="only files matching this glob (repeatable)"),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude", "-x", help="skip files or folders matching this glob (repeatable)"
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Index files and folders (recursively) and remember them for `sync`."""
+    with errors_to_exit(), open_kb(kb, create=True) as base:
+        report = with_progress(
+            lambda cb: base.add(paths, include or [], exclude or [], cb), quiet=as_json
+        )
+        sources = [str(p.expanduser().resolve()) for p in paths]
+        audit_log(base, "add", documents=sources, detail=counts(report))
+        finish_report(report, as_json)
+
+
+@app.command()
+def sync(kb: KbOption = None, as_json: JsonOption = False) -> None:
+    """Re-read every source: index new and changed files, drop deleted ones."""
+    with errors_to_exit(), open_kb(kb) as base:
+        report = with_progress(base.sync, quiet=as_json)
+        audit_log(base, "sync", detail=counts(report))
+        finish_report(report, as_json)
+
+
+@app.command()
+def remove(
+    paths: Annotated[list[Path], typer.Argument(help="files or folders to forget")],
+    kb: KbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove documents (a file, or everything under a folder) from every index."""
+    with errors_to_exit(), open_kb(kb) as base:
+        removed = base.remove(paths)
+        audit_log(base, "remove", documents=removed)
+        if as_json:
+            emit_json(removed)
+            return
+        if not removed:
+            raise CliError("nothing in the knowledge base matches " + ", ".join(map(str, paths)))
+        for path in removed:
+            console.print(f"removed {escape(display_path(path))}")
+
+
+@app.command()
+def reindex(
+    kb: KbOption = None,
+    model: Annotated[str | None, typer.Option(help="switch to this embedding model")] = None,
+) -> None:
+    """Re-embed every chunk (with another model if given) and rebuild the indexes."""
+    with errors_to_exit(), open_kb(kb) as base:
+        chunks = base.reindex(model)
+        console.print(f"Re-indexed {chunks} chunks with {base.store.embedder_name}")
+
+
+@app.command()
+def show(
+    document: Annotated[str, typer.Argument(help="PATH or PATH:START-END")],
+    kb: KbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print a document's indexed text, or a line range of it (as cited)."""
+    with errors_to_exit(), open_kb(kb) as base:
+        path, start, end = parse_location(document)
+        text = base.document_text(path, start, end)
+        lines = f"lines {start}-{end}" if start else None
+        audit_log(
+            base, "document", documents=[str(Path(path).expanduser().resolve())], detail=lines
+        )
+        first = start or 1
+        if as_json:
+            emit_json({"path": path, "line_start": first, "text": text})
+            return
+        for offset, line in enumerate(text.split("\n")):
+            console.print(f"[dim]{first + offset:>5}[/]  {escape(line)}", highlight=False)
+
+
+@app.command()
+def status(kb: KbOption = None, as_json: JsonOption = False) -> None:
+    """Documents, chunks, model, size and sources of the knowledge base."""
+    with errors_to_exit(), open_kb(kb) as base:
+        info = base.status()
+        if as_json:
+            emit_json(info)
+            return
+        table = Table(show_header=False, box=None)
+        table.add_row("knowledge base", info.path)
+        table.add_row("embedding model", info.embedder)
+        table.add_row("documents", str(info.documents))
+        table.add_row("chunks", str(info.chunks))
+        table.add_row("size", f"{info.store_bytes / 1e6:.1f} MB")
+        table.add_row("indexes", "up to date" if info.index_consistent else "[yellow]behind[/]")
+        for source in info.sources:
+            table.add_row("source", display_path(source))
+        console.print(table)
