@@ -79,7 +79,7 @@ def load_named(name: str) -> EvalDataset:
     if path.suffix == ".json":
         return load_squad(path)
     raise ValueError(
-        f"unknown dataset {name!r}: use cranfield, cmrc2018, a BEIR folder "
+        f"unknown dataset {name!r}: use cranfield, cmrc2018, study-notes, a BEIR folder "
         "(corpus.jsonl, queries.jsonl, qrels/test.tsv) or a SQuAD-style .json file"
     )
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from sourcebook.evaluation import study_notes
 from sourcebook.evaluation.datasets import EvalDataset, EvalQuery, load_named
 from sourcebook.evaluation.metrics import (
     answer_f1,
@@ -260,6 +261,11 @@ def run_eval(
         "datasets": {},
     }
     for name in dataset_names:
+        if name == study_notes.NAME:  # notes with gold facts and lines, asked through `ask`
+            results["datasets"][name] = study_notes.evaluate_study_notes(
+                split, settings, work, models[0], limit or answer_limit, progress
+            )
+            continue
         dataset = load_named(name)
         queries = dataset.split(split)[:limit] if limit else dataset.split(split)
         entry: dict[str, Any] = {"queries": len(queries), "retrieval": {}}
@@ -282,6 +288,9 @@ def summarize(results: dict[str, Any]) -> str:
     """Markdown tables of the results, for the terminal and RESULTS.md."""
     lines: list[str] = []
     for name, entry in results["datasets"].items():
+        if entry.get("kind") == study_notes.NAME:
+            lines += [*study_notes.summarize_study_notes(entry), ""]
+            continue
         rows = entry["retrieval"]
         metrics = list(next(iter(rows.values())))
         lines += [
@@ -300,14 +309,17 @@ def summarize(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_chart(results: dict[str, Any], path: Path) -> None:
-    """Bar chart of nDCG@10 and MRR@10 per configuration and dataset."""
+def write_chart(results: dict[str, Any], path: Path) -> bool:
+    """Bar chart of nDCG@10 and MRR@10 per configuration and dataset; False when no
+    dataset has retrieval figures (study-notes alone), and nothing is written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = results["datasets"]
+    datasets = {name: e for name, e in results["datasets"].items() if "retrieval" in e}
+    if not datasets:
+        return False
     figure, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4.5), squeeze=False)
     for axis, (name, entry) in zip(axes[0], datasets.items(), strict=True):
         configs = list(entry["retrieval"])
@@ -323,3 +335,4 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+    return True

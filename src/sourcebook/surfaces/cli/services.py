@@ -45,7 +45,9 @@ def bench(
 def evaluate(
     datasets: Annotated[
         list[str] | None,
-        typer.Argument(help="cranfield, cmrc2018, a BEIR folder or a SQuAD-style .json"),
+        typer.Argument(
+            help="cranfield, cmrc2018, study-notes, a BEIR folder or a SQuAD-style .json"
+        ),
     ] = None,
     split: Annotated[str, typer.Option(help="test (held out), tune, or all")] = "test",
     model: Annotated[list[str] | None, typer.Option("--model", help="embedding models")] = None,
@@ -87,8 +89,8 @@ def evaluate(
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2, ensure_ascii=False))
         console.print(summarize(results), markup=False)
-        if chart is not None and chart != Path():  # --chart "" turns the chart off
-            write_chart(results, chart)
+        # --chart "" turns the chart off
+        if chart is not None and chart != Path() and write_chart(results, chart):
             console.print(f"chart: {chart}")
 
 
