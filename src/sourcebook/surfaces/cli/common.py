@@ -31,6 +31,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def _everywhere(
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="CPU threads for embedding and reranking [env: SOURCEBOOK_THREADS; "
+            "default: all cores]",
+        ),
+    ] = None,
+) -> None:
+    """Sourcebook: ask your own notes (Chinese, English or both), get cited answers."""
+    if threads is not None:
+        # every command reads its settings from the environment (Settings())
+        os.environ["SOURCEBOOK_THREADS"] = str(threads)
+
+
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # paths stay on one line
 

@@ -36,7 +36,11 @@ from sourcebook.surfaces.cli.common import (
 def init(
     kb: KbOption = None,
     model: Annotated[
-        str | None, typer.Option(help=f"embedding model: {', '.join(EMBEDDERS)}")
+        str | None,
+        typer.Option(
+            help=f"embedding model: {', '.join(EMBEDDERS)}, or server:MODEL "
+            "(an OpenAI-compatible endpoint, SOURCEBOOK_EMBED_BASE_URL)"
+        ),
     ] = None,
 ) -> None:
     """Create an empty knowledge base."""
