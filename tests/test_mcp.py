@@ -123,6 +123,7 @@ async def check_tools(client: Client, team: Team) -> None:
     whole = team.kb.document_text(path)
     assert lines == {
         "path": path,
+        "absolute_path": path,  # the team's notes were added by their absolute path
         "title": lines["title"],
         "line_start": 2,
         "line_end": 4,

@@ -41,6 +41,7 @@ from sourcebook.models import (
     Status,
     SyncReport,
 )
+from sourcebook.paths import PathNames
 from sourcebook.retrieve.rerank import Reranker, idf_weights, load_reranker
 from sourcebook.retrieve.retriever import HybridRetriever
 from sourcebook.settings import DEFAULT_EMBEDDER, Settings
@@ -49,6 +50,11 @@ from sourcebook.store.embedded import EmbeddedStore, Filters, StoreError, text_h
 from sourcebook.text import normalize
 
 SyncState = Literal["indexed", "changed", "missing"]
+
+
+def _named_hit(hit: SearchHit, names: PathNames) -> SearchHit:
+    absolute = hit.absolute_path or hit.path  # a cached answer's hits are named already
+    return hit.model_copy(update={"path": names.as_added(absolute), "absolute_path": absolute})
 
 
 def _is_under(path: str, root: str) -> bool:
@@ -174,9 +180,9 @@ class KnowledgeBase:
             for p in paths
         ]
         with self.store.writing():
-            for source in sources:
+            for source, given in zip(sources, paths, strict=True):
                 if source.root.exists():
-                    self.store.add_source(str(source.root), include, exclude)
+                    self.store.add_source(str(source.root), include, exclude, str(given))
             report = self._ingestor().run(sources, True, progress, keep_unreadable)
             report.cached_answers_purged = self.store.purge_cached_answers()
             return report
@@ -186,7 +192,7 @@ class KnowledgeBase:
         this before it writes files into its folder, so that a process killed between
         the two leaves files the next `sync` indexes, never files no source covers."""
         with self.store.writing():
-            self.store.add_source(str(absolute_path(path)), (), ())
+            self.store.add_source(str(absolute_path(path)), (), (), str(path))
 
     def sync(self, progress: ProgressCallback | None = None) -> SyncReport:
         """Re-read every source: new and changed files are indexed, deleted ones removed."""
@@ -274,7 +280,7 @@ class KnowledgeBase:
         self._check_question(query, "query")
         vector = self._query_vector(query) if self.settings.retrieval != "bm25" else None
         deadline.check("ranking")
-        return self._retriever().retrieve(query, limit, filters, vector)
+        return self._named(self._retriever().retrieve(query, limit, filters, vector))
 
     def _check_question(self, text: str, what: str = "question") -> None:
         """Refuse what no search should spend time on: nothing, more than
@@ -308,7 +314,7 @@ class KnowledgeBase:
         if self._mode(mode) == "generate":
             return final_answer(self.ask_stream(question, filters, "generate"))
         hits, query_vector = self._evidence(question, filters)
-        return self._extractive(question, query_vector, hits)
+        return self._named_answer(self._extractive(question, query_vector, hits))
 
     def ask_stream(
         self, question: str, filters: Filters | None = None, mode: AnswerMode | None = None
@@ -323,14 +329,15 @@ class KnowledgeBase:
         generate = self._mode(mode) == "generate"
         hits, query_vector = self._evidence(question, filters)
         if not generate:
-            yield AnswerEvent(type="answer", answer=self._extractive(question, query_vector, hits))
+            answer = self._named_answer(self._extractive(question, query_vector, hits))
+            yield AnswerEvent(type="answer", answer=answer)
             return
         key, content_hashes = self._answer_key(question, hits)
         if self.settings.answer_cache:
             cached = self.store.cached_answer(key)
             if cached is not None:
                 answer = Answer.model_validate_json(cached).model_copy(update={"cached": True})
-                yield AnswerEvent(type="answer", answer=answer)
+                yield AnswerEvent(type="answer", answer=self._named_answer(answer))
                 return
         fallback = self._extractive(question, query_vector, hits)
         generator = GroundedGenerator(
@@ -343,9 +350,36 @@ class KnowledgeBase:
             self.settings.llm_temperature,
         )
         for event in generator.stream(question, hits, fallback):
-            if event.answer is not None and self.settings.answer_cache:
-                self.store.put_cached_answer(key, event.answer.model_dump_json(), content_hashes)
+            if event.answer is not None:
+                if self.settings.answer_cache:
+                    answer_json = event.answer.model_dump_json()
+                    self.store.put_cached_answer(key, answer_json, content_hashes)
+                event = event.model_copy(update={"answer": self._named_answer(event.answer)})
             yield event
+
+    # --- paths as the user added them (paths.py) ----------------------------------------
+
+    def path_names(self) -> PathNames:
+        """How documents are named on every surface: as their source was added."""
+        return PathNames(self.store.source_names())
+
+    def resolve_path(self, path: str | Path) -> str:
+        """The absolute (store) path of a document named either way: as added, as an
+        absolute path, or relative to the current folder."""
+        here = str(absolute_path(path))
+        candidates = [here, *self.path_names().candidates(str(path))]
+        return next((c for c in candidates if self.store.document(c) is not None), here)
+
+    def _named(self, hits: list[SearchHit]) -> list[SearchHit]:
+        names = self.path_names()
+        return [_named_hit(hit, names) for hit in hits]
+
+    def _named_answer(self, answer: Answer) -> Answer:
+        names = self.path_names()
+        citations = [
+            c.model_copy(update={"hit": _named_hit(c.hit, names)}) for c in answer.citations
+        ]
+        return answer.model_copy(update={"citations": citations})
 
     def _mode(self, mode: AnswerMode | None) -> AnswerMode:
         chosen = mode or self.settings.answer_mode
@@ -445,7 +479,11 @@ class KnowledgeBase:
 
     def documents(self, groups: frozenset[str] | None = None) -> list[DocumentInfo]:
         """The indexed documents; with `groups`, only those a reader in them may read."""
-        documents = self.store.documents()
+        names = self.path_names()
+        documents = [
+            d.model_copy(update={"path": names.as_added(d.path), "absolute_path": d.path})
+            for d in self.store.documents()
+        ]
         if groups is None:
             return documents
         unreadable = self.store.unreadable_documents(groups)
@@ -460,8 +498,8 @@ class KnowledgeBase:
     ) -> str:
         """The indexed text of a document, or lines [line_start, line_end] of it. With
         `groups`, a document the reader may not read is reported as not there (its
-        existence is not confirmed either)."""
-        key = str(absolute_path(path))
+        existence is not confirmed either). `path` as added or absolute."""
+        key = self.resolve_path(path)
         text = self.store.document_text(key)
         if text is not None and groups is not None:
             document = self.store.document(key)
@@ -530,13 +568,14 @@ class KnowledgeBase:
         """Whether a document's file still holds what was indexed: "indexed" (yes),
         "changed" (`sync` would re-index it) or "missing" (`sync` would remove it).
         Only a file whose size or time differs is read, to compare its content hash."""
+        file = Path(document.absolute_path or document.path)
         try:
-            stat = Path(document.path).stat()
+            stat = file.stat()
             # `modified` went through a datetime: microseconds, not the file system's ns
             same_time = abs(stat.st_mtime - document.modified.timestamp()) < 1e-3
             if stat.st_size == document.size and same_time:
                 return "indexed"
-            data = Path(document.path).read_bytes()
+            data = file.read_bytes()
         except OSError:
             return "missing"
         digest = hashlib.blake2b(data, digest_size=16).hexdigest()  # as the ingestor hashes
@@ -545,7 +584,7 @@ class KnowledgeBase:
     def resync(self, path: str | Path) -> SyncReport:
         """Re-read one indexed document: re-indexed if its file changed, removed if the
         file is gone. Unlike `add`, this does not make the file a source of its own."""
-        key = absolute_path(path)
+        key = Path(self.resolve_path(path))
         document = self.store.document(str(key))
         if document is None:
             raise KeyError(f"{path} is not in the knowledge base")
@@ -591,7 +630,7 @@ class KnowledgeBase:
         paths = [path for path, _, _ in self.store.sources()]
         if groups is None:
             return paths
-        readable = sorted(d.path for d in self.documents(groups))
+        readable = sorted(d.absolute_path for d in self.documents(groups))
 
         def holds_readable(root: str) -> bool:
             # the first path >= root is root itself, else the first >= "root/" is inside

@@ -58,8 +58,11 @@ class ChunkDraft:
 
 
 class DocumentInfo(BaseModel):
+    """An indexed document. `path` is as the user added it (see `SearchHit`)."""
+
     id: int
     path: str
+    absolute_path: str = ""
     title: str
     kind: str
     tags: list[str] = Field(default_factory=list)
@@ -70,11 +73,17 @@ class DocumentInfo(BaseModel):
 
 
 class SearchHit(BaseModel):
-    """One retrieved chunk with where it comes from and why it was ranked here."""
+    """One retrieved chunk with where it comes from and why it was ranked here.
+
+    `path` is the document's path as the user added it: the source as given to `add`
+    (relative or absolute) joined with the file's place under it, the same from any
+    folder; `absolute_path` is where the file is. `show` and `document_text` take either.
+    """
 
     chunk_id: int
     doc_id: int
     path: str
+    absolute_path: str = ""
     title: str
     kind: str
     heading_path: list[str]

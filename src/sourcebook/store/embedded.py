@@ -146,7 +146,8 @@ def text_hash(text: str) -> str:
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sources (
-    path TEXT PRIMARY KEY, include TEXT NOT NULL, exclude TEXT NOT NULL, added REAL NOT NULL
+    path TEXT PRIMARY KEY, include TEXT NOT NULL, exclude TEXT NOT NULL, added REAL NOT NULL,
+    given TEXT
 );
 CREATE TABLE IF NOT EXISTS documents (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -226,6 +227,7 @@ class EmbeddedStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
         self.embedder_name, self.dim = self._check_model(model)
         self._keyword = KeywordIndex(folder / "bm25")
         self._exact_below = exact_vector_search_below
@@ -390,12 +392,32 @@ class EmbeddedStore:
 
     # --- sources (the roots `sync` re-reads) ------------------------------------------------
 
-    def add_source(self, path: str, include: Sequence[str], exclude: Sequence[str]) -> None:
+    def _add_missing_columns(self) -> None:
+        """Columns added since a knowledge base was created (older ones lack them)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(sources)")}
+        if "given" not in columns:  # the path as the user gave it (see `source_names`)
+            try:
+                with self._transaction():
+                    self._db.execute("ALTER TABLE sources ADD COLUMN given TEXT")
+            except sqlite3.OperationalError as exc:  # another process added it just now
+                if "duplicate column" not in str(exc):
+                    raise
+
+    def add_source(
+        self, path: str, include: Sequence[str], exclude: Sequence[str], given: str | None = None
+    ) -> None:
+        """Remember an absolute source path; `given` is how the user wrote it."""
         with self._transaction():
             self._db.execute(
-                "INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?)",
-                (path, json.dumps(list(include)), json.dumps(list(exclude)), time.time()),
+                "INSERT OR REPLACE INTO sources (path, include, exclude, added, given)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (path, json.dumps(list(include)), json.dumps(list(exclude)), time.time(), given),
             )
+
+    def source_names(self) -> dict[str, str]:
+        """Absolute source path -> the path as the user gave it (when it was recorded)."""
+        rows = self._db.execute("SELECT path, given FROM sources WHERE given IS NOT NULL")
+        return dict(rows.fetchall())
 
     def remove_source(self, path: str) -> bool:
         with self._transaction():

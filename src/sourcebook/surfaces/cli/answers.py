@@ -47,7 +47,7 @@ def search(
     """Hybrid (BM25 + dense) search over the chunks."""
     with errors_to_exit(), open_kb(kb) as base:
         hits = base.search(query, limit, filters_from(path, tag, after, before))
-        audit_log(base, "search", query, [h.path for h in hits])
+        audit_log(base, "search", query, [h.absolute_path for h in hits])
         if as_json:
             emit_json(hits)
             return
@@ -59,7 +59,7 @@ def search(
                 f"[bold cyan]{rank:>2}.[/] [green]{escape(location(hit))}[/]  "
                 f"[dim]{escape(' > '.join(hit.heading_path))}  {ranks}[/]"
             )
-            console.print("    " + escape(snippet(hit.text)))
+            console.print("    " + escape(snippet(hit)))
 
 
 @app.command()

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from typer.core import TyperGroup
 
 from sourcebook.answer.llm import LLMError
 from sourcebook.kb import KnowledgeBase
@@ -23,15 +24,45 @@ from sourcebook.models import Answer, AnswerEvent, AnswerMode, SearchHit, SyncRe
 from sourcebook.settings import Settings
 from sourcebook.store.access import AccessError
 from sourcebook.store.embedded import Filters, StoreError
-from sourcebook.text import printable
+from sourcebook.text import markdown_as_text, printable
 
-app = typer.Typer(
-    help="Sourcebook: ask your own notes (Chinese, English or both), get cited answers.",
+
+class _CommandList(TyperGroup):
+    """The command list shows each command's first sentence whole (click cuts it at the
+    terminal's width with "...")."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:  # typer's vendored click
+        rows = [
+            (name, command.get_short_help_str(limit=1000))
+            for name in self.list_commands(ctx)
+            if (command := self.get_command(ctx, name)) is not None and not command.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def command_group(help: str, **options: Any) -> typer.Typer:
+    """A command group as every group of this CLI is made: plain help (whole sentences,
+    single line breaks in docstrings joined, flags without a "<bool>" type, readable when
+    piped), no shell-completion options."""
+    return typer.Typer(
+        help=help,
+        cls=_CommandList,
+        rich_markup_mode=None,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        **options,
+    )
+
+
+app = command_group(
+    "Sourcebook: ask your own notes (Chinese, English or both), get cited answers.",
     no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
 )
-console = Console()
+# Piped or redirected, lines are not wrapped at all (rich's default is 80 columns, which
+# splits quotes mid-word in a file); in a terminal rich wraps at word boundaries.
+console = Console(soft_wrap=not sys.stdout.isatty())
 errors = Console(stderr=True, soft_wrap=True)  # paths stay on one line
 
 KbOption = Annotated[
@@ -102,7 +133,7 @@ def record_answer(base: KnowledgeBase, question: str) -> Callable[[Answer], None
 
     def record(answer: Answer) -> None:
         state = "found" if answer.found else "not found"
-        paths = [c.hit.path for c in answer.citations]
+        paths = [c.hit.absolute_path for c in answer.citations]
         audit_log(base, "ask", question, paths, f"{answer.mode}, {state}")
 
     return record
@@ -118,7 +149,8 @@ def display_path(path: str) -> str:
 
 
 def location(hit: SearchHit) -> str:
-    where = f"{display_path(hit.path)}:{hit.line_start}-{hit.line_end}"
+    """Where a hit is, as `show` takes it: the path as added, then the lines."""
+    where = f"{printable(hit.path)}:{hit.line_start}-{hit.line_end}"
     if hit.page_start:
         pages = (
             f"p.{hit.page_start}"
@@ -183,16 +215,7 @@ def finish_report(report: SyncReport, as_json: bool) -> None:
     if as_json:
         emit_json(report)
     else:
-        console.print(
-            f"[bold]documents[/]: {report.added} added, {report.updated} updated, "
-            f"{report.unchanged} unchanged, {report.removed} removed, "
-            f"[{'red' if report.failed else 'green'}]{len(report.failed)} failed[/]"
-            + (f", {len(report.skipped)} skipped (unsupported type)" if report.skipped else "")
-        )
-        console.print(
-            f"[bold]chunks[/]: {report.chunks_added} added ({report.chunks_embedded} embedded, "
-            f"the rest from cache), {report.chunks_removed} removed  [dim]{report.seconds:.1f}s[/]"
-        )
+        console.print(summary(report))
         for issue in report.failed:
             errors.print(
                 f"[red]failed[/] {escape(display_path(issue.path))}: "
@@ -200,6 +223,38 @@ def finish_report(report: SyncReport, as_json: bool) -> None:
             )
     if report.failed:
         raise typer.Exit(2)
+
+
+def summary(report: SyncReport) -> str:
+    """What an add or sync did, in counts that say only what happened."""
+    seconds = f"[dim]{report.seconds:.1f} s[/]"
+    changed = report.added + report.updated + report.removed
+    if not changed and not report.failed and not report.chunks_added:
+        return (
+            f"Nothing to do: {report.unchanged} document{'s' * (report.unchanged != 1)} "
+            f"already indexed and unchanged.  {seconds}"
+        )
+    failed = f"[{'red' if report.failed else 'green'}]{len(report.failed)} failed[/]"
+    documents = (
+        f"[bold]documents[/]: {report.added} added, {report.updated} updated, "
+        f"{report.unchanged} unchanged, {report.removed} removed, {failed}"
+        + (f", {len(report.skipped)} skipped (unsupported type)" if report.skipped else "")
+    )
+    embedded = min(report.chunks_embedded, report.chunks_added)
+    cached = report.chunks_added - embedded
+    if not report.chunks_added:
+        origin = ""
+    elif not cached:
+        origin = " (all embedded now)"
+    elif not embedded:
+        origin = " (all from the embedding cache)"
+    else:
+        origin = f" ({embedded} embedded now, {cached} from the embedding cache)"
+    chunks = (
+        f"[bold]chunks[/]: {report.chunks_added} added{origin}, "
+        f"{report.chunks_removed} removed  {seconds}"
+    )
+    return f"{documents}\n{chunks}"
 
 
 def show_answer(events: Iterator[AnswerEvent], as_json: bool) -> None:
@@ -259,10 +314,12 @@ def print_answer(answer: Answer, streamed: str = "") -> None:
             lines = f"{first}" if first == last else f"{first}-{last}"
             console.print(f"    [dim]line {lines}:[/] {escape(' '.join(quote.split()))}")
         if not citation.quotes:
-            console.print("    " + escape(snippet(hit.text)))
+            console.print("    " + escape(snippet(hit)))
 
 
-def snippet(text: str, width: int = 160) -> str:
+def snippet(hit: SearchHit, width: int = 160) -> str:
+    """The start of a hit's text on one line, Markdown rendered as text."""
+    text = markdown_as_text(hit.text) if hit.kind == "markdown" else hit.text
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 

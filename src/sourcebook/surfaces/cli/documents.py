@@ -120,7 +120,10 @@ def reindex(
 
 @app.command()
 def show(
-    document: Annotated[str, typer.Argument(help="PATH or PATH:START-END")],
+    document: Annotated[
+        str,
+        typer.Argument(help="PATH or PATH:START-END, the path as added or absolute"),
+    ],
     kb: KbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -128,11 +131,13 @@ def show(
     with errors_to_exit(), open_kb(kb) as base:
         path, start, end = parse_location(document)
         text = base.document_text(path, start, end)
+        absolute = base.resolve_path(path)
         lines = f"lines {start}-{end}" if start else None
-        audit_log(base, "document", documents=[str(absolute_path(path))], detail=lines)
+        audit_log(base, "document", documents=[absolute], detail=lines)
         first = start or 1
         if as_json:
-            emit_json({"path": path, "line_start": first, "text": text})
+            shown = base.path_names().as_added(absolute)
+            emit_json({"path": shown, "absolute_path": absolute, "line_start": first, "text": text})
             return
         for offset, line in enumerate(text.split("\n")):
             console.print(f"[dim]{first + offset:>5}[/]  {escape(line)}", highlight=False)

@@ -18,6 +18,7 @@ from sourcebook.surfaces.cli.common import (
     KbOption,
     app,
     audit_log,
+    command_group,
     console,
     display_path,
     emit_json,
@@ -26,10 +27,10 @@ from sourcebook.surfaces.cli.common import (
     open_kb,
 )
 
-user_app = typer.Typer(help="Users of a shared knowledge base (served with API keys).")
-key_app = typer.Typer(help="API keys: created once per person, revocable.")
-group_app = typer.Typer(help="Put users into groups, or take them out.")
-access_app = typer.Typer(help="Which groups may read which documents.")
+user_app = command_group("Users of a shared knowledge base (served with API keys).")
+key_app = command_group("API keys: created once per person, revocable.")
+group_app = command_group("Put users into groups, or take them out.")
+access_app = command_group("Which groups may read which documents.")
 for sub, name in (
     (user_app, "user"),
     (key_app, "key"),
