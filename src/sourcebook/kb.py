@@ -14,23 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sourcebook import deadline
-from sourcebook.answer.calibration import judge_for
-from sourcebook.answer.extractive import ExtractiveAnswerer
-from sourcebook.answer.generation import PROMPT_VERSION, GroundedGenerator, Verifier, final_answer
-from sourcebook.answer.llm import LLM, create_llm
 from sourcebook.index.analyzer import analyze
 from sourcebook.index.embedders import EMBEDDERS, CachedEmbedder, Embedder, Vectors, get_embedder
-from sourcebook.ingest.chunker import contextual_text
-from sourcebook.ingest.pipeline import (
-    TEXT_VERSION,
-    Ingestor,
-    ProgressCallback,
-    Source,
-    absolute_path,
-)
 from sourcebook.models import (
     Answer,
     AnswerEvent,
@@ -41,13 +29,17 @@ from sourcebook.models import (
     Status,
     SyncReport,
 )
-from sourcebook.paths import PathNames
-from sourcebook.retrieve.rerank import Reranker, idf_weights, load_reranker
-from sourcebook.retrieve.retriever import HybridRetriever
+from sourcebook.paths import PathNames, absolute_path
 from sourcebook.settings import DEFAULT_EMBEDDER, Settings
 from sourcebook.store.access import AccessControl, check_name
 from sourcebook.store.embedded import EmbeddedStore, Filters, StoreError, text_hash
 from sourcebook.text import normalize
+
+if TYPE_CHECKING:  # the answer, ingestion and retrieval stages load on first use (start-up)
+    from sourcebook.answer.llm import LLM
+    from sourcebook.ingest.pipeline import Ingestor, ProgressCallback
+    from sourcebook.retrieve.rerank import Reranker
+    from sourcebook.retrieve.retriever import HybridRetriever
 
 SyncState = Literal["indexed", "changed", "missing"]
 
@@ -154,6 +146,8 @@ class KnowledgeBase:
     @property
     def llm(self) -> LLM:
         """The language model of the generate mode (`SOURCEBOOK_LLM_*`), made on first use."""
+        from sourcebook.answer.llm import create_llm
+
         if self._llm is None:
             self._llm = create_llm(self.settings)
         return self._llm
@@ -171,6 +165,8 @@ class KnowledgeBase:
         """Index files and folders and remember them as sources for `sync`. A file that
         cannot be read any more leaves the indexes, unless `keep_unreadable` (the upload
         route, which puts the indexed version of such a file back)."""
+        from sourcebook.ingest.pipeline import Source
+
         sources = [
             Source(
                 absolute_path(p),
@@ -196,6 +192,8 @@ class KnowledgeBase:
 
     def sync(self, progress: ProgressCallback | None = None) -> SyncReport:
         """Re-read every source: new and changed files are indexed, deleted ones removed."""
+        from sourcebook.ingest.pipeline import TEXT_VERSION, Source
+
         sources = [
             Source(Path(path), tuple(include), tuple(exclude) + tuple(self.settings.exclude))
             for path, include, exclude in self.store.sources()
@@ -250,6 +248,8 @@ class KnowledgeBase:
 
     def _reembed(self, progress: ProgressCallback | None = None) -> None:
         """Continue the re-embedding in progress to its end (under the write lock)."""
+        from sourcebook.ingest.chunker import contextual_text
+
         state = self.store.reembedding()
         if state is None:
             return
@@ -269,6 +269,8 @@ class KnowledgeBase:
         self._cached = None  # vectors of the old model must not be reused
 
     def _ingestor(self) -> Ingestor:
+        from sourcebook.ingest.pipeline import Ingestor
+
         return Ingestor(self.store, self.embedder, self.settings)
 
     # --- reading -------------------------------------------------------------------------
@@ -311,6 +313,8 @@ class KnowledgeBase:
         "generate" has the configured language model write the answer and verifies it
         (see `ask_stream`).
         """
+        from sourcebook.answer.generation import final_answer
+
         if self._mode(mode) == "generate":
             return final_answer(self.ask_stream(question, filters, "generate"))
         hits, query_vector = self._evidence(question, filters)
@@ -326,6 +330,9 @@ class KnowledgeBase:
         evidence chunks and their documents' versions, the model and the answer settings;
         a cached answer comes as the answer event alone, with `cached` set.
         """
+        from sourcebook.answer.calibration import judge_for
+        from sourcebook.answer.generation import GroundedGenerator, Verifier
+
         generate = self._mode(mode) == "generate"
         hits, query_vector = self._evidence(question, filters)
         if not generate:
@@ -397,6 +404,10 @@ class KnowledgeBase:
         return hits, query_vector
 
     def _extractive(self, question: str, query_vector: Vectors, hits: list[SearchHit]) -> Answer:
+        from sourcebook.answer.calibration import judge_for
+        from sourcebook.answer.extractive import ExtractiveAnswerer
+        from sourcebook.retrieve.rerank import idf_weights
+
         total, frequencies = self.store.keyword_statistics(analyze(question))
         # the trained judge reads the built-in reranker's score; other rerankers get the rule
         trained = self.settings.trained_judge and self.settings.reranker == "learned"
@@ -432,11 +443,15 @@ class KnowledgeBase:
             return self._answer_pool
 
     def _idf(self, terms: Sequence[str]) -> dict[str, float]:
+        from sourcebook.retrieve.rerank import idf_weights
+
         return idf_weights(*self.store.keyword_statistics(terms))
 
     def _answer_key(self, question: str, hits: Sequence[SearchHit]) -> tuple[str, list[str]]:
         """The answer-cache key, and the content hashes of the evidence documents (an
         edited or removed document changes its hash: a miss, and `sync` purges the row)."""
+        from sourcebook.answer.generation import PROMPT_VERSION
+
         documents = {hit.path: self.store.document(hit.path) for hit in hits}
         content_hashes = [d.content_hash for d in documents.values() if d is not None]
         s = self.settings
@@ -467,11 +482,15 @@ class KnowledgeBase:
         return self.cached_embedder.embed_query(normalize(text))
 
     def _retriever(self) -> HybridRetriever:
+        from sourcebook.retrieve.retriever import HybridRetriever
+
         return HybridRetriever(self.store, self.cached_embedder, self.settings, self.reranker)
 
     @property
     def reranker(self) -> Reranker | None:
         """The configured reranker, loaded once per setting."""
+        from sourcebook.retrieve.rerank import load_reranker
+
         if self._reranker_for != self.settings.reranker:
             self._reranker = load_reranker(self.settings.reranker, self.settings.threads)
             self._reranker_for = self.settings.reranker
@@ -584,6 +603,8 @@ class KnowledgeBase:
     def resync(self, path: str | Path) -> SyncReport:
         """Re-read one indexed document: re-indexed if its file changed, removed if the
         file is gone. Unlike `add`, this does not make the file a source of its own."""
+        from sourcebook.ingest.pipeline import Source
+
         key = Path(self.resolve_path(path))
         document = self.store.document(str(key))
         if document is None:

@@ -12,6 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from sourcebook.literals import AnswerMode as AnswerMode
+from sourcebook.literals import Language as Language
+
 
 class InvalidInput(ValueError):
     """Input that is well formed but not acceptable (too long, not valid Unicode): every
@@ -117,8 +120,7 @@ class Citation(BaseModel):
     quote_lines: list[tuple[int, int]] = Field(default_factory=list)
 
 
-Language = Literal["zh", "en"]
-AnswerMode = Literal["extractive", "generate"]
+# (defined in literals.py, which the command line imports before anything heavy)
 
 
 class SentenceSupport(BaseModel):

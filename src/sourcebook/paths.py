@@ -10,6 +10,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
+
+
+def absolute_path(raw: str | Path) -> Path:
+    """The path a source or document is known by: absolute, `~` expanded and `.`/`..`
+    removed, but symbolic links kept, not resolved. The path the user added (or the link
+    found in a folder) is the document's identity: access rules match it, `remove` and
+    `sync` find it, and every surface shows it; where a link points never matters, so a
+    link cannot carry a file out of the rule of the folder it is in."""
+    return Path(os.path.abspath(Path(raw).expanduser()))
 
 
 class PathNames:

@@ -8,9 +8,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from sourcebook.answer.chat import ChatSession
-from sourcebook.answer.generation import final_answer
-from sourcebook.store.access import audited
 from sourcebook.surfaces.cli.common import (
     AfterFilter,
     BeforeFilter,
@@ -74,6 +71,8 @@ def ask(
     as_json: JsonOption = False,
 ) -> None:
     """Answer from the knowledge base, citing a source after every sentence."""
+    from sourcebook.store.access import audited
+
     with errors_to_exit(), open_kb(kb) as base:
         events = base.ask_stream(question, filters_from(path, tag, after, before), mode)
         show_answer(audited(events, record_answer(base, question)), as_json)
@@ -91,6 +90,10 @@ def chat(
 ) -> None:
     """Ask questions one per line (from the terminal or piped in); follow-ups such as
     "那它的缺点呢？" are understood from the conversation. Ends at end of input."""
+    from sourcebook.answer.chat import ChatSession
+    from sourcebook.answer.generation import final_answer
+    from sourcebook.store.access import audited
+
     with errors_to_exit(), open_kb(kb) as base:
         session = ChatSession(base, mode, filters_from(path, tag, after, before))
         interactive = sys.stdin.isatty() and not as_json

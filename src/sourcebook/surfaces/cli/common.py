@@ -1,4 +1,11 @@
-"""What every command shares: the app, the consoles, options, errors, output helpers."""
+"""What every command shares: the app, the consoles, options, errors, output helpers.
+
+Start-up rule (docs/architecture.md): the command modules are imported by every run of
+the command line, `--help` included, so at module level they import only the standard
+library, typer, rich and light sourcebook modules (`literals`, `text`, this one). The
+facade, the models, settings, the server and anything that loads numpy, a model or an
+index is imported inside the command that uses it (tests/test_first_hour.py checks this).
+"""
 
 from __future__ import annotations
 
@@ -9,22 +16,21 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
-from sourcebook.answer.llm import LLMError
-from sourcebook.kb import KnowledgeBase
-from sourcebook.models import Answer, AnswerEvent, AnswerMode, SearchHit, SyncReport
-from sourcebook.settings import Settings
-from sourcebook.store.access import AccessError
-from sourcebook.store.embedded import Filters, StoreError
+from sourcebook.literals import AnswerMode
 from sourcebook.text import markdown_as_text, printable
+
+if TYPE_CHECKING:
+    from sourcebook.kb import KnowledgeBase
+    from sourcebook.models import Answer, AnswerEvent, SearchHit, SyncReport
+    from sourcebook.settings import Settings
+    from sourcebook.store.embedded import Filters
 
 
 class _CommandList(TyperGroup):
@@ -76,17 +82,40 @@ class CliError(Exception):
     pass
 
 
+# Errors reported as one line and exit code 1, by (module, class): looked up only in
+# modules already imported, since an error class whose module was never loaded cannot
+# have been raised (and importing it just to catch nothing would cost start-up time).
+_REPORTED = (
+    ("sourcebook.store.embedded", "StoreError"),
+    ("sourcebook.answer.llm", "LLMError"),
+    ("sourcebook.store.access", "AccessError"),
+)
+
+
+def _reported_errors() -> tuple[type[Exception], ...]:
+    loaded = [
+        getattr(module, name)
+        for module_name, name in _REPORTED
+        if (module := sys.modules.get(module_name)) is not None
+    ]
+    return (CliError, ValueError, KeyError, *loaded)
+
+
 @contextmanager
 def errors_to_exit() -> Iterator[None]:
     try:
         yield
-    except (StoreError, CliError, LLMError, AccessError, ValueError, KeyError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _reported_errors()):
+            raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         errors.print(f"[bold red]error:[/] {escape(str(message))}")
         raise typer.Exit(1) from None
 
 
 def settings_for(kb: Path | None) -> Settings:
+    from sourcebook.settings import Settings
+
     settings = Settings()
     if kb is not None:
         settings.kb = kb
@@ -94,6 +123,8 @@ def settings_for(kb: Path | None) -> Settings:
 
 
 def open_kb(kb: Path | None, create: bool = False) -> KnowledgeBase:
+    from sourcebook.kb import KnowledgeBase
+
     settings = settings_for(kb)
     exists = (settings.kb / "sourcebook.db").exists()
     if create and not exists:
@@ -102,6 +133,8 @@ def open_kb(kb: Path | None, create: bool = False) -> KnowledgeBase:
 
 
 def emit_json(data: Any) -> None:
+    from pydantic import BaseModel
+
     if isinstance(data, BaseModel):
         text = data.model_dump_json(indent=2)
     elif isinstance(data, dict):
@@ -164,6 +197,8 @@ def location(hit: SearchHit) -> str:
 def filters_from(
     path: str | None, tag: list[str] | None, after: datetime | None, before: datetime | None
 ) -> Filters:
+    from sourcebook.store.embedded import Filters
+
     return Filters(
         path_glob=path, tags=tuple(tag or ()), modified_after=after, modified_before=before
     )
@@ -189,6 +224,14 @@ ModeOption = Annotated[
 def with_progress(run: Any, quiet: bool) -> SyncReport:
     if quiet or not console.is_terminal:
         return run(None)  # type: ignore[no-any-return]
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     with Progress(
         TextColumn("[bold]indexing"),
         BarColumn(),

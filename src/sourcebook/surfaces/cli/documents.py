@@ -10,9 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from sourcebook.index.embedders import EMBEDDERS
-from sourcebook.ingest.pipeline import absolute_path
-from sourcebook.kb import KnowledgeBase
+from sourcebook.literals import EMBEDDER_NAMES
 from sourcebook.surfaces.cli.common import (
     CliError,
     JsonOption,
@@ -36,10 +34,12 @@ from sourcebook.surfaces.cli.common import (
 def init(
     kb: KbOption = None,
     model: Annotated[
-        str | None, typer.Option(help=f"embedding model: {', '.join(EMBEDDERS)}")
+        str | None, typer.Option(help=f"embedding model: {', '.join(EMBEDDER_NAMES)}")
     ] = None,
 ) -> None:
     """Create an empty knowledge base."""
+    from sourcebook.kb import KnowledgeBase
+
     with errors_to_exit():
         settings = settings_for(kb)
         if model:
@@ -70,6 +70,8 @@ def add(
     as_json: JsonOption = False,
 ) -> None:
     """Index files and folders (recursively) and remember them for `sync`."""
+    from sourcebook.paths import absolute_path
+
     with errors_to_exit(), open_kb(kb, create=True) as base:
         report = with_progress(
             lambda cb: base.add(paths, include or [], exclude or [], cb), quiet=as_json

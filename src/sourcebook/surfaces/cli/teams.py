@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from sourcebook.kb import KnowledgeBase
-from sourcebook.models import User
 from sourcebook.surfaces.cli.common import (
     CliError,
     JsonOption,
@@ -26,6 +24,10 @@ from sourcebook.surfaces.cli.common import (
     errors_to_exit,
     open_kb,
 )
+
+if TYPE_CHECKING:
+    from sourcebook.kb import KnowledgeBase
+    from sourcebook.models import User
 
 user_app = command_group("Users of a shared knowledge base (served with API keys).")
 key_app = command_group("API keys: created once per person, revocable.")
