@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 from sourcebook.faults import crash_point
 from sourcebook.index.analyzer import analyze
 from sourcebook.index.embedders import Vectors
-from sourcebook.models import ChunkDraft, DocumentInfo, SearchHit
+from sourcebook.models import Box, ChunkDraft, DocumentInfo, SearchHit
 from sourcebook.store.indexes import KeywordIndex, ScoredIds, VectorIndex
 
 SCHEMA_VERSION = 1
@@ -58,6 +58,7 @@ class DocumentRecord:
     content_hash: str
     text: str
     pages: list[int] | None
+    boxes: list[Box | None] | None = None  # per line: where on its page (PDF, images)
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,7 @@ class EmbeddedStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
         self.embedder_name, self.dim = self._check_model(model)
         self._keyword = KeywordIndex(folder / "bm25")
         self._exact_below = exact_vector_search_below
@@ -234,6 +236,12 @@ class EmbeddedStore:
         self._pending_since_flush = 0
         self._recover()
         self._followed = self._generation()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added after a store was first written (nothing else changes)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(documents)")}
+        if "boxes" not in columns:
+            self._db.execute("ALTER TABLE documents ADD COLUMN boxes TEXT")
 
     # --- identity and locking ------------------------------------------------------------
 
@@ -452,6 +460,7 @@ class EmbeddedStore:
             record.content_hash,
             record.text,
             json.dumps(record.pages) if record.pages else None,
+            json.dumps(record.boxes) if record.boxes else None,
             time.time(),
             record.path,
         )
@@ -460,14 +469,14 @@ class EmbeddedStore:
             if doc_id is None:
                 cursor = self._db.execute(
                     "INSERT INTO documents (title, kind, tags, modified, size, content_hash,"
-                    " text, pages, indexed, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " text, pages, boxes, indexed, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     values,
                 )
                 doc_id = cursor.lastrowid
             else:
                 self._db.execute(
                     "UPDATE documents SET title = ?, kind = ?, tags = ?, modified = ?, size = ?,"
-                    " content_hash = ?, text = ?, pages = ?, indexed = ? WHERE path = ?",
+                    " content_hash = ?, text = ?, pages = ?, boxes = ?, indexed = ? WHERE path = ?",
                     values,
                 )
             # in the same transaction: a document is never visible without its groups
