@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.documents import new_pdf, two_column_report
 
+from documents import new_pdf, two_column_report
 from sourcebook.ingest.converters import convert
 
 

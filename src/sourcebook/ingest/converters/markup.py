@@ -40,6 +40,7 @@ def markdown(path: Path, data: bytes) -> ParsedDocument:
             body_start = match.end()
     headings = _markdown_headings(text, body_start)
     title = str(meta.get("title") or first_h1(headings) or path.stem)
+    headings += _footnotes_section(text, body_start, headings)
     tags = _tags(meta.get("tags")) + _tags(meta.get("tag"))
     for tag in _inline_tags(text, body_start):
         if tag not in tags:
@@ -75,6 +76,23 @@ def _markdown_headings(text: str, start: int) -> list[Heading]:
         if match:
             headings.append(Heading(offset, len(match.group(1)), match.group(2).strip()))
     return headings
+
+
+_FOOTNOTE_DEFINITION = re.compile(r"^\[\^[^\]]+\]:[ \t]", re.M)
+
+
+def _footnotes_section(text: str, start: int, headings: list[Heading]) -> list[Heading]:
+    """Footnote definitions (`[^1]: ...`) gathered at the end of a note are a section of
+    their own ("Footnotes"), not a part of whatever section happens to come last."""
+    definitions = [
+        offset for offset, line in _outside_fences(text, start) if _FOOTNOTE_DEFINITION.match(line)
+    ]
+    if not definitions:
+        return []
+    first = definitions[0]
+    if any(h.offset > first for h in headings):
+        return []  # definitions placed inside the text: they belong where they are
+    return [Heading(first, 1, "Footnotes")]
 
 
 def _inline_tags(text: str, start: int) -> list[str]:

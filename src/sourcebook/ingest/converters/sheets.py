@@ -59,7 +59,7 @@ def csv_file(path: Path, data: bytes) -> ParsedDocument:
     text = decode(data)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else _sniff(text)
     builder = TextBuilder()
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         _add_rows(builder, _numbered(reader))
     except csv.Error as exc:
