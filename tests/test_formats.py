@@ -174,3 +174,39 @@ def test_bad_files_are_reported_and_the_rest_indexed(tmp_path: Path) -> None:
     assert sorted(Path(f["path"]).name for f in report["failed"]) == [
         "broken.epub", "broken.ipynb", "broken.png", "broken.pptx", "broken.xlsx",
     ]  # fmt: skip
+
+
+def test_pictures_in_pdf_and_docx_are_read(tmp_path: Path) -> None:
+    import io
+
+    import docx
+
+    from documents import new_pdf
+
+    picture = text_image(["图中文字：召回率 0.93"])
+    pdf = new_pdf()
+    pdf.add_page()
+    pdf.set_font("cjk", size=11)
+    pdf.set_xy(40, 60)
+    pdf.cell(400, 14, "The figure below shows the recall measured on the test split.")
+    pdf.image(io.BytesIO(picture), x=40, y=100, w=400)
+    path = tmp_path / "figure.pdf"
+    pdf.output(str(path))
+    doc = convert(path, path.read_bytes())
+    assert "召回率0.93" in doc.text.replace(" ", "")
+    assert doc.text.index("The figure below") < doc.text.index("召回率")
+
+    word = docx.Document()
+    word.add_paragraph("见下图。")
+    word.add_picture(io.BytesIO(picture))
+    buffer = io.BytesIO()
+    word.save(buffer)
+    doc = convert(Path("figure.docx"), buffer.getvalue())
+    assert "召回率0.93" in doc.text.replace(" ", "")
+
+    use_engine("none")
+    doc = convert(path, path.read_bytes())
+    assert "召回率" not in doc.text
+    assert doc.warnings == [
+        "1 picture(s) not read: install 'sourcebook[ocr]' to read the text in them"
+    ]

@@ -105,6 +105,14 @@ class SearchHit(BaseModel):
         return f"{self.path}:{self.line_start}-{self.line_end}"
 
 
+class PageRegion(BaseModel):
+    """Where a line of a document is on its page: (left, top, right, bottom) as fractions
+    of the page, for drawing the cited region over the page image."""
+
+    page: int
+    box: tuple[float, float, float, float]
+
+
 class Citation(BaseModel):
     """A numbered source of an answer; `n` is the number shown as [n].
 

@@ -107,6 +107,8 @@ class Store(Protocol):
 
     def document_text(self, path: str) -> str | None: ...
 
+    def document_layout(self, path: str) -> tuple[list[int] | None, list[Box | None] | None]: ...
+
     def replace_document(
         self,
         record: DocumentRecord,
@@ -432,6 +434,18 @@ class EmbeddedStore:
     def document_text(self, path: str) -> str | None:
         row = self._db.execute("SELECT text FROM documents WHERE path = ?", (path,)).fetchone()
         return str(row[0]) if row else None
+
+    def document_layout(self, path: str) -> tuple[list[int] | None, list[Box | None] | None]:
+        """Per line of a document's text: its page, and its box on that page (None for
+        formats without pages, or lines without a box)."""
+        row = self._db.execute(
+            "SELECT pages, boxes FROM documents WHERE path = ?", (path,)
+        ).fetchone()
+        if row is None:
+            return None, None
+        pages = json.loads(row[0]) if row[0] else None
+        boxes = [tuple(b) if b else None for b in json.loads(row[1])] if row[1] else None
+        return pages, boxes
 
     def replace_document(
         self,

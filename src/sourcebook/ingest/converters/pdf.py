@@ -67,12 +67,13 @@ def pdf(path: Path, data: bytes) -> ParsedDocument:
         raise ConversionError(f"corrupt PDF: {exc}") from exc
     with document:
         try:
-            items, sizes, textless = _read_pages(document, data)
+            items, reading = _read_pages(document, data)
         except PdfminerException as exc:
             raise _read_error(exc) from exc
         metadata_title = document.metadata.get("Title")
     toc = _outline(data)
-    parsed = _assemble(items, sizes, toc, path.stem)
+    parsed = _assemble(items, reading.sizes, toc, path.stem)
+    textless = reading.textless
     if isinstance(metadata_title, bytes):
         metadata_title = metadata_title.decode("utf-8", "replace")
     if isinstance(metadata_title, str) and normalize(metadata_title).strip():
@@ -83,6 +84,11 @@ def pdf(path: Path, data: bytes) -> ParsedDocument:
         parsed.warnings.append(
             f"{len(textless)} page(s) without a text layer not read "
             f"(pages {_page_list(textless)}): {_no_text_layer()}"
+        )
+    if reading.unread_figures:
+        parsed.warnings.append(
+            f"{reading.unread_figures} picture(s) not read: "
+            "install 'sourcebook[ocr]' to read the text in them"
         )
     return parsed
 
@@ -103,32 +109,39 @@ def _page_list(pages: list[int]) -> str:
     return shown + (", ..." if len(pages) > 10 else "")
 
 
-def _read_pages(document: Any, data: bytes) -> tuple[list[_Item], Counter[float], list[int]]:
-    """Every page's items, the character count per font size, and the pages that had no
-    text layer and could not be read by OCR."""
+@dataclass
+class _Reading:
+    """What reading the pages found besides their items."""
+
+    sizes: Counter[float] = field(default_factory=Counter)  # characters per font size
+    textless: list[int] = field(default_factory=list)  # pages not read: no text, no OCR
+    unread_figures: int = 0  # pictures not read: no OCR
+
+
+def _read_pages(document: Any, data: bytes) -> tuple[list[_Item], _Reading]:
+    """Every page's items, in reading order, and what could not be read."""
     import pypdfium2 as pdfium
 
     items: list[_Item] = []
-    sizes: Counter[float] = Counter()
-    textless: list[int] = []
+    reading = _Reading()
     drawn = pdfium.PdfDocument(data)
     try:
         for number, page in enumerate(document.pages, start=1):
             try:
-                page_items = _page_items(page, number, sizes)
+                page_items = _page_items(page, drawn[number - 1], number, reading)
                 if not page_items:
                     page_items = _pdfium_text(drawn[number - 1], number)
                 if not page_items and page.images:
                     page_items = _ocr_page(drawn[number - 1], number)
             except OcrUnavailable:
-                textless.append(number)
+                reading.textless.append(number)
                 page_items = []
             finally:
                 page.close()  # drop the page's parsed objects: memory is one page at a time
             items.extend(page_items)
     finally:
         drawn.close()
-    return items, sizes, textless
+    return items, reading
 
 
 def _pdfium_text(page: Any, number: int) -> list[_Item]:
@@ -142,7 +155,7 @@ def _pdfium_text(page: Any, number: int) -> list[_Item]:
     return items
 
 
-def _page_items(page: Any, number: int, sizes: Counter[float]) -> list[_Item]:
+def _page_items(page: Any, drawn: Any, number: int, reading: _Reading) -> list[_Item]:
     width, height = float(page.width), float(page.height)
 
     def box(x0: float, top: float, x1: float, bottom: float) -> Box:
@@ -167,7 +180,7 @@ def _page_items(page: Any, number: int, sizes: Counter[float]) -> list[_Item]:
     text_page = page.filter(outside_tables) if table_boxes else page
     words = text_page.extract_words(extra_attrs=["size", "fontname"], keep_blank_chars=False)
     for word in words:
-        sizes[round(float(word["size"]), 1)] += len(word["text"])
+        reading.sizes[round(float(word["size"]), 1)] += len(word["text"])
     gutter = _gutter(words, width)
     blocks: list[tuple[str, float, _Item]] = []  # (side, top, item)
     for side, lines in _lines_by_side(words, gutter).items():
@@ -182,7 +195,36 @@ def _page_items(page: Any, number: int, sizes: Counter[float]) -> list[_Item]:
         item = _Item(number, box(x0, top, x1, bottom), rows=rows)
         item.row_boxes = [box(*row.bbox) for row in table.rows]
         blocks.append((side, item.box[1], item))
+    if words:  # pictures on a page of text: read what they say (a scan is read whole)
+        figures = [box(f["x0"], f["top"], f["x1"], f["bottom"]) for f in _figures(page, words)]
+        for figure in figures:
+            try:
+                found = _ocr_region(drawn, number, figure)
+            except OcrUnavailable:
+                reading.unread_figures += 1
+                continue
+            for item in found:
+                side = "S" if gutter is None else "L" if figure[2] * width <= gutter else "R"
+                blocks.append((side, item.box[1], item))
     return _reading_order(blocks)
+
+
+def _figures(page: Any, words: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pictures big enough to hold text (at least 100 x 40 points) and with no text layer
+    over them (a scan with an OCR layer is read from the layer)."""
+    figures = []
+    for image in page.images:
+        if image["x1"] - image["x0"] < 100 or image["bottom"] - image["top"] < 40:
+            continue
+        inside = sum(
+            1
+            for w in words
+            if image["x0"] <= (w["x0"] + w["x1"]) / 2 <= image["x1"]
+            and image["top"] <= (w["top"] + w["bottom"]) / 2 <= image["bottom"]
+        )
+        if inside < 3:
+            figures.append(image)
+    return figures
 
 
 def _gutter(words: list[dict[str, Any]], width: float) -> float | None:
@@ -446,17 +488,32 @@ def _outline(data: bytes) -> list[tuple[int, str, int]]:
 
 
 def _ocr_page(page: Any, number: int) -> list[_Item]:
-    """A scanned page: drawn at 200 dpi by PDFium and read by the OCR engine (raises
-    OcrUnavailable when none is installed). Lines close together become one paragraph."""
+    """A scanned page: drawn by PDFium and read by the OCR engine (raises OcrUnavailable
+    when none is installed)."""
+    return _ocr_region(page, number, (0.0, 0.0, 1.0, 1.0))
+
+
+def _ocr_region(page: Any, number: int, region: Box) -> list[_Item]:
+    """The text in a region of a page (fractions of the page), drawn at 200 dpi; lines close
+    together become one paragraph; boxes are fractions of the whole page."""
     engine = ocr_engine()
+    x0, y0, x1, y1 = region
     image = page.render(scale=_OCR_DPI / 72).to_pil()
+    width, height = image.size
+    crop = image.crop((int(x0 * width), int(y0 * height), int(x1 * width), int(y1 * height)))
     items: list[_Item] = []
-    for line in engine.read(image):
-        height = line.box[3] - line.box[1]
+    for line in engine.read(crop):
+        lx0, ly0, lx1, ly1 = line.box
+        box = (
+            round(x0 + lx0 * (x1 - x0), 4),
+            round(y0 + ly0 * (y1 - y0), 4),
+            round(x0 + lx1 * (x1 - x0), 4),
+            round(y0 + ly1 * (y1 - y0), 4),
+        )
         last = items[-1] if items else None
-        if last is not None and 0 <= line.box[1] - last.box[3] < height * 0.8:
+        if last is not None and 0 <= box[1] - last.box[3] < (box[3] - box[1]) * 0.8:
             last.lines.append(line.text)
-            last.box = _union(last.box, line.box)
+            last.box = _union(last.box, box)
         else:
-            items.append(_Item(number, line.box, [line.text]))
+            items.append(_Item(number, box, [line.text]))
     return items
