@@ -240,12 +240,6 @@ class EmbeddedStore:
         self._recover()
         self._followed = self._generation()
 
-    def _add_missing_columns(self) -> None:
-        """Columns added after a store was first written (nothing else changes)."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(documents)")}
-        if "boxes" not in columns:
-            self._db.execute("ALTER TABLE documents ADD COLUMN boxes TEXT")
-
     # --- identity and locking ------------------------------------------------------------
 
     def _check_model(self, model: tuple[str, int] | None) -> tuple[str, int]:
@@ -402,12 +396,16 @@ class EmbeddedStore:
     # --- sources (the roots `sync` re-reads) ------------------------------------------------
 
     def _add_missing_columns(self) -> None:
-        """Columns added since a knowledge base was created (older ones lack them)."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(sources)")}
-        if "given" not in columns:  # the path as the user gave it (see `source_names`)
+        """Columns added since a knowledge base was created (older ones lack them): the
+        path as the user gave it (`sources.given`, see `source_names`) and the page boxes
+        of each line (`documents.boxes`)."""
+        for table, column in (("sources", "given"), ("documents", "boxes")):
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column in columns:
+                continue
             try:
                 with self._transaction():
-                    self._db.execute("ALTER TABLE sources ADD COLUMN given TEXT")
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
             except sqlite3.OperationalError as exc:  # another process added it just now
                 if "duplicate column" not in str(exc):
                     raise
