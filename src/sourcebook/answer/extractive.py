@@ -199,7 +199,7 @@ class ExtractiveAnswerer:
             length_factor = 1.0 / (1.0 + max(0, len(text) - 200) / 400)
             score = (0.5 * coverage + 0.5 * self.judge.rescale(dense)) * rank_weight * length_factor
             if asked.subject and _defines(unit, text, asked.subject):
-                score *= 1.15  # "HNSW 是一种…" answers "What is HNSW?" better than its drawbacks
+                score *= 1.3  # "HNSW 是一种…" answers "What is HNSW?" better than its drawbacks
             candidates.append(_Candidate(index, unit, text, tokens, score, coverage, dense))
         return [self._whole_list_score(c, candidates, asked) for c in candidates]
 
@@ -334,7 +334,9 @@ class _Composer:
                 break
             if candidate.unit.kind == "list" and not self.asked.several:
                 continue
-            self._add(candidate)
+            whole = self._whole_list_of(candidate)
+            if whole is None or not self._add(whole, stretch=2.0):
+                self._add(candidate)
         return self.chosen
 
     def _whole_list_of(self, item: _Candidate) -> _Candidate | None:
