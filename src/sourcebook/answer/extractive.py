@@ -539,16 +539,20 @@ def _rarest_missing(
     evidence: Sequence[tuple[frozenset[str], str] | None],
 ) -> float:
     """The idf of the rarest question term found in none of `evidence`; an ordinary
-    dictionary word ("usually", 通常) counts a quarter of a name (Adafactor, GPTQ)."""
+    dictionary word ("usually", 通常) counts a quarter of a name (Adafactor, GPTQ), and a
+    compound ("768-dim") whose own words are question terms is judged by them."""
     dictionary = glossary()
     present = [e for e in evidence if e is not None]
+    missing = [
+        (t, w)
+        for t, w in zip(asked.terms, weights, strict=True)
+        if not any(_matches(t, asked.variants.get(t, ()), tokens, text) for tokens, text in present)
+    ]
     return max(
         (
             w * (0.25 if dictionary and dictionary.is_common_word(t) else 1.0)
-            for t, w in zip(asked.terms, weights, strict=True)
-            if not any(
-                _matches(t, asked.variants.get(t, ()), tokens, text) for tokens, text in present
-            )
+            for t, w in missing
+            if not ("-" in t and all(p in asked.terms for p in t.split("-") if p))
         ),
         default=0.0,
     )

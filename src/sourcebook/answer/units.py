@@ -49,6 +49,8 @@ _OPEN_TASK = re.compile(r"^[ \t]*(?:[-*+•][ \t]+)?\[[ \t]\][ \t]")
 _WORD = re.compile(r"[A-Za-z0-9]+(?:[._\-'][A-Za-z0-9]+)*")
 _CJK_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
+_SENTENCE_END = ("。", "！", "？", ".", "!", "?")
+
 # A list longer than this is not quoted whole: its items are quoted one by one.
 MAX_LIST_ITEMS = 8
 
@@ -208,14 +210,17 @@ class _UnitBuilder:
     def list_block(self, lines: list[_Line], i: int) -> int:
         """Items (with their continuation lines) up to a structural line or a blank line
         not followed by another item. Each item is quoted with its lead-in (the sentence
-        ending in "：/:" just before the list, or a sentence the list follows on the next
-        line: "例子：LLaMA-2-7B，fp16" above "- 每个 token：0.5 MB"; or the parent item of a
-        nested one); an item that is only a label ("优点：") introduces its sub-items and
-        is not quoted alone."""
+        ending in "：/:" just before the list, or an unfinished sentence the list follows
+        on the next line: "例子：LLaMA-2-7B，fp16" above "- 每个 token：0.5 MB"; or the
+        parent item of a nested one); an item that is only a label ("优点：") introduces
+        its sub-items and is not quoted alone."""
         lead_in = self.last_sentence if self.last_sentence_block == self.blocks else None
         if lead_in and not (
             _ends_lead_in(self.text[lead_in[0] : lead_in[1]])
-            or self.text[lead_in[1] : lines[i].start].count("\n") <= 1
+            or (
+                self.text[lead_in[1] : lines[i].start].count("\n") <= 1
+                and not self.text[lead_in[0] : lead_in[1]].rstrip().endswith(_SENTENCE_END)
+            )
         ):
             lead_in = None
         self.blocks += 1
