@@ -352,7 +352,11 @@ def _has_content(text: str) -> bool:
     if _LINK_ONLY.match(text) or _OPEN_TASK.match(text):
         return False
     body = _MARKER.sub("", text).strip()
-    if _ends_lead_in(body) and len(body) < 48 and not re.search(r"[。！？.!?；;，,]", body[:-1]):
+    if (
+        _ends_lead_in(body)
+        and len(body) < 48
+        and not re.search(r"[。！？；;，,]|[.!?](?=\s)", body[:-1])
+    ):
         body = ""  # a label waiting for content that never came
     letters = sum(1 for c in body if c.isalnum())
     return letters >= 2
