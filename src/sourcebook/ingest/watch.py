@@ -95,48 +95,69 @@ class WatchOptions:
 
 
 class FolderWatcher:
-    """Watches `roots` (sources of `kb`) and applies every change to the knowledge base,
-    taking `locks.writing` for each batch. Call `run(stop)` in the thread that should do
-    the work; it returns once `stop` is set (or on Ctrl-C in the main thread)."""
+    """Watches `roots` (sources of `kb`; None: every source, followed as sources are added
+    or removed) and applies every change to the knowledge base, taking `locks.writing` for
+    each batch. Call `run(stop)` in the thread that should do the work; it returns once
+    `stop` is set (or on Ctrl-C when it runs in the main thread)."""
 
     def __init__(
         self,
         kb: KnowledgeBase,
-        roots: Sequence[Path],
+        roots: Sequence[Path] | None,
         locks: Locks,
         options: WatchOptions | None = None,
         on_report: Callable[[SyncReport], None] | None = None,
         embedder: BackgroundEmbedder | None = None,
     ) -> None:
         self._kb = kb
-        self._roots = list(dict.fromkeys(roots))
+        self._fixed_roots = None if roots is None else list(dict.fromkeys(roots))
         self._locks = locks
         self._options = options or WatchOptions()
         self._on_report = on_report
         self._embedder = embedder
+        self._own_folder = kb.path.resolve()
         self._backlog: set[Path] = set()  # paths of a batch that could not be applied yet
         # each root's identity when its watch began; None while it is missing
         self._identities: dict[Path, tuple[int, int] | None] = {}
 
     def run(self, stop: threading.Event) -> None:
-        """Watch until `stop` is set. Every root is rescanned when its watch begins, so
-        nothing that changed before (or while the watcher was away) is missed."""
+        """Watch until `stop` is set. A root is rescanned when its watch begins (and when
+        it comes back), so nothing that changed while it was not watched is missed."""
         while not stop.is_set():
-            present = [root for root in self._roots if _identity(root) is not None]
-            rescan = [r for r in self._roots if self._identities.get(r, ()) != _identity(r)]
-            self._identities = {root: _identity(root) for root in self._roots}
+            roots = self.roots()
+            identities = {root: _identity(root) for root in roots}
+            rescan = [r for r in roots if self._identities.get(r, ()) != identities[r]]
+            self._identities = identities
+            present = [root for root in roots if identities[root] is not None]
             if not present:
                 self._apply(set(rescan))
                 stop.wait(self._options.poll_seconds)
                 continue
-            for changes in self._events(present, stop):
-                paths = {Path(path) for _, path in changes}
-                if rescan:  # the watch has begun: events from now on are not missed
-                    paths.update(rescan)
-                    rescan = []
-                self._apply(paths)
-                if self._roots_moved():
-                    break  # watch again what is there now
+            try:
+                for changes in self._events(present, stop):
+                    paths = {Path(path) for _, path in changes}
+                    if rescan:  # the watch has begun: from now on no event is missed
+                        paths.update(rescan)
+                        rescan = []
+                    self._apply(paths)
+                    if self._roots_moved():
+                        break  # watch again what is there now
+            except (OSError, RuntimeError) as exc:  # a root vanished while being set up
+                log.warning("watch: %s; watching again", exc)
+                stop.wait(self._options.poll_seconds)
+
+    def roots(self) -> list[Path]:
+        """What is watched: the given roots, or every source but the server's uploads
+        folder (inside the knowledge base folder, written by its own routes)."""
+        if self._fixed_roots is not None:
+            return self._fixed_roots
+        with self._locks.reading():
+            sources = self._kb.sources()
+        return [
+            Path(source)
+            for source in sources
+            if not _is_under(os.path.realpath(source), str(self._own_folder))
+        ]
 
     def _events(
         self, roots: list[Path], stop: threading.Event
@@ -145,7 +166,7 @@ class FolderWatcher:
         options = self._options
         return watch(
             *roots,
-            watch_filter=EditorFilesFilter(roots, [self._kb.path.resolve()]),
+            watch_filter=EditorFilesFilter(roots, [self._own_folder]),
             debounce=options.debounce_ms,
             step=options.step_ms,
             stop_event=stop,
@@ -157,7 +178,11 @@ class FolderWatcher:
         )
 
     def _roots_moved(self) -> bool:
-        """Whether a root went away, came back or was replaced since its watch began."""
+        """Whether a root went away, came back or was replaced since its watch began, or
+        the sources changed."""
+        roots = self.roots()
+        if set(roots) != set(self._identities):
+            return True
         return any(_identity(root) != seen for root, seen in self._identities.items())
 
     def _apply(self, paths: set[Path]) -> None:

@@ -64,8 +64,9 @@ def watch(
                 raise CliError(f"no such file or folder: {', '.join(map(str, missing))}")
             report = base.add(paths, include or [], exclude or [], wait=False)
             _print_report(report)
-        roots = [absolute_path(p) for p in paths or []] or [Path(s) for s in base.sources()]
-        if not roots:
+        # without PATHs: every source, including those added while it runs
+        roots = [absolute_path(p) for p in paths] if paths else None
+        if not base.sources():
             raise CliError(
                 "nothing to watch: give a folder (`sourcebook watch ~/notes`) "
                 "or add one first (`sourcebook add ~/notes`)"
@@ -84,7 +85,7 @@ def watch(
         previous = signal.signal(signal.SIGTERM, _stopper(stop))
         console.print(
             "Watching "
-            + ", ".join(f"[bold]{escape(display_path(str(r)))}[/]" for r in roots)
+            + ", ".join(f"[bold]{escape(display_path(str(r)))}[/]" for r in watcher.roots())
             + " [dim](Ctrl-C to stop)[/]"
         )
         embedder.start()
