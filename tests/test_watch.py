@@ -273,12 +273,13 @@ def test_a_sigkilled_background_embedder_leaves_a_store_the_next_one_completes(
     """`sourcebook watch` (default model) killed with SIGKILL while it embeds."""
     notes, kb_path = tmp_path / "notes", tmp_path / "kb"
     notes.mkdir()
-    for i in range(24):
-        paragraphs = "\n\n".join(
-            f"第 {i} 篇笔记第 {j} 段讲量化与显存 {i * 13 + j}。Note {i} part {j} on memory {i}."
-            for j in range(6)
+    for i in range(60):  # 240 chunks: several rounds of the embedder (each ~2 s)
+        sections = "\n\n".join(
+            f"## 第 {j} 节 section {j}\n\n第 {i} 篇笔记第 {j} 节讲量化与显存 {i * 13 + j}。"
+            f"Note {i} section {j} is about memory {i * 7 + j}."
+            for j in range(4)
         )
-        (notes / f"note-{i:02d}.md").write_text(f"# 笔记 {i} marker{i:02d}\n\n{paragraphs}\n")
+        (notes / f"note-{i:02d}.md").write_text(f"# 笔记 {i} marker{i:02d}\n\n{sections}\n")
     env = {**os.environ, "SOURCEBOOK_KB": str(kb_path)}
     command = [sys.executable, "-m", "sourcebook.surfaces.cli"]
     subprocess.run([*command, "add", str(notes), "--no-wait", "--json"], env=env, check=True)
@@ -300,7 +301,7 @@ def test_a_sigkilled_background_embedder_leaves_a_store_the_next_one_completes(
         status = kb.status()
         assert status.index_consistent and kb.store.consistency_problems() == []
         assert 0 < status.chunks_waiting < status.chunks  # killed in the middle
-        assert kb.search("marker23", 1)[0].path == str(notes / "note-23.md")
+        assert kb.search("marker59", 1)[0].path == str(notes / "note-59.md")
         report = kb.sync()
         assert report.chunks_embedded > 0 and report.chunks_waiting == 0
         assert kb.status().embedding is None
