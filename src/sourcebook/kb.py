@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from sourcebook import deadline
 from sourcebook.answer.calibration import judge_for
@@ -50,6 +50,15 @@ from sourcebook.store.embedded import EmbeddedStore, Filters, StoreError, text_h
 from sourcebook.text import normalize
 
 SyncState = Literal["indexed", "changed", "missing"]
+
+
+class EmbeddingWork(NamedTuple):
+    """Chunk texts waiting for their vectors: text hash -> the text to embed (chunks
+    sharing a text share its vector), how many chunks, and the last chunk's id."""
+
+    texts: dict[str, str]
+    chunks: int
+    last_chunk: int
 
 
 def _is_under(path: str, root: str) -> bool:
@@ -265,19 +274,18 @@ class KnowledgeBase:
         """Embed every chunk text that has no vector yet (a run that did not wait, or was
         killed); returns how many texts were embedded. Vectors become searchable as they
         are stored (the indexes are brought up to date every few seconds)."""
-        embedded = 0
+        embedded = after = 0
         with self.store.writing():
             done, total = self.store.embedding_progress()
             flushed = time.monotonic()
-            while batch := self.texts_to_embed(self.settings.embed_batch):
+            while work := self.texts_to_embed(self.settings.embed_batch, after):
                 if progress:
                     progress(done, total, "")
-                vectors = self.embedder.embed_passages([text for _, text in batch])
-                self.store.put_vectors(
-                    {digest: v for (digest, _), v in zip(batch, vectors, strict=True)}
-                )
-                embedded += len(batch)
-                done = min(total, done + len(batch))
+                after = work.last_chunk
+                vectors = self.embedder.embed_passages(list(work.texts.values()))
+                self.store.put_vectors(dict(zip(work.texts, vectors, strict=True)))
+                embedded += len(work.texts)
+                done = min(total, done + work.chunks)
                 if time.monotonic() - flushed > EMBED_FLUSH_SECONDS:
                     self.store.flush()
                     flushed = time.monotonic()
@@ -285,12 +293,17 @@ class KnowledgeBase:
                 progress(total, total, "")
         return embedded
 
-    def texts_to_embed(self, limit: int) -> list[tuple[str, str]]:
-        """Up to `limit` chunk texts without a vector: (text hash, the text to embed)."""
-        return [
-            (digest, contextual_text(title, heading_path, text))
-            for digest, title, heading_path, text in self.store.texts_to_embed(limit)
-        ]
+    def texts_to_embed(self, limit: int, after: int = 0) -> EmbeddingWork | None:
+        """The texts of up to `limit` chunks without a vector, after chunk id `after`
+        (continue with `last_chunk`; nothing left: None)."""
+        rows = self.store.texts_to_embed(limit, after)
+        if not rows:
+            return None
+        texts = {
+            digest: contextual_text(title, heading_path, text)
+            for _, digest, title, heading_path, text in rows
+        }
+        return EmbeddingWork(texts, len(rows), rows[-1][0])
 
     def save_vectors(self, vectors: dict[str, Vectors]) -> None:
         """Store vectors computed for `texts_to_embed` (by text hash) and make them

@@ -86,6 +86,9 @@ class BackgroundEmbedder:
         self._stopping = threading.Event()
         self._wakeup = threading.Event()
         self._thread: threading.Thread | None = None
+        # chunks up to this id have been read (chunk ids only grow): the next read goes on
+        # from here instead of passing every embedded chunk again
+        self._after = 0
 
     def start(self) -> None:
         if self._thread is None:
@@ -128,21 +131,28 @@ class BackgroundEmbedder:
         whether there was anything to do."""
         computed: dict[str, Vectors] = {}
         started = time.monotonic()
-        batch_size = self._kb.settings.embed_batch
         while not self._stopping.is_set() and time.monotonic() - started < self._save_seconds:
             with self._locks.reading():
-                waiting = self._kb.texts_to_embed(batch_size + len(computed))
-            batch = [(digest, text) for digest, text in waiting if digest not in computed]
-            if not batch:
-                break
-            batch = batch[:batch_size]
-            vectors = self._kb.embedder.embed_passages([text for _, text in batch])
-            computed.update((digest, v) for (digest, _), v in zip(batch, vectors, strict=True))
+                work = self._kb.texts_to_embed(self._kb.settings.embed_batch, self._after)
+            if work is None:
+                if self._after == 0:
+                    break
+                self._after = 0  # from the start once more: nothing is ever skipped
+                continue
+            self._after = work.last_chunk
+            texts = {h: t for h, t in work.texts.items() if h not in computed}
+            if texts:
+                vectors = self._kb.embedder.embed_passages(list(texts.values()))
+                computed.update(zip(texts, vectors, strict=True))
         if not computed:
             return False
-        with self._locks.writing():
-            self._kb.save_vectors(computed)
-            done, total = self._kb.embedding_progress()
+        try:
+            with self._locks.writing():
+                self._kb.save_vectors(computed)
+                done, total = self._kb.embedding_progress()
+        except BaseException:
+            self._after = 0  # not stored: these chunks are read again
+            raise
         if self._on_progress:
             self._on_progress(EmbeddingProgress(len(computed), done, total))
         return True

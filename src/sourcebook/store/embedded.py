@@ -610,17 +610,20 @@ class EmbeddedStore:
     # vector index. A process killed in between leaves chunks without vectors, which the
     # next writer embeds (`KnowledgeBase.embed_pending`).
 
-    def texts_to_embed(self, limit: int) -> list[tuple[str, str, list[str], str]]:
-        """Up to `limit` chunk texts without a vector, oldest chunks first: (text hash,
-        document title, heading path, chunk text), from which the embedded text is made."""
+    def texts_to_embed(
+        self, limit: int, after: int = 0
+    ) -> list[tuple[int, str, str, list[str], str]]:
+        """Up to `limit` chunks after chunk id `after` whose text has no vector, in id
+        order (a caller that stores what it gets continues after the last id; chunk ids
+        only grow): (chunk id, text hash, document title, heading path, chunk text)."""
         rows = self._db.execute(
-            "SELECT c.text_hash, d.title, c.heading_path, c.text FROM chunks c"
-            " JOIN documents d ON d.id = c.doc_id"
-            " WHERE NOT EXISTS (SELECT 1 FROM vectors v WHERE v.text_hash = c.text_hash)"
-            " GROUP BY c.text_hash ORDER BY MIN(c.id) LIMIT ?",
-            (limit,),
+            "SELECT c.id, c.text_hash, d.title, c.heading_path, c.text FROM chunks c"
+            " JOIN documents d ON d.id = c.doc_id WHERE c.id > ?"
+            " AND NOT EXISTS (SELECT 1 FROM vectors v WHERE v.text_hash = c.text_hash)"
+            " ORDER BY c.id LIMIT ?",
+            (after, limit),
         )
-        return [(h, t, json.loads(p), x) for h, t, p, x in rows]
+        return [(int(i), h, t, json.loads(p), x) for i, h, t, p, x in rows]
 
     def put_vectors(self, vectors: dict[str, Vectors]) -> None:
         """Store the vectors of chunk texts (by text hash) and log every chunk using them
