@@ -25,6 +25,7 @@ from sourcebook.models import (
     AnswerMode,
     DocumentInfo,
     InvalidInput,
+    PageRegion,
     SearchHit,
     Status,
     SyncReport,
@@ -532,6 +533,40 @@ class KnowledgeBase:
         start = max(1, line_start or 1)
         end = min(len(lines), line_end or len(lines))
         return "\n".join(lines[start - 1 : end])
+
+    def page_regions(
+        self,
+        path: str | Path,
+        line_start: int,
+        line_end: int,
+        groups: frozenset[str] | None = None,
+    ) -> list[PageRegion]:
+        """Where lines [line_start, line_end] of a PDF or an image are on their pages (the
+        boxes of the lines, in text order); empty for formats without positions."""
+        key = str(absolute_path(path))
+        self.document_text(key, 1, 1, groups)  # KeyError when absent or not readable
+        pages, boxes = self.store.document_layout(key)
+        if not pages or not boxes:
+            return []
+        return [
+            PageRegion(page=pages[i], box=box)
+            for i in range(max(0, line_start - 1), min(line_end, len(boxes)))
+            if (box := boxes[i]) is not None
+        ]
+
+    def page_image(
+        self, path: str | Path, page: int, width: int = 1000, groups: frozenset[str] | None = None
+    ) -> bytes:
+        """Page `page` of a PDF (or an image) as a PNG `width` pixels wide, drawn from the
+        file as it is now; raises KeyError when the document is absent or not readable and
+        PageError when it has no such page."""
+        key = str(absolute_path(path))
+        self.document_text(key, 1, 1, groups)
+        document = self.store.document(key)
+        assert document is not None
+        from sourcebook.ingest.pages import page_png  # pypdfium2 and Pillow: on first use
+
+        return page_png(Path(key), document.kind, page, width)
 
     def document_by_id(
         self, doc_id: int, groups: frozenset[str] | None = None

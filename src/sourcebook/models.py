@@ -21,6 +21,11 @@ class InvalidInput(ValueError):
     surface refuses it with this message (HTTP: 422)."""
 
 
+# A region of a page: (left, top, right, bottom) as fractions of the page's width and height,
+# so that it applies to the page drawn at any size.
+Box = tuple[float, float, float, float]
+
+
 @dataclass(frozen=True)
 class Heading:
     """A heading found by a converter: where it starts in the text, its level and title."""
@@ -44,7 +49,12 @@ class ParsedDocument:
     tags: list[str] = field(default_factory=list)
     source_lines: list[int] | None = None
     pages: list[int] | None = None  # per line of `text`, for PDFs
+    boxes: list[Box | None] | None = None  # per line: where on its page it was read
     body_start: int = 0  # offset after front matter; nothing before it is chunked
+    links: list[str] = field(default_factory=list)  # wiki-links ([[note]]) to other notes
+    images: list[str] = field(default_factory=list)  # images the document refers to
+    # what was indexed only in part (pages without a text layer and no OCR installed, ...)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -105,6 +115,14 @@ class SearchHit(BaseModel):
     @property
     def location(self) -> str:
         return f"{self.path}:{self.line_start}-{self.line_end}"
+
+
+class PageRegion(BaseModel):
+    """Where a line of a document is on its page: (left, top, right, bottom) as fractions
+    of the page, for drawing the cited region over the page image."""
+
+    page: int
+    box: tuple[float, float, float, float]
 
 
 class Citation(BaseModel):
@@ -208,6 +226,8 @@ class SyncReport(BaseModel):
     removed: int = 0
     failed: list[FileIssue] = Field(default_factory=list)
     skipped: list[FileIssue] = Field(default_factory=list)
+    # indexed, but not all of it (pages without a text layer and no OCR installed, ...)
+    partial: list[FileIssue] = Field(default_factory=list)
     chunks_added: int = 0
     chunks_removed: int = 0
     chunks_embedded: int = 0

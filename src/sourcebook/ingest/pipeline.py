@@ -19,7 +19,8 @@ import numpy as np
 
 from sourcebook.index.embedders import Embedder
 from sourcebook.ingest.chunker import ChunkingOptions, chunk_document, contextual_text
-from sourcebook.ingest.converters import ConversionError, convert, kind_of
+from sourcebook.ingest.converters import ConversionError, kind_of, use_engine
+from sourcebook.ingest.isolation import convert_within
 from sourcebook.models import FileIssue, ParsedDocument, SyncReport
 from sourcebook.paths import absolute_path as absolute_path  # its former home: still importable
 from sourcebook.settings import Settings
@@ -82,6 +83,7 @@ class Ingestor:
         self._embedder = embedder
         self._settings = settings
         self._options = ChunkingOptions(settings.chunk_tokens, settings.chunk_overlap)
+        use_engine(settings.ocr)
         self._reconvert = store.meta_value("text_version") != TEXT_VERSION
         if self._reconvert and not store.counts()[0]:
             store.set_meta_value("text_version", TEXT_VERSION)  # a new store: nothing to redo
@@ -161,7 +163,7 @@ class Ingestor:
             report.unchanged += 1
             return
         try:
-            parsed = convert(path, data)
+            parsed = convert_within(path, data, self._settings.file_timeout_s, self._settings.ocr)
         except ConversionError as exc:
             self._fail(path, str(exc), report, keep_unreadable)
             return
@@ -169,6 +171,8 @@ class Ingestor:
             reason = f"could not parse: {type(exc).__name__}: {exc}"
             self._fail(path, reason, report, keep_unreadable)
             return
+        for warning in parsed.warnings:
+            report.partial.append(FileIssue(path=str(path), reason=warning))
         chunks = chunk_document(parsed, self._options)
         texts = [contextual_text(parsed.title, c.heading_path, c.text) for c in chunks]
         vectors, embedded = self._embed(texts)
@@ -227,6 +231,7 @@ def _record(
         content_hash=content_hash,
         text=parsed.text,
         pages=parsed.pages,
+        boxes=parsed.boxes,
     )
 
 

@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 from sourcebook.faults import crash_point
 from sourcebook.index.analyzer import analyze
 from sourcebook.index.embedders import Vectors
-from sourcebook.models import ChunkDraft, DocumentInfo, SearchHit
+from sourcebook.models import Box, ChunkDraft, DocumentInfo, SearchHit
 from sourcebook.store.indexes import KeywordIndex, ScoredIds, VectorIndex
 
 SCHEMA_VERSION = 1
@@ -58,6 +58,7 @@ class DocumentRecord:
     content_hash: str
     text: str
     pages: list[int] | None
+    boxes: list[Box | None] | None = None  # per line: where on its page (PDF, images)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,8 @@ class Store(Protocol):
     def documents(self) -> list[DocumentInfo]: ...
 
     def document_text(self, path: str) -> str | None: ...
+
+    def document_layout(self, path: str) -> tuple[list[int] | None, list[Box | None] | None]: ...
 
     def replace_document(
         self,
@@ -393,12 +396,16 @@ class EmbeddedStore:
     # --- sources (the roots `sync` re-reads) ------------------------------------------------
 
     def _add_missing_columns(self) -> None:
-        """Columns added since a knowledge base was created (older ones lack them)."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(sources)")}
-        if "given" not in columns:  # the path as the user gave it (see `source_names`)
+        """Columns added since a knowledge base was created (older ones lack them): the
+        path as the user gave it (`sources.given`, see `source_names`) and the page boxes
+        of each line (`documents.boxes`)."""
+        for table, column in (("sources", "given"), ("documents", "boxes")):
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column in columns:
+                continue
             try:
                 with self._transaction():
-                    self._db.execute("ALTER TABLE sources ADD COLUMN given TEXT")
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
             except sqlite3.OperationalError as exc:  # another process added it just now
                 if "duplicate column" not in str(exc):
                     raise
@@ -447,6 +454,18 @@ class EmbeddedStore:
         row = self._db.execute("SELECT text FROM documents WHERE path = ?", (path,)).fetchone()
         return str(row[0]) if row else None
 
+    def document_layout(self, path: str) -> tuple[list[int] | None, list[Box | None] | None]:
+        """Per line of a document's text: its page, and its box on that page (None for
+        formats without pages, or lines without a box)."""
+        row = self._db.execute(
+            "SELECT pages, boxes FROM documents WHERE path = ?", (path,)
+        ).fetchone()
+        if row is None:
+            return None, None
+        pages = json.loads(row[0]) if row[0] else None
+        boxes = [tuple(b) if b else None for b in json.loads(row[1])] if row[1] else None
+        return pages, boxes
+
     def replace_document(
         self,
         record: DocumentRecord,
@@ -474,6 +493,7 @@ class EmbeddedStore:
             record.content_hash,
             record.text,
             json.dumps(record.pages) if record.pages else None,
+            json.dumps(record.boxes) if record.boxes else None,
             time.time(),
             record.path,
         )
@@ -482,14 +502,14 @@ class EmbeddedStore:
             if doc_id is None:
                 cursor = self._db.execute(
                     "INSERT INTO documents (title, kind, tags, modified, size, content_hash,"
-                    " text, pages, indexed, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " text, pages, boxes, indexed, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     values,
                 )
                 doc_id = cursor.lastrowid
             else:
                 self._db.execute(
                     "UPDATE documents SET title = ?, kind = ?, tags = ?, modified = ?, size = ?,"
-                    " content_hash = ?, text = ?, pages = ?, indexed = ? WHERE path = ?",
+                    " content_hash = ?, text = ?, pages = ?, boxes = ?, indexed = ? WHERE path = ?",
                     values,
                 )
             # in the same transaction: a document is never visible without its groups

@@ -264,6 +264,11 @@ def finish_report(report: SyncReport, as_json: bool) -> None:
                 f"[red]failed[/] {escape(display_path(issue.path))}: "
                 + escape(printable(issue.reason))
             )
+        for issue in report.partial:
+            errors.print(
+                f"[yellow]partly read[/] {escape(display_path(issue.path))}: "
+                + escape(printable(issue.reason))
+            )
     if report.failed:
         raise typer.Exit(2)
 

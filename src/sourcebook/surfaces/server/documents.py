@@ -13,16 +13,19 @@ from fastapi import (
     Form,
     HTTPException,
     Query,
+    Response,
     UploadFile,
 )
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sourcebook.faults import crash_point
 from sourcebook.ingest.converters import kind_of
+from sourcebook.ingest.pages import PageError
 from sourcebook.kb import KnowledgeBase
-from sourcebook.models import DocumentInfo, SyncReport
+from sourcebook.models import DocumentInfo, PageRegion, SyncReport
 from sourcebook.settings import Settings
 from sourcebook.store.access import AccessError, check_name
 from sourcebook.surfaces.server.auth import (
@@ -193,6 +196,50 @@ def routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRouter:
             line_end=first + text.count("\n"),
             text=text,
         )
+
+    @api.get(
+        "/documents/{doc_id}/regions",
+        response_model=list[PageRegion],
+        tags=["documents"],
+        responses={**NOT_FOUND, **BAD_INPUT},
+    )
+    def document_regions(
+        doc_id: int,
+        caller: CallerDep,
+        start: Annotated[int, Query(ge=1, description="first line (1-based)")],
+        end: Annotated[int, Query(ge=1, description="last line (inclusive)")],
+    ) -> list[PageRegion]:
+        """Where lines start..end of a PDF or an image are on their pages (page number
+        and box as fractions of the page), for drawing a citation over the page image;
+        empty for documents without pages."""
+        if end < start:
+            raise HTTPException(400, f"end ({end}) is before start ({start})")
+        with lock.reading():
+            document = find(doc_id, caller)
+            return kb.page_regions(document.path, start, end, caller.groups)
+
+    @api.get(
+        "/documents/{doc_id}/pages/{page}",
+        response_class=Response,
+        tags=["documents"],
+        responses={200: {"content": {"image/png": {}}}, **NOT_FOUND, **BAD_INPUT},
+    )
+    def document_page(
+        doc_id: int,
+        page: Annotated[int, PathParam(ge=1, le=100_000)],
+        caller: CallerDep,
+        width: Annotated[int, Query(ge=100, le=2000, description="pixels")] = 1000,
+    ) -> Response:
+        """Page `page` of a PDF (or an image document) drawn as a PNG."""
+        with lock.reading():
+            document = find(doc_id, caller)
+            try:
+                png = kb.page_image(document.path, page, width, caller.groups)
+            except PageError as exc:
+                raise HTTPException(404, str(exc)) from exc
+        audit(kb, caller, "http", "document", documents=[document.path], detail=f"page {page}")
+        cache = {"Cache-Control": "private, max-age=60"}
+        return Response(png, media_type="image/png", headers=cache)
 
     @api.get("/collections", response_model=list[Collection], tags=["documents"])
     def collections(caller: CallerDep) -> list[Collection]:
