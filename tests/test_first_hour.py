@@ -168,11 +168,14 @@ def test_markdown_snippets_read_as_text() -> None:
 
 
 def test_search_shows_snippets_without_markdown(notes_kb: KnowledgeBase) -> None:
-    code, out, _ = cli("search", "LoraConfig get_peft_model", "--kb", str(notes_kb.path), "-k", "5")
-    assert code == 0
+    query = ["search", "LoRA rank alpha LoraConfig", "--kb", str(notes_kb.path), "-k", "5"]
+    code, out, _ = cli(*query, "--json")
+    raw = [hit["text"] for hit in json.loads(out)]
+    assert code == 0 and any("```" in text or "\n## " in f"\n{text}" for text in raw)
+    code, out, _ = cli(*query)
     snippets = [line for line in out.split("\n") if line.startswith("    ")]
-    assert snippets and any("LoraConfig" in s for s in snippets)
-    assert not any(re.search(r"(^|\s)#{1,6}\s|```", s) for s in snippets), snippets
+    assert code == 0 and len(snippets) == len(raw)
+    assert not any(re.search(r"(^|\s)#{1,6}\s|```|\*\*", s) for s in snippets), snippets
 
 
 # --- start-up: a command imports only what it needs --------------------------------------
