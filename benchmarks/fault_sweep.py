@@ -64,7 +64,7 @@ class Expected:
 
     present: dict[str, str] = field(default_factory=dict)
     absent: set[str] = field(default_factory=set)
-    rules: dict[str, list[str]] = field(default_factory=dict)
+    rules: dict[str, list[str]] | None = None  # the rules to check documents against
 
 
 @dataclass
@@ -138,6 +138,34 @@ def _expect_remove_file(work: Path, kb: KnowledgeBase) -> Expected:
     return Expected(present=all_notes())
 
 
+def _add_links(work: Path) -> list[str]:
+    # a second source holding a symlink to a file outside it, and a note of its own
+    (work / "outside").mkdir()
+    (work / "outside" / "x.md").write_text(note(90, "markerlinkx"), encoding="utf-8")
+    (work / "more").mkdir()
+    (work / "more" / "own.md").write_text(note(91, "markerownx"), encoding="utf-8")
+    (work / "more" / "link.md").symlink_to(Path("..") / "outside" / "x.md")
+    return ["add", str(work / "more")]
+
+
+def _expect_add_links(work: Path, kb: KnowledgeBase) -> Expected:
+    present = all_notes()
+    if str(work / "more") in kb.sources():  # the link is the document, not its target
+        present.update({"more/link.md": "markerlinkx", "more/own.md": "markerownx"})
+    return Expected(present=present)
+
+
+def _access_remove(work: Path) -> list[str]:
+    with KnowledgeBase(work / "kb", Settings(kb=work / "kb")) as kb:
+        kb.set_access_rule("sub/*", ["team-a"])
+    return ["access", "remove", "sub/*"]
+
+
+def _expect_access_remove(work: Path, kb: KnowledgeBase) -> Expected:
+    # killed before its commit the rule is still there and still applied; after, gone
+    return Expected(present=all_notes(), rules=kb.access_rules())
+
+
 def _reindex(work: Path) -> list[str]:
     return ["reindex"]
 
@@ -172,7 +200,9 @@ SCENARIOS = [
     Scenario("remove", "full", _remove, _expect_remove),
     Scenario("remove-file", "full", _remove_file, _expect_remove_file),
     Scenario("reindex", "full", _reindex, _expect_reindex),
+    Scenario("add-links", "full", _add_links, _expect_add_links),
     Scenario("access", "full", _access, _expect_access),
+    Scenario("access-remove", "full", _access_remove, _expect_access_remove),
     Scenario("user", "full", _user, _expect_reindex),
     Scenario("key", "full", _key, _expect_reindex),
 ]
@@ -266,7 +296,7 @@ def _contents(kb: KnowledgeBase, work: Path, expected: Expected, stage: str) -> 
     for marker in expected.absent:
         if any(marker in h.text for h in kb.search(marker, 10)):
             problems.append(f"{stage}: {marker} is still found")
-    if expected.rules:
+    if expected.rules is not None:
         groups = kb.document_groups()
         for path in indexed:
             rule_groups = sorted(
