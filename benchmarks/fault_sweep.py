@@ -8,9 +8,10 @@ point (before and after every SQLite commit, between the steps of an index flush
 an upload is being saved), for N = 1, 2, … until it completes. After each kill:
 
 - the store opens (the next process recovers the derived indexes);
-- every index agrees with the records: the keyword and vector indexes hold exactly
-  SQLite's chunk ids, every chunk text has a vector, `status` says the indexes are up
-  to date and names a re-embedding in progress if there is one;
+- every index agrees with the records: the keyword index holds exactly SQLite's chunk
+  ids, the vector index those whose text has a vector (the others wait for the embedder
+  and `status` counts them), `status` says the indexes are up to date and names a
+  re-embedding in progress if there is one;
 - no document is left outside every source (an orphan no `sync` would look at);
 - after one `sync` (and, for a killed `reindex`, one `reindex`): every file that should be
   indexed is, each one's marker word is found in it, and nothing deleted, emptied or
@@ -261,6 +262,8 @@ def check(work: Path, scenario: Scenario, stage: str) -> list[str]:
         if kb.store.reembedding():
             kb.reindex()  # what status tells the user to run
         problems += _index_agreement(kb, f"{stage}, after sync")
+        if kb.status().chunks_waiting:
+            problems.append(f"{stage}: after sync, chunks still wait for their vectors")
         problems += _contents(kb, work, expected, stage)
     return problems
 
