@@ -32,7 +32,7 @@ from sourcebook.models import (
     SyncReport,
 )
 from sourcebook.paths import PathNames, absolute_path
-from sourcebook.settings import DEFAULT_EMBEDDER, Settings
+from sourcebook.settings import DEFAULT_EMBEDDER, MAX_FILTER_CHARS, MAX_FILTER_TAGS, Settings
 from sourcebook.store.access import AccessControl, check_name
 from sourcebook.store.embedded import EmbeddedStore, Filters, StoreError, text_hash
 from sourcebook.text import normalize
@@ -387,6 +387,7 @@ class KnowledgeBase:
     ) -> list[SearchHit]:
         """Hybrid (BM25 + dense) search; filters apply before ranking is cut off."""
         self._check_question(query, "query")
+        check_filters(filters)
         vector = self._query_vector(query) if self.settings.retrieval != "bm25" else None
         deadline.check("ranking")
         return self._named(self._retriever().retrieve(query, limit, filters, vector))
@@ -503,6 +504,7 @@ class KnowledgeBase:
 
     def _evidence(self, question: str, filters: Filters | None) -> tuple[list[SearchHit], Vectors]:
         self._check_question(question)
+        check_filters(filters)
         query_vector = self._query_vector(question)
         deadline.check("ranking")
         hits = self._retriever().retrieve(
@@ -697,6 +699,7 @@ class KnowledgeBase:
         by the groups of each."""
         if not pattern.strip():
             raise ValueError("the path pattern is empty")
+        check_filters(Filters(path_glob=pattern))
         for group in groups:
             check_name("group", group)
         if not groups and pattern not in self.store.access_rules():
@@ -834,3 +837,17 @@ class KnowledgeBase:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def check_filters(filters: Filters | None) -> None:
+    """Refuse filters whose matching alone would be costly (see MAX_FILTER_CHARS)."""
+    if filters is None:
+        return
+    if len(filters.tags) > MAX_FILTER_TAGS:
+        raise InvalidInput(f"{len(filters.tags)} tags; the limit is {MAX_FILTER_TAGS}")
+    named = [("path glob", filters.path_glob), ("exclude glob", filters.exclude_glob)]
+    for what, value in [*named, *(("tag", t) for t in filters.tags)]:
+        if value is not None and len(value) > MAX_FILTER_CHARS:
+            raise InvalidInput(
+                f"the {what} is {len(value):,} characters long; the limit is {MAX_FILTER_CHARS}"
+            )

@@ -15,6 +15,11 @@ DEFAULT_EMBEDDER = "multilingual-e5-small"
 # Longest question (or search query) accepted, in characters, on every surface: a question
 # is a sentence or a paragraph, and one of a megabyte once kept a core busy for minutes.
 MAX_QUESTION_CHARS = 4000
+# Longest path glob or tag in a filter, and most tags: matching a glob compiles it to a
+# regular expression, whose cost grows with the square of some patterns' length ("[!" *
+# 2000 took 3 s; a plain 1 MB glob 17 s), once per request.
+MAX_FILTER_CHARS = 512
+MAX_FILTER_TAGS = 32
 
 DEFAULT_EXCLUDE = ("node_modules", "__pycache__", "*.pyc", "*.min.js", "venv", "site-packages")
 
