@@ -12,6 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from sourcebook.literals import AnswerMode as AnswerMode
+from sourcebook.literals import Language as Language
+
 
 class InvalidInput(ValueError):
     """Input that is well formed but not acceptable (too long, not valid Unicode): every
@@ -68,8 +71,11 @@ class ChunkDraft:
 
 
 class DocumentInfo(BaseModel):
+    """An indexed document. `path` is as the user added it (see `SearchHit`)."""
+
     id: int
     path: str
+    absolute_path: str = ""
     title: str
     kind: str
     tags: list[str] = Field(default_factory=list)
@@ -80,11 +86,17 @@ class DocumentInfo(BaseModel):
 
 
 class SearchHit(BaseModel):
-    """One retrieved chunk with where it comes from and why it was ranked here."""
+    """One retrieved chunk with where it comes from and why it was ranked here.
+
+    `path` is the document's path as the user added it: the source as given to `add`
+    (relative or absolute) joined with the file's place under it, the same from any
+    folder; `absolute_path` is where the file is. `show` and `document_text` take either.
+    """
 
     chunk_id: int
     doc_id: int
     path: str
+    absolute_path: str = ""
     title: str
     kind: str
     heading_path: list[str]
@@ -126,8 +138,7 @@ class Citation(BaseModel):
     quote_lines: list[tuple[int, int]] = Field(default_factory=list)
 
 
-Language = Literal["zh", "en"]
-AnswerMode = Literal["extractive", "generate"]
+# (defined in literals.py, which the command line imports before anything heavy)
 
 
 class SentenceSupport(BaseModel):

@@ -22,6 +22,7 @@ from sourcebook.ingest.chunker import ChunkingOptions, chunk_document, contextua
 from sourcebook.ingest.converters import ConversionError, kind_of, use_engine
 from sourcebook.ingest.isolation import convert_within
 from sourcebook.models import FileIssue, ParsedDocument, SyncReport
+from sourcebook.paths import absolute_path as absolute_path  # its former home: still importable
 from sourcebook.settings import Settings
 from sourcebook.store.embedded import DocumentRecord, EmbeddedStore, text_hash
 
@@ -31,15 +32,6 @@ ProgressCallback = Callable[[int, int, str], None]  # (done, total, current path
 # written before holds NFKC text, so its documents are converted again by the next `sync`
 # even where the file did not change.
 TEXT_VERSION = "2"
-
-
-def absolute_path(raw: str | Path) -> Path:
-    """The path a source or document is known by: absolute, `~` expanded and `.`/`..`
-    removed, but symbolic links kept, not resolved. The path the user added (or the link
-    found in a folder) is the document's identity: access rules match it, `remove` and
-    `sync` find it, and every surface shows it; where a link points never matters, so a
-    link cannot carry a file out of the rule of the folder it is in."""
-    return Path(os.path.abspath(Path(raw).expanduser()))
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,8 @@ def text_hash(text: str) -> str:
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sources (
-    path TEXT PRIMARY KEY, include TEXT NOT NULL, exclude TEXT NOT NULL, added REAL NOT NULL
+    path TEXT PRIMARY KEY, include TEXT NOT NULL, exclude TEXT NOT NULL, added REAL NOT NULL,
+    given TEXT
 );
 CREATE TABLE IF NOT EXISTS documents (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -238,12 +239,6 @@ class EmbeddedStore:
         self._pending_since_flush = 0
         self._recover()
         self._followed = self._generation()
-
-    def _add_missing_columns(self) -> None:
-        """Columns added after a store was first written (nothing else changes)."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(documents)")}
-        if "boxes" not in columns:
-            self._db.execute("ALTER TABLE documents ADD COLUMN boxes TEXT")
 
     # --- identity and locking ------------------------------------------------------------
 
@@ -400,12 +395,36 @@ class EmbeddedStore:
 
     # --- sources (the roots `sync` re-reads) ------------------------------------------------
 
-    def add_source(self, path: str, include: Sequence[str], exclude: Sequence[str]) -> None:
+    def _add_missing_columns(self) -> None:
+        """Columns added since a knowledge base was created (older ones lack them): the
+        path as the user gave it (`sources.given`, see `source_names`) and the page boxes
+        of each line (`documents.boxes`)."""
+        for table, column in (("sources", "given"), ("documents", "boxes")):
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column in columns:
+                continue
+            try:
+                with self._transaction():
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+            except sqlite3.OperationalError as exc:  # another process added it just now
+                if "duplicate column" not in str(exc):
+                    raise
+
+    def add_source(
+        self, path: str, include: Sequence[str], exclude: Sequence[str], given: str | None = None
+    ) -> None:
+        """Remember an absolute source path; `given` is how the user wrote it."""
         with self._transaction():
             self._db.execute(
-                "INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?)",
-                (path, json.dumps(list(include)), json.dumps(list(exclude)), time.time()),
+                "INSERT OR REPLACE INTO sources (path, include, exclude, added, given)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (path, json.dumps(list(include)), json.dumps(list(exclude)), time.time(), given),
             )
+
+    def source_names(self) -> dict[str, str]:
+        """Absolute source path -> the path as the user gave it (when it was recorded)."""
+        rows = self._db.execute("SELECT path, given FROM sources WHERE given IS NOT NULL")
+        return dict(rows.fetchall())
 
     def remove_source(self, path: str) -> bool:
         with self._transaction():
