@@ -149,9 +149,10 @@ def _read_pages(document: Any, data: bytes) -> tuple[list[_Item], _Reading]:
 
 def _words(page: Any) -> list[dict[str, Any]]:
     """The words of a page from PDFium's characters, as pdfplumber would give them: text,
-    x0/x1, top/bottom (from the top of the page), type size, and "Bold" in the font name
-    for a weight of 600 or more or a bold font. A word ends at a space (printed or inferred by PDFium), at
-    a gap wider than a third of the type size, or where the next character is elsewhere."""
+    x0/x1, top/bottom (from the top of the page), type size, and "Bold" as the font name
+    for a weight of 600 or more or a bold font. A word ends at a space (printed or
+    inferred by PDFium), at a gap wider than a third of the type size, or where the next
+    character is elsewhere."""
     import ctypes
 
     import pypdfium2.raw as pdfium_c
