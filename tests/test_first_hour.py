@@ -18,7 +18,7 @@ from sourcebook import KnowledgeBase
 from sourcebook.models import SyncReport
 from sourcebook.surfaces.cli import app
 from sourcebook.surfaces.cli.common import summary
-from sourcebook.text import markdown_as_text
+from sourcebook.text import as_read, markdown_as_text
 
 runner = CliRunner()
 
@@ -165,6 +165,13 @@ def test_markdown_snippets_read_as_text() -> None:
         "Use `**kwargs` and bold text.\n"
         "y = x**2 * w  # *not* emphasis"
     )
+
+
+def test_rst_snippets_read_as_text() -> None:
+    note = "num_workers\n-----------\n``num_workers`` 控制加载进程数，默认 0。"
+    assert as_read(note, "rst") == "`num_workers` 控制加载进程数，默认 0。"
+    assert as_read("# not a heading in a .txt", "text") == "# not a heading in a .txt"
+    assert as_read("### Continuous batching\n连续批处理", "html") == "连续批处理"
 
 
 def test_search_shows_snippets_without_markdown(notes_kb: KnowledgeBase) -> None:

@@ -24,7 +24,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from sourcebook.literals import AnswerMode
-from sourcebook.text import markdown_as_text, printable
+from sourcebook.text import as_read, printable
 
 if TYPE_CHECKING:
     from sourcebook.kb import KnowledgeBase
@@ -366,9 +366,8 @@ def print_answer(answer: Answer, streamed: str = "") -> None:
 
 
 def snippet(hit: SearchHit, width: int = 160) -> str:
-    """The start of a hit's text on one line, Markdown rendered as text."""
-    text = markdown_as_text(hit.text) if hit.kind == "markdown" else hit.text
-    flat = " ".join(text.split())
+    """The start of a hit's text on one line, as its document reads rendered."""
+    flat = " ".join(as_read(hit.text, hit.kind).split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
