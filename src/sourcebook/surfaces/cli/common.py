@@ -66,6 +66,26 @@ app = command_group(
     "Sourcebook: ask your own notes (Chinese, English or both), get cited answers.",
     no_args_is_help=True,
 )
+
+
+@app.callback()
+def _everywhere(
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="CPU threads for embedding and reranking [env: SOURCEBOOK_THREADS; "
+            "default: all cores]",
+        ),
+    ] = None,
+) -> None:
+    """Sourcebook: ask your own notes (Chinese, English or both), get cited answers."""
+    if threads is not None:
+        # every command reads its settings from the environment (Settings())
+        os.environ["SOURCEBOOK_THREADS"] = str(threads)
+
+
 # Piped or redirected, lines are not wrapped at all (rich's default is 80 columns, which
 # splits quotes mid-word in a file); in a terminal rich wraps at word boundaries.
 console = Console(soft_wrap=not sys.stdout.isatty())
