@@ -15,39 +15,33 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from sourcebook import deadline
-from sourcebook.answer.calibration import judge_for
-from sourcebook.answer.extractive import ExtractiveAnswerer
-from sourcebook.answer.generation import PROMPT_VERSION, GroundedGenerator, Verifier, final_answer
-from sourcebook.answer.llm import LLM, create_llm
 from sourcebook.index.analyzer import analyze
 from sourcebook.index.embedders import EMBEDDERS, CachedEmbedder, Embedder, Vectors, get_embedder
-from sourcebook.ingest.chunker import contextual_text
-from sourcebook.ingest.pipeline import (
-    TEXT_VERSION,
-    Ingestor,
-    ProgressCallback,
-    Source,
-    absolute_path,
-)
 from sourcebook.models import (
     Answer,
     AnswerEvent,
     AnswerMode,
     DocumentInfo,
     InvalidInput,
+    PageRegion,
     SearchHit,
     Status,
     SyncReport,
 )
-from sourcebook.retrieve.rerank import Reranker, idf_weights, load_reranker
-from sourcebook.retrieve.retriever import HybridRetriever
+from sourcebook.paths import PathNames, absolute_path
 from sourcebook.settings import DEFAULT_EMBEDDER, Settings
 from sourcebook.store.access import AccessControl, check_name
 from sourcebook.store.embedded import EmbeddedStore, Filters, StoreError, text_hash
 from sourcebook.text import normalize
+
+if TYPE_CHECKING:  # the answer, ingestion and retrieval stages load on first use (start-up)
+    from sourcebook.answer.llm import LLM
+    from sourcebook.ingest.pipeline import Ingestor, ProgressCallback, Source
+    from sourcebook.retrieve.rerank import Reranker
+    from sourcebook.retrieve.retriever import HybridRetriever
 
 SyncState = Literal["indexed", "changed", "missing"]
 
@@ -59,6 +53,11 @@ class EmbeddingWork(NamedTuple):
     texts: dict[str, str]
     chunks: int
     last_chunk: int
+
+
+def _named_hit(hit: SearchHit, names: PathNames) -> SearchHit:
+    absolute = hit.absolute_path or hit.path  # a cached answer's hits are named already
+    return hit.model_copy(update={"path": names.as_added(absolute), "absolute_path": absolute})
 
 
 def _is_under(path: str, root: str) -> bool:
@@ -162,6 +161,8 @@ class KnowledgeBase:
     @property
     def llm(self) -> LLM:
         """The language model of the generate mode (`SOURCEBOOK_LLM_*`), made on first use."""
+        from sourcebook.answer.llm import create_llm
+
         if self._llm is None:
             self._llm = create_llm(self.settings)
         return self._llm
@@ -186,6 +187,8 @@ class KnowledgeBase:
         (the default), the chunks are embedded before this returns (`embed_progress`
         follows it). Without it they are embedded later by whichever comes next: a
         background embedder (`watch`, `serve`), `sync`, `add` or `embed_pending`."""
+        from sourcebook.ingest.pipeline import Source
+
         sources = [
             Source(
                 absolute_path(p),
@@ -195,9 +198,9 @@ class KnowledgeBase:
             for p in paths
         ]
         with self.store.writing():
-            for source in sources:
+            for source, given in zip(sources, paths, strict=True):
                 if source.root.exists():
-                    self.store.add_source(str(source.root), include, exclude)
+                    self.store.add_source(str(source.root), include, exclude, str(given))
             report = self._ingestor().run(sources, True, progress, keep_unreadable)
             report.cached_answers_purged = self.store.purge_cached_answers()
             return self._finish_embedding(report, wait, embed_progress)
@@ -219,7 +222,7 @@ class KnowledgeBase:
         this before it writes files into its folder, so that a process killed between
         the two leaves files the next `sync` indexes, never files no source covers."""
         with self.store.writing():
-            self.store.add_source(str(absolute_path(path)), (), ())
+            self.store.add_source(str(absolute_path(path)), (), (), str(path))
 
     def sync(
         self,
@@ -229,6 +232,8 @@ class KnowledgeBase:
     ) -> SyncReport:
         """Re-read every source: new and changed files are indexed, deleted ones removed;
         then (with `wait`) every chunk still without a vector is embedded."""
+        from sourcebook.ingest.pipeline import TEXT_VERSION
+
         sources = self._sources()
         with self.store.writing():
             report = self._ingestor().run(
@@ -263,6 +268,8 @@ class KnowledgeBase:
             return report
 
     def _sources(self) -> list[Source]:
+        from sourcebook.ingest.pipeline import Source
+
         return [
             Source(Path(path), tuple(include), tuple(exclude) + tuple(self.settings.exclude))
             for path, include, exclude in self.store.sources()
@@ -296,6 +303,8 @@ class KnowledgeBase:
     def texts_to_embed(self, limit: int, after: int = 0) -> EmbeddingWork | None:
         """The texts of up to `limit` chunks without a vector, after chunk id `after`
         (continue with `last_chunk`; nothing left: None)."""
+        from sourcebook.ingest.chunker import contextual_text
+
         rows = self.store.texts_to_embed(limit, after)
         if not rows:
             return None
@@ -346,6 +355,8 @@ class KnowledgeBase:
 
     def _reembed(self, progress: ProgressCallback | None = None) -> None:
         """Continue the re-embedding in progress to its end (under the write lock)."""
+        from sourcebook.ingest.chunker import contextual_text
+
         state = self.store.reembedding()
         if state is None:
             return
@@ -365,6 +376,8 @@ class KnowledgeBase:
         self._cached = None  # vectors of the old model must not be reused
 
     def _ingestor(self) -> Ingestor:
+        from sourcebook.ingest.pipeline import Ingestor
+
         return Ingestor(self.store, self.settings)
 
     # --- reading -------------------------------------------------------------------------
@@ -376,7 +389,7 @@ class KnowledgeBase:
         self._check_question(query, "query")
         vector = self._query_vector(query) if self.settings.retrieval != "bm25" else None
         deadline.check("ranking")
-        return self._retriever().retrieve(query, limit, filters, vector)
+        return self._named(self._retriever().retrieve(query, limit, filters, vector))
 
     def _check_question(self, text: str, what: str = "question") -> None:
         """Refuse what no search should spend time on: nothing, more than
@@ -407,10 +420,12 @@ class KnowledgeBase:
         "generate" has the configured language model write the answer and verifies it
         (see `ask_stream`).
         """
+        from sourcebook.answer.generation import final_answer
+
         if self._mode(mode) == "generate":
             return final_answer(self.ask_stream(question, filters, "generate"))
         hits, query_vector = self._evidence(question, filters)
-        return self._extractive(question, query_vector, hits)
+        return self._named_answer(self._extractive(question, query_vector, hits))
 
     def ask_stream(
         self, question: str, filters: Filters | None = None, mode: AnswerMode | None = None
@@ -422,17 +437,21 @@ class KnowledgeBase:
         evidence chunks and their documents' versions, the model and the answer settings;
         a cached answer comes as the answer event alone, with `cached` set.
         """
+        from sourcebook.answer.calibration import judge_for
+        from sourcebook.answer.generation import GroundedGenerator, Verifier
+
         generate = self._mode(mode) == "generate"
         hits, query_vector = self._evidence(question, filters)
         if not generate:
-            yield AnswerEvent(type="answer", answer=self._extractive(question, query_vector, hits))
+            answer = self._named_answer(self._extractive(question, query_vector, hits))
+            yield AnswerEvent(type="answer", answer=answer)
             return
         key, content_hashes = self._answer_key(question, hits)
         if self.settings.answer_cache:
             cached = self.store.cached_answer(key)
             if cached is not None:
                 answer = Answer.model_validate_json(cached).model_copy(update={"cached": True})
-                yield AnswerEvent(type="answer", answer=answer)
+                yield AnswerEvent(type="answer", answer=self._named_answer(answer))
                 return
         fallback = self._extractive(question, query_vector, hits)
         generator = GroundedGenerator(
@@ -445,9 +464,36 @@ class KnowledgeBase:
             self.settings.llm_temperature,
         )
         for event in generator.stream(question, hits, fallback):
-            if event.answer is not None and self.settings.answer_cache:
-                self.store.put_cached_answer(key, event.answer.model_dump_json(), content_hashes)
+            if event.answer is not None:
+                if self.settings.answer_cache:
+                    answer_json = event.answer.model_dump_json()
+                    self.store.put_cached_answer(key, answer_json, content_hashes)
+                event = event.model_copy(update={"answer": self._named_answer(event.answer)})
             yield event
+
+    # --- paths as the user added them (paths.py) ----------------------------------------
+
+    def path_names(self) -> PathNames:
+        """How documents are named on every surface: as their source was added."""
+        return PathNames(self.store.source_names())
+
+    def resolve_path(self, path: str | Path) -> str:
+        """The absolute (store) path of a document named either way: as added, as an
+        absolute path, or relative to the current folder."""
+        here = str(absolute_path(path))
+        candidates = [here, *self.path_names().candidates(str(path))]
+        return next((c for c in candidates if self.store.document(c) is not None), here)
+
+    def _named(self, hits: list[SearchHit]) -> list[SearchHit]:
+        names = self.path_names()
+        return [_named_hit(hit, names) for hit in hits]
+
+    def _named_answer(self, answer: Answer) -> Answer:
+        names = self.path_names()
+        citations = [
+            c.model_copy(update={"hit": _named_hit(c.hit, names)}) for c in answer.citations
+        ]
+        return answer.model_copy(update={"citations": citations})
 
     def _mode(self, mode: AnswerMode | None) -> AnswerMode:
         chosen = mode or self.settings.answer_mode
@@ -465,6 +511,10 @@ class KnowledgeBase:
         return hits, query_vector
 
     def _extractive(self, question: str, query_vector: Vectors, hits: list[SearchHit]) -> Answer:
+        from sourcebook.answer.calibration import judge_for
+        from sourcebook.answer.extractive import ExtractiveAnswerer
+        from sourcebook.retrieve.rerank import idf_weights
+
         total, frequencies = self.store.keyword_statistics(analyze(question))
         # the trained judge reads the built-in reranker's score; other rerankers get the rule
         trained = self.settings.trained_judge and self.settings.reranker == "learned"
@@ -500,11 +550,15 @@ class KnowledgeBase:
             return self._answer_pool
 
     def _idf(self, terms: Sequence[str]) -> dict[str, float]:
+        from sourcebook.retrieve.rerank import idf_weights
+
         return idf_weights(*self.store.keyword_statistics(terms))
 
     def _answer_key(self, question: str, hits: Sequence[SearchHit]) -> tuple[str, list[str]]:
         """The answer-cache key, and the content hashes of the evidence documents (an
         edited or removed document changes its hash: a miss, and `sync` purges the row)."""
+        from sourcebook.answer.generation import PROMPT_VERSION
+
         documents = {hit.path: self.store.document(hit.path) for hit in hits}
         content_hashes = [d.content_hash for d in documents.values() if d is not None]
         s = self.settings
@@ -535,11 +589,15 @@ class KnowledgeBase:
         return self.cached_embedder.embed_query(normalize(text))
 
     def _retriever(self) -> HybridRetriever:
+        from sourcebook.retrieve.retriever import HybridRetriever
+
         return HybridRetriever(self.store, self.cached_embedder, self.settings, self.reranker)
 
     @property
     def reranker(self) -> Reranker | None:
         """The configured reranker, loaded once per setting."""
+        from sourcebook.retrieve.rerank import load_reranker
+
         if self._reranker_for != self.settings.reranker:
             self._reranker = load_reranker(self.settings.reranker, self.settings.threads)
             self._reranker_for = self.settings.reranker
@@ -547,7 +605,11 @@ class KnowledgeBase:
 
     def documents(self, groups: frozenset[str] | None = None) -> list[DocumentInfo]:
         """The indexed documents; with `groups`, only those a reader in them may read."""
-        documents = self.store.documents()
+        names = self.path_names()
+        documents = [
+            d.model_copy(update={"path": names.as_added(d.path), "absolute_path": d.path})
+            for d in self.store.documents()
+        ]
         if groups is None:
             return documents
         unreadable = self.store.unreadable_documents(groups)
@@ -562,8 +624,8 @@ class KnowledgeBase:
     ) -> str:
         """The indexed text of a document, or lines [line_start, line_end] of it. With
         `groups`, a document the reader may not read is reported as not there (its
-        existence is not confirmed either)."""
-        key = str(absolute_path(path))
+        existence is not confirmed either). `path` as added or absolute."""
+        key = self.resolve_path(path)
         text = self.store.document_text(key)
         if text is not None and groups is not None:
             document = self.store.document(key)
@@ -577,6 +639,40 @@ class KnowledgeBase:
         start = max(1, line_start or 1)
         end = min(len(lines), line_end or len(lines))
         return "\n".join(lines[start - 1 : end])
+
+    def page_regions(
+        self,
+        path: str | Path,
+        line_start: int,
+        line_end: int,
+        groups: frozenset[str] | None = None,
+    ) -> list[PageRegion]:
+        """Where lines [line_start, line_end] of a PDF or an image are on their pages (the
+        boxes of the lines, in text order); empty for formats without positions."""
+        key = str(absolute_path(path))
+        self.document_text(key, 1, 1, groups)  # KeyError when absent or not readable
+        pages, boxes = self.store.document_layout(key)
+        if not pages or not boxes:
+            return []
+        return [
+            PageRegion(page=pages[i], box=box)
+            for i in range(max(0, line_start - 1), min(line_end, len(boxes)))
+            if (box := boxes[i]) is not None
+        ]
+
+    def page_image(
+        self, path: str | Path, page: int, width: int = 1000, groups: frozenset[str] | None = None
+    ) -> bytes:
+        """Page `page` of a PDF (or an image) as a PNG `width` pixels wide, drawn from the
+        file as it is now; raises KeyError when the document is absent or not readable and
+        PageError when it has no such page."""
+        key = str(absolute_path(path))
+        self.document_text(key, 1, 1, groups)
+        document = self.store.document(key)
+        assert document is not None
+        from sourcebook.ingest.pages import page_png  # pypdfium2 and Pillow: on first use
+
+        return page_png(Path(key), document.kind, page, width)
 
     def document_by_id(
         self, doc_id: int, groups: frozenset[str] | None = None
@@ -632,13 +728,14 @@ class KnowledgeBase:
         """Whether a document's file still holds what was indexed: "indexed" (yes),
         "changed" (`sync` would re-index it) or "missing" (`sync` would remove it).
         Only a file whose size or time differs is read, to compare its content hash."""
+        file = Path(document.absolute_path or document.path)
         try:
-            stat = Path(document.path).stat()
+            stat = file.stat()
             # `modified` went through a datetime: microseconds, not the file system's ns
             same_time = abs(stat.st_mtime - document.modified.timestamp()) < 1e-3
             if stat.st_size == document.size and same_time:
                 return "indexed"
-            data = Path(document.path).read_bytes()
+            data = file.read_bytes()
         except OSError:
             return "missing"
         digest = hashlib.blake2b(data, digest_size=16).hexdigest()  # as the ingestor hashes
@@ -648,7 +745,9 @@ class KnowledgeBase:
         """Re-read one indexed document: re-indexed if its file changed, removed if the
         file is gone. Unlike `add`, this does not make the file a source of its own.
         `wait`: as for `add`."""
-        key = absolute_path(path)
+        from sourcebook.ingest.pipeline import Source
+
+        key = Path(self.resolve_path(path))
         document = self.store.document(str(key))
         if document is None:
             raise KeyError(f"{path} is not in the knowledge base")
@@ -703,7 +802,7 @@ class KnowledgeBase:
         paths = [path for path, _, _ in self.store.sources()]
         if groups is None:
             return paths
-        readable = sorted(d.path for d in self.documents(groups))
+        readable = sorted(d.absolute_path for d in self.documents(groups))
 
         def holds_readable(root: str) -> bool:
             # the first path >= root is root itself, else the first >= "root/" is inside

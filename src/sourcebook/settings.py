@@ -34,6 +34,14 @@ class Settings(BaseSettings):
     max_file_mb: float = Field(50.0, gt=0)
     exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     embed_batch: int = Field(32, ge=1)
+    ocr: Literal["auto", "rapidocr", "tesseract", "none"] = Field(
+        "auto",
+        description="OCR engine for scanned pages and images (extra sourcebook[ocr]); "
+        "'auto': the first installed, 'none': report such files instead",
+    )
+    file_timeout_s: float = Field(
+        300.0, gt=0, description="a file still converting after this long is reported and skipped"
+    )
 
     # chunking
     chunk_tokens: int = Field(300, ge=32, description="token budget of a chunk")

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sourcebook.ingest.chunker import ChunkingOptions, chunk_document, contextual_text
-from sourcebook.ingest.converters import ConversionError, convert, kind_of
+from sourcebook.ingest.converters import ConversionError, kind_of, use_engine
+from sourcebook.ingest.isolation import convert_within
 from sourcebook.models import DocumentInfo, FileIssue, ParsedDocument, SyncReport
+from sourcebook.paths import absolute_path as absolute_path  # its former home: still importable
 from sourcebook.settings import Settings
 from sourcebook.store.embedded import DocumentRecord, EmbeddedStore
 
@@ -28,15 +30,6 @@ ProgressCallback = Callable[[int, int, str], None]  # (done, total, current path
 # written before holds NFKC text, so its documents are converted again by the next `sync`
 # even where the file did not change.
 TEXT_VERSION = "2"
-
-
-def absolute_path(raw: str | Path) -> Path:
-    """The path a source or document is known by: absolute, `~` expanded and `.`/`..`
-    removed, but symbolic links kept, not resolved. The path the user added (or the link
-    found in a folder) is the document's identity: access rules match it, `remove` and
-    `sync` find it, and every surface shows it; where a link points never matters, so a
-    link cannot carry a file out of the rule of the folder it is in."""
-    return Path(os.path.abspath(Path(raw).expanduser()))
 
 
 @dataclass(frozen=True)
@@ -105,6 +98,7 @@ class Ingestor:
         self._store = store
         self._settings = settings
         self._options = ChunkingOptions(settings.chunk_tokens, settings.chunk_overlap)
+        use_engine(settings.ocr)
         self._reconvert = store.meta_value("text_version") != TEXT_VERSION
         if self._reconvert and not store.counts()[0]:
             store.set_meta_value("text_version", TEXT_VERSION)  # a new store: nothing to redo
@@ -249,7 +243,7 @@ class Ingestor:
             report.unchanged += 1
             return
         try:
-            parsed = convert(path, data)
+            parsed = convert_within(path, data, self._settings.file_timeout_s, self._settings.ocr)
         except ConversionError as exc:
             self._fail(path, str(exc), report, keep_unreadable)
             return
@@ -257,6 +251,8 @@ class Ingestor:
             reason = f"could not parse: {type(exc).__name__}: {exc}"
             self._fail(path, reason, report, keep_unreadable)
             return
+        for warning in parsed.warnings:
+            report.partial.append(FileIssue(path=str(path), reason=warning))
         chunks = chunk_document(parsed, self._options)
         texts = [contextual_text(parsed.title, c.heading_path, c.text) for c in chunks]
         record = _record(path, parsed, stat.st_mtime, len(data), content_hash)
@@ -294,6 +290,7 @@ def _record(
         content_hash=content_hash,
         text=parsed.text,
         pages=parsed.pages,
+        boxes=parsed.boxes,
     )
 
 

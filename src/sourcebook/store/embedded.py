@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 from sourcebook.faults import crash_point
 from sourcebook.index.analyzer import analyze
 from sourcebook.index.embedders import Vectors
-from sourcebook.models import ChunkDraft, DocumentInfo, SearchHit
+from sourcebook.models import Box, ChunkDraft, DocumentInfo, SearchHit
 from sourcebook.store.indexes import KeywordIndex, ScoredIds, VectorIndex
 
 SCHEMA_VERSION = 1
@@ -58,6 +58,7 @@ class DocumentRecord:
     content_hash: str
     text: str
     pages: list[int] | None
+    boxes: list[Box | None] | None = None  # per line: where on its page (PDF, images)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,8 @@ class Store(Protocol):
 
     def document_text(self, path: str) -> str | None: ...
 
+    def document_layout(self, path: str) -> tuple[list[int] | None, list[Box | None] | None]: ...
+
     def replace_document(
         self,
         record: DocumentRecord,
@@ -146,7 +149,8 @@ def text_hash(text: str) -> str:
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sources (
-    path TEXT PRIMARY KEY, include TEXT NOT NULL, exclude TEXT NOT NULL, added REAL NOT NULL
+    path TEXT PRIMARY KEY, include TEXT NOT NULL, exclude TEXT NOT NULL, added REAL NOT NULL,
+    given TEXT
 );
 CREATE TABLE IF NOT EXISTS documents (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -227,6 +231,7 @@ class EmbeddedStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
         self.embedder_name, self.dim = self._check_model(model)
         self._keyword = KeywordIndex(folder / "bm25")
         self._exact_below = exact_vector_search_below
@@ -391,12 +396,36 @@ class EmbeddedStore:
 
     # --- sources (the roots `sync` re-reads) ------------------------------------------------
 
-    def add_source(self, path: str, include: Sequence[str], exclude: Sequence[str]) -> None:
+    def _add_missing_columns(self) -> None:
+        """Columns added since a knowledge base was created (older ones lack them): the
+        path as the user gave it (`sources.given`, see `source_names`) and the page boxes
+        of each line (`documents.boxes`)."""
+        for table, column in (("sources", "given"), ("documents", "boxes")):
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column in columns:
+                continue
+            try:
+                with self._transaction():
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+            except sqlite3.OperationalError as exc:  # another process added it just now
+                if "duplicate column" not in str(exc):
+                    raise
+
+    def add_source(
+        self, path: str, include: Sequence[str], exclude: Sequence[str], given: str | None = None
+    ) -> None:
+        """Remember an absolute source path; `given` is how the user wrote it."""
         with self._transaction():
             self._db.execute(
-                "INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?)",
-                (path, json.dumps(list(include)), json.dumps(list(exclude)), time.time()),
+                "INSERT OR REPLACE INTO sources (path, include, exclude, added, given)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (path, json.dumps(list(include)), json.dumps(list(exclude)), time.time(), given),
             )
+
+    def source_names(self) -> dict[str, str]:
+        """Absolute source path -> the path as the user gave it (when it was recorded)."""
+        rows = self._db.execute("SELECT path, given FROM sources WHERE given IS NOT NULL")
+        return dict(rows.fetchall())
 
     def remove_source(self, path: str) -> bool:
         with self._transaction():
@@ -425,6 +454,18 @@ class EmbeddedStore:
     def document_text(self, path: str) -> str | None:
         row = self._db.execute("SELECT text FROM documents WHERE path = ?", (path,)).fetchone()
         return str(row[0]) if row else None
+
+    def document_layout(self, path: str) -> tuple[list[int] | None, list[Box | None] | None]:
+        """Per line of a document's text: its page, and its box on that page (None for
+        formats without pages, or lines without a box)."""
+        row = self._db.execute(
+            "SELECT pages, boxes FROM documents WHERE path = ?", (path,)
+        ).fetchone()
+        if row is None:
+            return None, None
+        pages = json.loads(row[0]) if row[0] else None
+        boxes = [tuple(b) if b else None for b in json.loads(row[1])] if row[1] else None
+        return pages, boxes
 
     def replace_document(
         self,
@@ -456,6 +497,7 @@ class EmbeddedStore:
             record.content_hash,
             record.text,
             json.dumps(record.pages) if record.pages else None,
+            json.dumps(record.boxes) if record.boxes else None,
             time.time(),
             record.path,
         )
@@ -464,14 +506,14 @@ class EmbeddedStore:
             if doc_id is None:
                 cursor = self._db.execute(
                     "INSERT INTO documents (title, kind, tags, modified, size, content_hash,"
-                    " text, pages, indexed, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " text, pages, boxes, indexed, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     values,
                 )
                 doc_id = cursor.lastrowid
             else:
                 self._db.execute(
                     "UPDATE documents SET title = ?, kind = ?, tags = ?, modified = ?, size = ?,"
-                    " content_hash = ?, text = ?, pages = ?, indexed = ? WHERE path = ?",
+                    " content_hash = ?, text = ?, pages = ?, boxes = ?, indexed = ? WHERE path = ?",
                     values,
                 )
             # in the same transaction: a document is never visible without its groups

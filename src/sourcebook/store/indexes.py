@@ -20,8 +20,12 @@ from pathlib import Path
 import numpy as np
 import tantivy
 from numpy.typing import NDArray
+
+# isort: off
+from sourcebook import _cxx_runtime  # noqa: F401  (before usearch: see its docstring)
 from usearch.index import Index
 
+# isort: on
 from sourcebook.faults import crash_point
 from sourcebook.index.embedders import Vectors
 

@@ -10,9 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from sourcebook.index.embedders import EMBEDDERS
-from sourcebook.ingest.pipeline import absolute_path
-from sourcebook.kb import KnowledgeBase
+from sourcebook.literals import EMBEDDER_NAMES
 from sourcebook.surfaces.cli.common import (
     CliError,
     JsonOption,
@@ -45,10 +43,12 @@ WaitOption = Annotated[
 def init(
     kb: KbOption = None,
     model: Annotated[
-        str | None, typer.Option(help=f"embedding model: {', '.join(EMBEDDERS)}")
+        str | None, typer.Option(help=f"embedding model: {', '.join(EMBEDDER_NAMES)}")
     ] = None,
 ) -> None:
     """Create an empty knowledge base."""
+    from sourcebook.kb import KnowledgeBase
+
     with errors_to_exit():
         settings = settings_for(kb)
         if model:
@@ -80,6 +80,8 @@ def add(
     as_json: JsonOption = False,
 ) -> None:
     """Index files and folders (recursively) and remember them for `sync`."""
+    from sourcebook.paths import absolute_path
+
     with errors_to_exit(), open_kb(kb, create=True) as base:
         report = with_progress(
             lambda files, chunks: base.add(
@@ -136,7 +138,10 @@ def reindex(
 
 @app.command()
 def show(
-    document: Annotated[str, typer.Argument(help="PATH or PATH:START-END")],
+    document: Annotated[
+        str,
+        typer.Argument(help="PATH or PATH:START-END, the path as added or absolute"),
+    ],
     kb: KbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -144,11 +149,13 @@ def show(
     with errors_to_exit(), open_kb(kb) as base:
         path, start, end = parse_location(document)
         text = base.document_text(path, start, end)
+        absolute = base.resolve_path(path)
         lines = f"lines {start}-{end}" if start else None
-        audit_log(base, "document", documents=[str(absolute_path(path))], detail=lines)
+        audit_log(base, "document", documents=[absolute], detail=lines)
         first = start or 1
         if as_json:
-            emit_json({"path": path, "line_start": first, "text": text})
+            shown = base.path_names().as_added(absolute)
+            emit_json({"path": shown, "absolute_path": absolute, "line_start": first, "text": text})
             return
         for offset, line in enumerate(text.split("\n")):
             console.print(f"[dim]{first + offset:>5}[/]  {escape(line)}", highlight=False)

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from sourcebook.settings import Settings
 from sourcebook.surfaces.cli.common import (
     CliError,
     KbOption,
@@ -69,7 +68,7 @@ def evaluate(
 ) -> None:
     """Measure retrieval and answers on evaluation data through the real pipeline."""
     from sourcebook.evaluation.run import run_eval, summarize, write_chart
-    from sourcebook.settings import DEFAULT_EMBEDDER
+    from sourcebook.settings import DEFAULT_EMBEDDER, Settings
 
     with errors_to_exit():
         if split not in ("test", "tune", "all"):

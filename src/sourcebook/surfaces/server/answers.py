@@ -67,7 +67,7 @@ def routes(kb: KnowledgeBase, lock: ReadWriteLock) -> APIRouter:
         filters = FilterSpec(path=path, tags=tag or [], after=after, before=before)
         with lock.reading(), kb_errors():
             hits = kb.search(q, limit, caller.restrict(filters.to_filters()))
-        audit(kb, caller, "http", "search", q, [h.path for h in hits])
+        audit(kb, caller, "http", "search", q, [h.absolute_path for h in hits])
         return hits
 
     @api.post("/ask", response_model=Answer, tags=["answers"], responses={**BAD_INPUT, **NO_MODEL})

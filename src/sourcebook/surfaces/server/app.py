@@ -14,8 +14,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from sourcebook import __version__
-from sourcebook.ingest.pipeline import absolute_path
 from sourcebook.kb import KnowledgeBase
+from sourcebook.paths import absolute_path
 from sourcebook.surfaces.mcp_server import mount_http
 from sourcebook.surfaces.server import answers, documents, openai
 from sourcebook.surfaces.server.auth import check_host, current_caller, is_loopback

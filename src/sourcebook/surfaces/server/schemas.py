@@ -112,6 +112,7 @@ class Resync(BaseModel):
 class DocumentText(BaseModel):
     id: int
     path: str
+    absolute_path: str = ""
     line_start: int
     line_end: int
     text: str
