@@ -366,3 +366,19 @@ def test_editing_renaming_and_deleting_while_searching_loses_no_update(tmp_path:
     assert result["search_errors"] == [] and result["searches"] > 0
     assert result["operations"]["rename"] == 30 and result["operations"]["delete"] > 0
     assert result["renamed_documents_indexed"] > 0 and result["watcher_alive"]
+
+
+def test_the_add_summary_counts_chunks_waiting_for_vectors() -> None:
+    from rich.text import Text
+
+    from sourcebook.models import SyncReport
+    from sourcebook.surfaces.cli.common import summary
+
+    waiting = SyncReport(added=2, chunks_added=5, chunks_embedded=0, chunks_waiting=5)
+    assert "5 added (5 keyword-searchable, waiting for their vectors)" in (
+        Text.from_markup(summary(waiting)).plain
+    )
+    mixed = SyncReport(added=2, chunks_added=5, chunks_embedded=1, chunks_waiting=2)
+    assert "(1 embedded now, 2 from the embedding cache, 2 keyword-searchable" in (
+        Text.from_markup(summary(mixed)).plain
+    )

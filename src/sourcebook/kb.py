@@ -46,6 +46,11 @@ if TYPE_CHECKING:  # the answer, ingestion and retrieval stages load on first us
 SyncState = Literal["indexed", "changed", "missing"]
 
 
+def _named_hit(hit: SearchHit, names: PathNames) -> SearchHit:
+    absolute = hit.absolute_path or hit.path  # a cached answer's hits are named already
+    return hit.model_copy(update={"path": names.as_added(absolute), "absolute_path": absolute})
+
+
 class EmbeddingWork(NamedTuple):
     """Chunk texts waiting for their vectors: text hash -> the text to embed (chunks
     sharing a text share its vector), how many chunks, and the last chunk's id."""
@@ -53,11 +58,6 @@ class EmbeddingWork(NamedTuple):
     texts: dict[str, str]
     chunks: int
     last_chunk: int
-
-
-def _named_hit(hit: SearchHit, names: PathNames) -> SearchHit:
-    absolute = hit.absolute_path or hit.path  # a cached answer's hits are named already
-    return hit.model_copy(update={"path": names.as_added(absolute), "absolute_path": absolute})
 
 
 def _is_under(path: str, root: str) -> bool:
