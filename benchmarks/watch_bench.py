@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -157,7 +158,7 @@ def bench_add(work: Path, chunks: int, embedder: str | None) -> dict[str, Any]:
     with reader(kb) as base:
         visible = wait_for(lambda: found_in(base, marker, last), 60)
         embedded, total = base.embedding_progress()
-    report = json.loads(result.stdout)
+    report = json.loads(result.stdout[result.stdout.index(b"{") :])  # after "Created ..."
     return {
         "files": files,
         "chunks": total,
@@ -339,6 +340,9 @@ def run_churn(
             stop.set()
             searcher.join()
         alive = process.poll() is None
+    # what the watcher reported: renames and moves that kept their document (and its id)
+    log = (work / "watch-churn.log").read_text(errors="replace")
+    kept = sum(int(n) for n in re.findall(r"(\d+) renamed", log))
     return {
         "files": files,
         "operations": churn.operations,
@@ -347,6 +351,7 @@ def run_churn(
         "searches": searches[0],
         "search_errors": errors[:5],
         "renamed_documents_indexed": renamed,
+        "renames_that_kept_their_document": kept,
         "lost_updates": len(problems),
         "problems": problems[:20],
         "watcher_alive": alive,
