@@ -34,6 +34,7 @@ LockFactory = Callable[[], AbstractContextManager[Any]]
 # The embedding thread runs at a lower CPU priority, so that searches and answers in the
 # same process (a server) keep their share of the cores while it catches up.
 EMBEDDER_NICENESS = 10
+BACKGROUND_BATCH = 8  # texts embedded at a time
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class BackgroundEmbedder:
         self._on_progress = on_progress
         self._poll_seconds = poll_seconds
         self._save_seconds = save_seconds  # vectors are stored in rounds of about this long
+        # small batches: a stop (Ctrl-C, SIGTERM, server shutdown) waits for one of them
+        self._batch = min(kb.settings.embed_batch, BACKGROUND_BATCH)
         self._stopping = threading.Event()
         self._wakeup = threading.Event()
         self._thread: threading.Thread | None = None
@@ -133,7 +136,7 @@ class BackgroundEmbedder:
         started = time.monotonic()
         while not self._stopping.is_set() and time.monotonic() - started < self._save_seconds:
             with self._locks.reading():
-                work = self._kb.texts_to_embed(self._kb.settings.embed_batch, self._after)
+                work = self._kb.texts_to_embed(self._batch, self._after)
             if work is None:
                 if self._after == 0:
                     break
