@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from sourcebook import deadline
 from sourcebook.index.analyzer import analyze
-from sourcebook.index.embedders import EMBEDDERS, CachedEmbedder, Embedder, Vectors, get_embedder
+from sourcebook.index.embedders import (
+    CachedEmbedder,
+    Embedder,
+    EmbedderOptions,
+    Vectors,
+    check_model_name,
+    get_embedder,
+    model_dimension,
+)
 from sourcebook.models import (
     Answer,
     AnswerEvent,
@@ -32,7 +40,7 @@ from sourcebook.models import (
     SyncReport,
 )
 from sourcebook.paths import PathNames, absolute_path
-from sourcebook.settings import DEFAULT_EMBEDDER, Settings
+from sourcebook.settings import DEFAULT_EMBEDDER, MAX_FILTER_CHARS, MAX_FILTER_TAGS, Settings
 from sourcebook.store.access import AccessControl, check_name
 from sourcebook.store.embedded import EmbeddedStore, Filters, StoreError, text_hash
 from sourcebook.text import normalize
@@ -110,11 +118,7 @@ class KnowledgeBase:
             model = (embedder.name, embedder.dim)
         elif create or self.settings.embedder:
             name = self.settings.embedder or DEFAULT_EMBEDDER
-            if name not in EMBEDDERS:
-                raise StoreError(
-                    f"unknown embedding model {name!r}; choose one of: {', '.join(EMBEDDERS)}"
-                )
-            model = (name, EMBEDDERS[name].dim)
+            model = (name, self._model_dimension(name))
         self.store = EmbeddedStore(
             self.path,
             model,
@@ -140,8 +144,28 @@ class KnowledgeBase:
     def embedder(self) -> Embedder:
         """The knowledge base's embedding model, loaded on first use."""
         if self._embedder is None:
-            self._embedder = get_embedder(self.store.embedder_name, self.settings.threads)
+            embedder = self._load_embedder(self.store.embedder_name)
+            if embedder.dim != self.store.dim:
+                raise StoreError(
+                    f"{embedder.name} now makes {embedder.dim}-dimensional vectors but this "
+                    f"knowledge base holds {self.store.dim}-dimensional ones: serve the model "
+                    "it was built with, or rebuild it with `sourcebook reindex --model ...`"
+                )
+            self._embedder = embedder
         return self._embedder
+
+    def _load_embedder(self, name: str) -> Embedder:
+        try:
+            return get_embedder(name, EmbedderOptions.from_settings(self.settings))
+        except (ValueError, RuntimeError) as error:  # unknown name, server down, no cache
+            raise StoreError(str(error)) from error
+
+    def _model_dimension(self, name: str) -> int:
+        try:
+            check_model_name(name)
+            return model_dimension(name, EmbedderOptions.from_settings(self.settings))
+        except (ValueError, RuntimeError) as error:
+            raise StoreError(str(error)) from error
 
     def warm_up(self) -> None:
         """Load the models, and with access rules in use build what a reader's restricted
@@ -344,12 +368,9 @@ class KnowledgeBase:
         the old ones until every chunk has a new one."""
         pending = self.store.reembedding()
         name = model or (pending.model if pending else self.store.embedder_name)
-        if name not in EMBEDDERS:
-            raise StoreError(
-                f"unknown embedding model {name!r}; choose one of: {', '.join(EMBEDDERS)}"
-            )
+        dim = self._model_dimension(name)
         with self.store.writing():
-            self.store.begin_reembedding(name, EMBEDDERS[name].dim)
+            self.store.begin_reembedding(name, dim)
             self._reembed(progress)
         return self.store.counts()[1]
 
@@ -360,7 +381,7 @@ class KnowledgeBase:
         state = self.store.reembedding()
         if state is None:
             return
-        embedder = get_embedder(state.model, self.settings.threads)
+        embedder = self._load_embedder(state.model)
         done = state.done
         while part := self.store.pending_contexts(self.settings.embed_batch):
             if progress:
@@ -387,6 +408,7 @@ class KnowledgeBase:
     ) -> list[SearchHit]:
         """Hybrid (BM25 + dense) search; filters apply before ranking is cut off."""
         self._check_question(query, "query")
+        check_filters(filters)
         vector = self._query_vector(query) if self.settings.retrieval != "bm25" else None
         deadline.check("ranking")
         return self._named(self._retriever().retrieve(query, limit, filters, vector))
@@ -503,6 +525,7 @@ class KnowledgeBase:
 
     def _evidence(self, question: str, filters: Filters | None) -> tuple[list[SearchHit], Vectors]:
         self._check_question(question)
+        check_filters(filters)
         query_vector = self._query_vector(question)
         deadline.check("ranking")
         hits = self._retriever().retrieve(
@@ -697,6 +720,7 @@ class KnowledgeBase:
         by the groups of each."""
         if not pattern.strip():
             raise ValueError("the path pattern is empty")
+        check_filters(Filters(path_glob=pattern))
         for group in groups:
             check_name("group", group)
         if not groups and pattern not in self.store.access_rules():
@@ -834,3 +858,17 @@ class KnowledgeBase:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def check_filters(filters: Filters | None) -> None:
+    """Refuse filters whose matching alone would be costly (see MAX_FILTER_CHARS)."""
+    if filters is None:
+        return
+    if len(filters.tags) > MAX_FILTER_TAGS:
+        raise InvalidInput(f"{len(filters.tags)} tags; the limit is {MAX_FILTER_TAGS}")
+    named = [("path glob", filters.path_glob), ("exclude glob", filters.exclude_glob)]
+    for what, value in [*named, *(("tag", t) for t in filters.tags)]:
+        if value is not None and len(value) > MAX_FILTER_CHARS:
+            raise InvalidInput(
+                f"the {what} is {len(value):,} characters long; the limit is {MAX_FILTER_CHARS}"
+            )

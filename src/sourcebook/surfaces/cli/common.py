@@ -395,10 +395,24 @@ def print_answer(answer: Answer, streamed: str = "") -> None:
             console.print("    " + escape(snippet(hit)))
 
 
-def snippet(hit: SearchHit, width: int = 160) -> str:
-    """The start of a hit's text on one line, Markdown rendered as text."""
-    text = markdown_as_text(hit.text) if hit.kind == "markdown" else hit.text
-    flat = " ".join(text.split())
+# converters that write Markdown structure (headings, fences, table pipes) into the text
+_MARKDOWN_SHAPED = {"markdown", "pdf", "html", "docx", "pptx", "notebook", "epub", "sheet"}
+
+
+def snippet(hit: SearchHit, query: str = "", width: int = 160) -> str:
+    """A hit's text on one line, Markdown rendered as text, starting at the first line that
+    holds the most query terms (so the words searched for are on screen)."""
+    text = markdown_as_text(hit.text) if hit.kind in _MARKDOWN_SHAPED else hit.text
+    lines = [line for line in text.split("\n") if line.strip()]
+    if query and lines:
+        from sourcebook.index.analyzer import analyze  # loaded already by the search
+
+        wanted = set(analyze(query))
+        overlap = [len(wanted & set(analyze(line))) for line in lines]
+        best = max(range(len(lines)), key=lambda i: (overlap[i], -i))
+        if overlap[best]:
+            lines = lines[best:]
+    flat = " ".join(" ".join(lines).split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
