@@ -273,7 +273,7 @@ def test_a_sigkilled_background_embedder_leaves_a_store_the_next_one_completes(
     """`sourcebook watch` (default model) killed with SIGKILL while it embeds."""
     notes, kb_path = tmp_path / "notes", tmp_path / "kb"
     notes.mkdir()
-    for i in range(60):  # 240 chunks: several rounds of the embedder (each ~2 s)
+    for i in range(100):  # 400 chunks: several rounds of the embedder (each ~2 s)
         sections = "\n\n".join(
             f"## 第 {j} 节 section {j}\n\n第 {i} 篇笔记第 {j} 节讲量化与显存 {i * 13 + j}。"
             f"Note {i} section {j} is about memory {i * 7 + j}."
@@ -301,7 +301,7 @@ def test_a_sigkilled_background_embedder_leaves_a_store_the_next_one_completes(
         status = kb.status()
         assert status.index_consistent and kb.store.consistency_problems() == []
         assert 0 < status.chunks_waiting < status.chunks  # killed in the middle
-        assert kb.search("marker59", 1)[0].path == str(notes / "note-59.md")
+        assert kb.search("marker99", 1)[0].path == str(notes / "note-99.md")
         report = kb.sync()
         assert report.chunks_embedded > 0 and report.chunks_waiting == 0
         assert kb.status().embedding is None
