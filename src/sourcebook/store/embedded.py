@@ -565,7 +565,7 @@ class EmbeddedStore:
                 chunks, index_texts, hashes, given, strict=True
             ):
                 pages = _page_range(record.pages, chunk)
-                cursor = self._db.execute(
+                self._db.execute(
                     "INSERT INTO chunks (doc_id, ordinal, text, heading_path, char_start, char_end,"
                     " line_start, line_end, page_start, page_end, text_hash, tokens)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -589,9 +589,12 @@ class EmbeddedStore:
                         "INSERT OR IGNORE INTO vectors VALUES (?, ?)",
                         (digest, np.asarray(vector, dtype=np.float32).tobytes()),
                     )
-                self._db.execute(
-                    "INSERT INTO change_log (chunk_id, op) VALUES (?, 'add')", (cursor.lastrowid,)
-                )
+            # every chunk of the document is new: one statement logs them all
+            self._db.execute(
+                "INSERT INTO change_log (chunk_id, op) SELECT id, 'add' FROM chunks"
+                " WHERE doc_id = ? ORDER BY id",
+                (doc_id,),
+            )
         self._after_write(len(chunks))
 
     def remove_document(self, path: str) -> bool:

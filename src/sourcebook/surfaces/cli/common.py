@@ -326,15 +326,28 @@ def summary(report: SyncReport) -> str:
         + (f", {len(report.skipped)} skipped (unsupported type)" if report.skipped else "")
     )
     embedded = min(report.chunks_embedded, report.chunks_added)
-    cached = report.chunks_added - embedded
+    waiting = min(report.chunks_waiting, report.chunks_added - embedded)
+    cached = report.chunks_added - embedded - waiting
     if not report.chunks_added:
         origin = ""
-    elif not cached:
+    elif embedded == report.chunks_added:
         origin = " (all embedded now)"
-    elif not embedded:
+    elif cached == report.chunks_added:
         origin = " (all from the embedding cache)"
     else:
-        origin = f" ({embedded} embedded now, {cached} from the embedding cache)"
+        origin = (
+            " ("
+            + ", ".join(
+                f"{count} {what}"
+                for count, what in (
+                    (embedded, "embedded now"),
+                    (cached, "from the embedding cache"),
+                    (waiting, "keyword-searchable, waiting for their vectors"),
+                )
+                if count
+            )
+            + ")"
+        )
     chunks = (
         f"[bold]chunks[/]: {report.chunks_added} added{origin}, "
         f"{report.chunks_removed} removed  {seconds}"
