@@ -359,3 +359,77 @@ def test_document_view_shows_markup_as_text(page: Page, writable: str) -> None:
     assert page.locator("#document-lines script, #document-lines img").count() == 0
     assert page.evaluate("window.injected") is None
     assert highlighted_lines(page, "#document-lines") == [3, 4, 5]
+
+
+def test_a_pdf_citation_opens_its_page_with_the_quote_marked(page: Page, live: str) -> None:
+    question = "What auxiliary loss coefficient does the Switch Transformer use for load balancing?"
+    page.goto(live)
+    ask(page, question)
+    answer = page.locator(".turn .answer").last
+    expect(answer).to_have_attribute("data-found", "true")
+    expected = httpx.post(f"{live}/api/ask", json={"question": question}, timeout=60).json()
+    citation = next(c for c in expected["citations"] if c["hit"]["path"].endswith(".pdf"))
+    doc_id = citation["hit"]["doc_id"]
+    first, last = citation["quote_lines"][0]
+    regions = httpx.get(
+        f"{live}/api/documents/{doc_id}/regions", params={"start": first, "end": last}
+    ).json()
+    assert regions and regions[0]["page"] == citation["hit"]["page_start"] == 1
+
+    answer.locator(f".answer-text .cite[data-n='{citation['n']}']").first.click()
+    shown = page.locator("#viewer-page")
+    expect(shown).to_be_visible()
+    expect(shown.locator(".page-label")).to_contain_text("page 1")
+    image = shown.locator("img")
+    expect(image).to_be_visible()
+    assert image.evaluate("img => img.complete && img.naturalWidth") == 1000
+    mark = shown.locator(".page-region").first
+    expect(mark).to_be_visible()
+    # the mark sits where the API says the quoted lines are, in fractions of the page
+    frame = shown.locator(".page-frame").bounding_box()
+    box = mark.bounding_box()
+    assert frame is not None and box is not None
+    x0, y0, _, _ = regions[0]["box"]
+    assert abs((box["x"] - frame["x"]) / frame["width"] - x0) < 0.01
+    assert abs((box["y"] - frame["y"]) / frame["height"] - y0) < 0.01
+
+    page.click("#viewer-open")
+    expect(page).to_have_url(re.compile(rf"/documents/{doc_id}\?.*&page=1"))
+    expect(page.locator("#document-page .page-region").first).to_be_visible()
+
+
+def test_the_pages_say_what_waits_for_vectors_and_follow_a_watched_folder(
+    page: Page, tmp_path: Path
+) -> None:
+    """`serve --watch`: while chunks wait for their vectors the documents and search pages
+    say so (here another process holds the write lock, so the server's embedder cannot
+    store them); a file deleted from a watched folder leaves the documents page."""
+    notes, kb_path = tmp_path / "notes", tmp_path / "kb"
+    notes.mkdir()
+    (notes / "kv.md").write_text("# KV cache\n\nKV cache 缓存键和值，省去重复计算。\n")
+    (notes / "beam.md").write_text("# Beam search\n\nBeam search keeps the k best prefixes.\n")
+    settings = Settings(kb=kb_path, embedder="use-multilingual")
+    with KnowledgeBase.create(kb_path, settings) as kb:
+        kb.add([notes], wait=False)
+        blocker = KnowledgeBase(kb_path, Settings(kb=kb_path))
+        with LiveServer(create_app(kb, watch=True)) as server:
+            with blocker.store.writing():  # another process writing: nothing can be stored
+                page.goto(f"{server.url}/documents")
+                status = page.locator("#embedding-status")
+                expect(status).to_be_visible()
+                expect(status).to_contain_text("embedding 0 of 2 chunks")
+                page.goto(f"{server.url}/search?q=KV%20cache")
+                expect(page.locator("#embedding-status")).to_contain_text("2 waiting")
+                expect(page.locator("#results .result").first).to_contain_text("kv.md")
+            # the lock is free: the embedder stores the vectors and the line goes away
+            expect(page.locator("#embedding-status")).to_be_hidden()
+            (notes / "beam.md").unlink()
+            for _ in range(100):  # the list is read when the page loads
+                page.goto(f"{server.url}/documents")
+                expect(page.locator("#documents-summary")).to_contain_text("documents")
+                if page.locator("#documents tbody tr").count() == 1:
+                    break
+                page.wait_for_timeout(200)
+            expect(page.locator("#documents tbody tr")).to_have_count(1)
+            expect(page.locator("#documents tbody")).to_contain_text("kv.md")
+        blocker.close()

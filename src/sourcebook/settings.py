@@ -15,6 +15,11 @@ DEFAULT_EMBEDDER = "multilingual-e5-small"
 # Longest question (or search query) accepted, in characters, on every surface: a question
 # is a sentence or a paragraph, and one of a megabyte once kept a core busy for minutes.
 MAX_QUESTION_CHARS = 4000
+# Longest path glob or tag in a filter, and most tags: matching a glob compiles it to a
+# regular expression, whose cost grows with the square of some patterns' length ("[!" *
+# 2000 took 3 s; a plain 1 MB glob 17 s), once per request.
+MAX_FILTER_CHARS = 512
+MAX_FILTER_TAGS = 32
 
 DEFAULT_EXCLUDE = ("node_modules", "__pycache__", "*.pyc", "*.min.js", "venv", "site-packages")
 
@@ -64,6 +69,14 @@ class Settings(BaseSettings):
     max_file_mb: float = Field(50.0, gt=0)
     exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     embed_batch: int = Field(32, ge=1)
+    ocr: Literal["auto", "rapidocr", "none"] = Field(
+        "auto",
+        description="OCR engine for scanned pages and images (extra sourcebook[ocr]); "
+        "'auto': the first installed, 'none': report such files instead",
+    )
+    file_timeout_s: float = Field(
+        300.0, gt=0, description="a file still converting after this long is reported and skipped"
+    )
 
     # chunking
     chunk_tokens: int = Field(300, ge=32, description="token budget of a chunk")

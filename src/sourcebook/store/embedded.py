@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -37,8 +38,14 @@ from numpy.typing import NDArray
 from sourcebook.faults import crash_point
 from sourcebook.index.analyzer import analyze
 from sourcebook.index.embedders import Vectors
-from sourcebook.models import ChunkDraft, DocumentInfo, SearchHit
-from sourcebook.store.indexes import KeywordIndex, ScoredIds, VectorIndex
+from sourcebook.models import Box, ChunkDraft, DocumentInfo, SearchHit
+from sourcebook.store.indexes import (
+    KeywordIndex,
+    ScoredIds,
+    VectorIndex,
+    keyword_watermark,
+    vector_watermark,
+)
 
 SCHEMA_VERSION = 1
 
@@ -58,6 +65,7 @@ class DocumentRecord:
     content_hash: str
     text: str
     pages: list[int] | None
+    boxes: list[Box | None] | None = None  # per line: where on its page (PDF, images)
 
 
 @dataclass(frozen=True)
@@ -106,12 +114,14 @@ class Store(Protocol):
 
     def document_text(self, path: str) -> str | None: ...
 
+    def document_layout(self, path: str) -> tuple[list[int] | None, list[Box | None] | None]: ...
+
     def replace_document(
         self,
         record: DocumentRecord,
         chunks: Sequence[ChunkDraft],
         index_texts: Sequence[str],
-        vectors: Vectors,
+        vectors: Vectors | None = None,
     ) -> None: ...
 
     def remove_document(self, path: str) -> bool: ...
@@ -146,7 +156,8 @@ def text_hash(text: str) -> str:
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sources (
-    path TEXT PRIMARY KEY, include TEXT NOT NULL, exclude TEXT NOT NULL, added REAL NOT NULL
+    path TEXT PRIMARY KEY, include TEXT NOT NULL, exclude TEXT NOT NULL, added REAL NOT NULL,
+    given TEXT
 );
 CREATE TABLE IF NOT EXISTS documents (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -222,14 +233,19 @@ class EmbeddedStore:
         # document each chunk belongs to, and who may not read what
         self._layout: _Layout | None = None
         self._unreadable: dict[frozenset[str], tuple[int, set[int]]] = {}
+        self._progress: tuple[int, int, int] | None = None  # (generation, embedded, chunks)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
         self.embedder_name, self.dim = self._check_model(model)
-        self._keyword = KeywordIndex(folder / "bm25")
+        # the derived indexes open on first use: reading records and counts (`status`)
+        # needs neither; their watermarks are read from their state files until then
         self._exact_below = exact_vector_search_below
-        self._vectors = VectorIndex(folder / "vectors.usearch", self.dim, self._exact_below)
+        self._keyword_index: KeywordIndex | None = None
+        self._vector_index: VectorIndex | None = None
+        self._opening = threading.Lock()
         self._lock_file: IO[str] | None = None
         self._pending_since_flush = 0
         self._recover()
@@ -356,9 +372,42 @@ class EmbeddedStore:
             fcntl.flock(lock, fcntl.LOCK_UN)
             lock.close()
 
+    @property
+    def _keyword(self) -> KeywordIndex:
+        with self._opening:
+            if self._keyword_index is None:
+                self._keyword_index = KeywordIndex(self.folder / "bm25")
+            return self._keyword_index
+
+    @property
+    def _vectors(self) -> VectorIndex:
+        with self._opening:
+            if self._vector_index is None:
+                path = self.folder / "vectors.usearch"
+                self._vector_index = VectorIndex(path, self.dim, self._exact_below)
+            return self._vector_index
+
+    @_vectors.setter
+    def _vectors(self, index: VectorIndex) -> None:
+        self._vector_index = index
+
+    def _watermarks(self) -> tuple[int, int]:
+        """The last change each derived index holds (keyword, vector)."""
+        keyword = (
+            self._keyword_index.watermark
+            if self._keyword_index is not None
+            else keyword_watermark(self.folder / "bm25")
+        )
+        vector = (
+            self._vector_index.watermark
+            if self._vector_index is not None
+            else vector_watermark(self.folder / "vectors.usearch")
+        )
+        return keyword, vector
+
     def _recover(self) -> None:
         """Bring the derived indexes up to date if a writer died before flushing."""
-        if self._last_seq() > min(self._keyword.watermark, self._vectors.watermark):
+        if self._last_seq() > min(self._watermarks()):
             try:
                 with self.writing():
                     pass  # writing() flushes on exit
@@ -390,12 +439,36 @@ class EmbeddedStore:
 
     # --- sources (the roots `sync` re-reads) ------------------------------------------------
 
-    def add_source(self, path: str, include: Sequence[str], exclude: Sequence[str]) -> None:
+    def _add_missing_columns(self) -> None:
+        """Columns added since a knowledge base was created (older ones lack them): the
+        path as the user gave it (`sources.given`, see `source_names`) and the page boxes
+        of each line (`documents.boxes`)."""
+        for table, column in (("sources", "given"), ("documents", "boxes")):
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column in columns:
+                continue
+            try:
+                with self._transaction():
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+            except sqlite3.OperationalError as exc:  # another process added it just now
+                if "duplicate column" not in str(exc):
+                    raise
+
+    def add_source(
+        self, path: str, include: Sequence[str], exclude: Sequence[str], given: str | None = None
+    ) -> None:
+        """Remember an absolute source path; `given` is how the user wrote it."""
         with self._transaction():
             self._db.execute(
-                "INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?)",
-                (path, json.dumps(list(include)), json.dumps(list(exclude)), time.time()),
+                "INSERT OR REPLACE INTO sources (path, include, exclude, added, given)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (path, json.dumps(list(include)), json.dumps(list(exclude)), time.time(), given),
             )
+
+    def source_names(self) -> dict[str, str]:
+        """Absolute source path -> the path as the user gave it (when it was recorded)."""
+        rows = self._db.execute("SELECT path, given FROM sources WHERE given IS NOT NULL")
+        return dict(rows.fetchall())
 
     def remove_source(self, path: str) -> bool:
         with self._transaction():
@@ -425,12 +498,24 @@ class EmbeddedStore:
         row = self._db.execute("SELECT text FROM documents WHERE path = ?", (path,)).fetchone()
         return str(row[0]) if row else None
 
+    def document_layout(self, path: str) -> tuple[list[int] | None, list[Box | None] | None]:
+        """Per line of a document's text: its page, and its box on that page (None for
+        formats without pages, or lines without a box)."""
+        row = self._db.execute(
+            "SELECT pages, boxes FROM documents WHERE path = ?", (path,)
+        ).fetchone()
+        if row is None:
+            return None, None
+        pages = json.loads(row[0]) if row[0] else None
+        boxes = [tuple(b) if b else None for b in json.loads(row[1])] if row[1] else None
+        return pages, boxes
+
     def replace_document(
         self,
         record: DocumentRecord,
         chunks: Sequence[ChunkDraft],
         index_texts: Sequence[str],
-        vectors: Vectors,
+        vectors: Vectors | None = None,
     ) -> None:
         """Insert or replace a document and all its chunks atomically.
 
@@ -439,9 +524,12 @@ class EmbeddedStore:
         indexed again later gets a new id: ids are never reused (AUTOINCREMENT), so an
         old link to a removed document is a 404, never another document.
 
-        `index_texts[i]` is what was embedded and is keyword-indexed for chunk i (the chunk
-        with its heading path); `vectors[i]` is its embedding.
+        `index_texts[i]` is what is embedded and keyword-indexed for chunk i (the chunk
+        with its heading path); `vectors[i]` is its embedding. Without `vectors` the chunks
+        are keyword-searchable at the next flush and get their vectors from the embedding
+        cache, or later from `put_vectors` (see "Vectors filled in later").
         """
+        given: Sequence[Vectors | None] = [None] * len(chunks) if vectors is None else list(vectors)
         hashes = [text_hash(t) for t in index_texts]
         values = (
             record.title,
@@ -452,6 +540,7 @@ class EmbeddedStore:
             record.content_hash,
             record.text,
             json.dumps(record.pages) if record.pages else None,
+            json.dumps(record.boxes) if record.boxes else None,
             time.time(),
             record.path,
         )
@@ -460,23 +549,23 @@ class EmbeddedStore:
             if doc_id is None:
                 cursor = self._db.execute(
                     "INSERT INTO documents (title, kind, tags, modified, size, content_hash,"
-                    " text, pages, indexed, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " text, pages, boxes, indexed, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     values,
                 )
                 doc_id = cursor.lastrowid
             else:
                 self._db.execute(
                     "UPDATE documents SET title = ?, kind = ?, tags = ?, modified = ?, size = ?,"
-                    " content_hash = ?, text = ?, pages = ?, indexed = ? WHERE path = ?",
+                    " content_hash = ?, text = ?, pages = ?, boxes = ?, indexed = ? WHERE path = ?",
                     values,
                 )
             # in the same transaction: a document is never visible without its groups
             self._derive_groups([record.path])
             for chunk, index_text, digest, vector in zip(
-                chunks, index_texts, hashes, vectors, strict=True
+                chunks, index_texts, hashes, given, strict=True
             ):
                 pages = _page_range(record.pages, chunk)
-                cursor = self._db.execute(
+                self._db.execute(
                     "INSERT INTO chunks (doc_id, ordinal, text, heading_path, char_start, char_end,"
                     " line_start, line_end, page_start, page_end, text_hash, tokens)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -495,13 +584,17 @@ class EmbeddedStore:
                         " ".join(analyze(index_text)),
                     ),
                 )
-                self._db.execute(
-                    "INSERT OR IGNORE INTO vectors VALUES (?, ?)",
-                    (digest, np.asarray(vector, dtype=np.float32).tobytes()),
-                )
-                self._db.execute(
-                    "INSERT INTO change_log (chunk_id, op) VALUES (?, 'add')", (cursor.lastrowid,)
-                )
+                if vector is not None:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO vectors VALUES (?, ?)",
+                        (digest, np.asarray(vector, dtype=np.float32).tobytes()),
+                    )
+            # every chunk of the document is new: one statement logs them all
+            self._db.execute(
+                "INSERT INTO change_log (chunk_id, op) SELECT id, 'add' FROM chunks"
+                " WHERE doc_id = ? ORDER BY id",
+                (doc_id,),
+            )
         self._after_write(len(chunks))
 
     def remove_document(self, path: str) -> bool:
@@ -512,6 +605,33 @@ class EmbeddedStore:
             self._db.execute("DELETE FROM document_groups WHERE path = ?", (path,))
         self._after_write(1)
         return removed
+
+    def rename_document(self, old: str, new: str, modified: float) -> bool:
+        """A file moved with its content unchanged: the document takes its new path and
+        keeps its id, chunks (and their ids) and vectors. Its groups are derived again for
+        the new path (rules are path globs); an upload's own groups move with it. Cached
+        answers citing it are dropped (they name the old path). A document already at
+        `new` is replaced. Returns False when nothing is indexed at `old`."""
+        with self._transaction():
+            row = self._db.execute(
+                "SELECT id, content_hash FROM documents WHERE path = ?", (old,)
+            ).fetchone()
+            if row is None:
+                return False
+            if new != old:
+                self._delete_document_rows(new)
+            self._db.execute(
+                "UPDATE documents SET path = ?, modified = ?, indexed = ? WHERE id = ?",
+                (new, modified, time.time(), row[0]),
+            )
+            self._db.execute("DELETE FROM document_grants WHERE path = ?", (new,))
+            self._db.execute("UPDATE document_grants SET path = ? WHERE path = ?", (new, old))
+            self._db.execute("DELETE FROM document_groups WHERE path = ?", (old,))
+            self._derive_groups([new])
+            self._db.execute(
+                "DELETE FROM answer_cache WHERE content_hashes LIKE ?", (f'%"{row[1]}"%',)
+            )
+        return True
 
     def remove_source_and_documents(self, root: str, paths: Sequence[str]) -> None:
         """Forget a source and the documents under it in one transaction: a process
@@ -571,6 +691,58 @@ class EmbeddedStore:
             )
         return cursor.rowcount
 
+    # --- vectors filled in later ----------------------------------------------------------
+    # A document is stored (and keyword-searchable after the next flush) before its chunks
+    # are embedded: a chunk whose text has no row in `vectors` is found by BM25 alone until
+    # `put_vectors` gives it one, which logs a 'vec' entry so the flush adds it to the
+    # vector index. A process killed in between leaves chunks without vectors, which the
+    # next writer embeds (`KnowledgeBase.embed_pending`).
+
+    def texts_to_embed(
+        self, limit: int, after: int = 0
+    ) -> list[tuple[int, str, str, list[str], str]]:
+        """Up to `limit` chunks after chunk id `after` whose text has no vector, in id
+        order (a caller that stores what it gets continues after the last id; chunk ids
+        only grow): (chunk id, text hash, document title, heading path, chunk text)."""
+        rows = self._db.execute(
+            "SELECT c.id, c.text_hash, d.title, c.heading_path, c.text FROM chunks c"
+            " JOIN documents d ON d.id = c.doc_id WHERE c.id > ?"
+            " AND NOT EXISTS (SELECT 1 FROM vectors v WHERE v.text_hash = c.text_hash)"
+            " ORDER BY c.id LIMIT ?",
+            (after, limit),
+        )
+        return [(int(i), h, t, json.loads(p), x) for i, h, t, p, x in rows]
+
+    def put_vectors(self, vectors: dict[str, Vectors]) -> None:
+        """Store the vectors of chunk texts (by text hash) and log every chunk using them
+        for the vector index, in one transaction. A text no chunk uses any more (edited
+        meanwhile) stays in the cache until `collect_garbage`."""
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO vectors VALUES (?, ?)",
+                ((h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()),
+            )
+            hashes = list(vectors)
+            for start in range(0, len(hashes), 500):
+                batch = hashes[start : start + 500]
+                self._db.execute(
+                    "INSERT INTO change_log (chunk_id, op) SELECT id, 'vec' FROM chunks"
+                    f" WHERE text_hash IN ({','.join('?' * len(batch))})",
+                    batch,
+                )
+        self._after_write(len(vectors))
+
+    def embedding_progress(self) -> tuple[int, int]:
+        """(chunks with a vector, all chunks); counted again only after a write."""
+        generation = self._generation()
+        if self._progress is None or self._progress[0] != generation:
+            total, waiting = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(NOT EXISTS (SELECT 1 FROM vectors v"
+                " WHERE v.text_hash = c.text_hash)), 0) FROM chunks c"
+            ).fetchone()
+            self._progress = (generation, int(total) - int(waiting), int(total))
+        return self._progress[1], self._progress[2]
+
     # --- derived indexes -----------------------------------------------------------------
 
     def _last_seq(self) -> int:
@@ -600,34 +772,36 @@ class EmbeddedStore:
         self._pending_since_flush = 0
 
     def _apply_log(self, start: int, keyword_mark: int, vector_mark: int) -> None:
-        # The last operation per chunk decides; a chunk deleted later is never added.
+        # The last operation per chunk and index decides; a chunk deleted later is never
+        # added. 'vec' (a vector filled in later) concerns the vector index only.
         rows = self._db.execute(
             "SELECT chunk_id, op, seq FROM change_log WHERE seq > ? ORDER BY seq", (start,)
         ).fetchall()
-        final: dict[int, tuple[str, int]] = {}
+        keyword: dict[int, tuple[str, int]] = {}
+        vector: dict[int, tuple[str, int]] = {}
         for chunk_id, op, seq in rows:
-            final[chunk_id] = (op, seq)
-        deletes = [cid for cid, (op, _) in final.items() if op == "del"]
-        adds = [cid for cid, (op, _) in final.items() if op == "add"]
-        for chunk_id in deletes:
-            if final[chunk_id][1] > keyword_mark:
+            if op != "vec" and seq > keyword_mark:
+                keyword[chunk_id] = (op, seq)
+            if seq > vector_mark:
+                vector[chunk_id] = ("del" if op == "del" else "add", seq)
+        for chunk_id, (op, _) in keyword.items():
+            if op == "del":
                 self._keyword.delete(chunk_id)
-        vector_deletes = [c for c in deletes if final[c][1] > vector_mark]
-        self._vectors.delete(vector_deletes)
-        for batch_start in range(0, len(adds), 1000):
-            batch = adds[batch_start : batch_start + 1000]
+        self._vectors.delete([c for c, (op, _) in vector.items() if op == "del"])
+        wanted = [c for c, (op, _) in {**vector, **keyword}.items() if op == "add"]
+        for batch_start in range(0, len(wanted), 1000):
+            batch = wanted[batch_start : batch_start + 1000]
             marks = ",".join("?" * len(batch))
-            rows = self._db.execute(
+            found = self._db.execute(
                 f"SELECT c.id, c.doc_id, c.tokens, v.vector FROM chunks c"
-                f" JOIN vectors v ON v.text_hash = c.text_hash WHERE c.id IN ({marks})",
+                f" LEFT JOIN vectors v ON v.text_hash = c.text_hash WHERE c.id IN ({marks})",
                 batch,
             ).fetchall()
             keys, vectors = [], []
-            for chunk_id, doc_id, tokens, blob in rows:
-                seq = final[chunk_id][1]
-                if seq > keyword_mark:
+            for chunk_id, doc_id, tokens, blob in found:
+                if keyword.get(chunk_id, ("", 0))[0] == "add":
                     self._keyword.upsert(chunk_id, doc_id, tokens)
-                if seq > vector_mark:
+                if blob is not None and vector.get(chunk_id, ("", 0))[0] == "add":
                     keys.append(chunk_id)
                     vectors.append(np.frombuffer(blob, dtype=np.float32))
             if keys:
@@ -642,23 +816,28 @@ class EmbeddedStore:
         each index must hold exactly the chunk ids of SQLite, and every chunk text its
         vector. Reads everything: for checks and tests, not per request."""
         chunks = {int(r[0]) for r in self._db.execute("SELECT id FROM chunks")}
+        # chunks still waiting for their vector are in the keyword index only
+        embedded = {
+            int(r[0])
+            for r in self._db.execute(
+                "SELECT c.id FROM chunks c JOIN vectors v ON v.text_hash = c.text_hash"
+            )
+        }
         problems = []
-        for name, ids in (("keyword", self._keyword.ids()), ("vector", self._vectors.ids())):
-            if ids != chunks:
+        for name, ids, expected in (
+            ("keyword", self._keyword.ids(), chunks),
+            ("vector", self._vectors.ids(), embedded),
+        ):
+            if ids != expected:
                 problems.append(
-                    f"{name} index: {len(ids - chunks)} ids not in the records, "
-                    f"{len(chunks - ids)} chunks missing"
+                    f"{name} index: {len(ids - expected)} ids not in the records, "
+                    f"{len(expected - ids)} chunks missing"
                 )
-        missing = self._db.execute(
-            "SELECT COUNT(*) FROM chunks WHERE text_hash NOT IN (SELECT text_hash FROM vectors)"
-        ).fetchone()[0]
-        if missing:
-            problems.append(f"{missing} chunks have no vector")
         return problems
 
     def is_consistent(self) -> bool:
         last = self._last_seq()
-        return self._keyword.watermark >= last and self._vectors.watermark >= last
+        return min(self._watermarks()) >= last
 
     # --- retrieval -----------------------------------------------------------------------
 
@@ -788,8 +967,11 @@ class EmbeddedStore:
         generation = self._generation()
         if generation != self._followed:
             self._followed = generation
-            self._keyword.reload()
-            self._vectors.follow()
+            # an index not opened yet will open the newest files when it is
+            if self._keyword_index is not None:
+                self._keyword_index.reload()
+            if self._vector_index is not None:
+                self._vector_index.follow()
 
     def keyword_search(
         self, query: str, limit: int, doc_ids: Sequence[int] | None = None
