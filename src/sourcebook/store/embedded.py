@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,7 +39,13 @@ from sourcebook.faults import crash_point
 from sourcebook.index.analyzer import analyze
 from sourcebook.index.embedders import Vectors
 from sourcebook.models import Box, ChunkDraft, DocumentInfo, SearchHit
-from sourcebook.store.indexes import KeywordIndex, ScoredIds, VectorIndex
+from sourcebook.store.indexes import (
+    KeywordIndex,
+    ScoredIds,
+    VectorIndex,
+    keyword_watermark,
+    vector_watermark,
+)
 
 SCHEMA_VERSION = 1
 
@@ -233,9 +240,12 @@ class EmbeddedStore:
         self._db.executescript(_SCHEMA)
         self._add_missing_columns()
         self.embedder_name, self.dim = self._check_model(model)
-        self._keyword = KeywordIndex(folder / "bm25")
+        # the derived indexes open on first use: reading records and counts (`status`)
+        # needs neither; their watermarks are read from their state files until then
         self._exact_below = exact_vector_search_below
-        self._vectors = VectorIndex(folder / "vectors.usearch", self.dim, self._exact_below)
+        self._keyword_index: KeywordIndex | None = None
+        self._vector_index: VectorIndex | None = None
+        self._opening = threading.Lock()
         self._lock_file: IO[str] | None = None
         self._pending_since_flush = 0
         self._recover()
@@ -362,9 +372,42 @@ class EmbeddedStore:
             fcntl.flock(lock, fcntl.LOCK_UN)
             lock.close()
 
+    @property
+    def _keyword(self) -> KeywordIndex:
+        with self._opening:
+            if self._keyword_index is None:
+                self._keyword_index = KeywordIndex(self.folder / "bm25")
+            return self._keyword_index
+
+    @property
+    def _vectors(self) -> VectorIndex:
+        with self._opening:
+            if self._vector_index is None:
+                path = self.folder / "vectors.usearch"
+                self._vector_index = VectorIndex(path, self.dim, self._exact_below)
+            return self._vector_index
+
+    @_vectors.setter
+    def _vectors(self, index: VectorIndex) -> None:
+        self._vector_index = index
+
+    def _watermarks(self) -> tuple[int, int]:
+        """The last change each derived index holds (keyword, vector)."""
+        keyword = (
+            self._keyword_index.watermark
+            if self._keyword_index is not None
+            else keyword_watermark(self.folder / "bm25")
+        )
+        vector = (
+            self._vector_index.watermark
+            if self._vector_index is not None
+            else vector_watermark(self.folder / "vectors.usearch")
+        )
+        return keyword, vector
+
     def _recover(self) -> None:
         """Bring the derived indexes up to date if a writer died before flushing."""
-        if self._last_seq() > min(self._keyword.watermark, self._vectors.watermark):
+        if self._last_seq() > min(self._watermarks()):
             try:
                 with self.writing():
                     pass  # writing() flushes on exit
@@ -794,7 +837,7 @@ class EmbeddedStore:
 
     def is_consistent(self) -> bool:
         last = self._last_seq()
-        return self._keyword.watermark >= last and self._vectors.watermark >= last
+        return min(self._watermarks()) >= last
 
     # --- retrieval -----------------------------------------------------------------------
 
@@ -924,8 +967,11 @@ class EmbeddedStore:
         generation = self._generation()
         if generation != self._followed:
             self._followed = generation
-            self._keyword.reload()
-            self._vectors.follow()
+            # an index not opened yet will open the newest files when it is
+            if self._keyword_index is not None:
+                self._keyword_index.reload()
+            if self._vector_index is not None:
+                self._vector_index.follow()
 
     def keyword_search(
         self, query: str, limit: int, doc_ids: Sequence[int] | None = None
