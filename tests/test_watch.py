@@ -37,7 +37,7 @@ LORA_ZH = "# LoRA 笔记\n\nLoRA 通过低秩分解减少显存占用，暗号�
 ADAM_EN = "# Adam notes\n\nAdam keeps running averages of gradients; codename KESTREL.\n"
 
 
-def eventually(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+def eventually(predicate: Callable[[], bool], timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "the condition did not hold in time"
