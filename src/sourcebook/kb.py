@@ -489,7 +489,7 @@ class KnowledgeBase:
     def access(self) -> AccessControl:
         """Users, groups, API keys and the audit log (`access.py`), opened on first use."""
         if self._access is None:
-            self._access = AccessControl(self.store.folder / "sourcebook.db")
+            self._access = self.store.access_control()
         return self._access
 
     def set_access_rule(self, pattern: str, groups: Sequence[str]) -> None:

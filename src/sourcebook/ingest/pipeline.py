@@ -22,7 +22,8 @@ from sourcebook.ingest.chunker import ChunkingOptions, chunk_document, contextua
 from sourcebook.ingest.converters import ConversionError, convert, kind_of
 from sourcebook.models import FileIssue, ParsedDocument, SyncReport
 from sourcebook.settings import Settings
-from sourcebook.store.embedded import DocumentRecord, EmbeddedStore, text_hash
+from sourcebook.store.composed import KnowledgeStore
+from sourcebook.store.embedded import DocumentRecord, text_hash
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, current path)
 
@@ -85,7 +86,7 @@ def _matches(path: Path, root: Path, patterns: Sequence[str]) -> bool:
 
 
 class Ingestor:
-    def __init__(self, store: EmbeddedStore, embedder: Embedder, settings: Settings) -> None:
+    def __init__(self, store: KnowledgeStore, embedder: Embedder, settings: Settings) -> None:
         self._store = store
         self._embedder = embedder
         self._settings = settings
