@@ -150,6 +150,7 @@ class RecordStore(Protocol):
     embedder_name: str
     dim: int
     location: str  # shown to users: a folder, or a database URL without its password
+    log_group_changes: bool  # log 'grp' changes (for an index with `stores_groups`)
 
     # identity, settings and locking
     def meta_value(self, key: str) -> str | None: ...

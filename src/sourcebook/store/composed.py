@@ -45,6 +45,7 @@ class KnowledgeStore:
         self.folder = folder
         self.records = records
         self.index = index
+        records.log_group_changes = index.stores_groups
         self._writing = False
         self._pending_since_flush = 0
         self._recover()
@@ -238,13 +239,25 @@ class KnowledgeStore:
         return self.records.access_rules()
 
     def set_access_rule(self, pattern: str, groups: Sequence[str]) -> None:
-        self.records.set_access_rule(pattern, groups)
+        with self._group_writes():
+            self.records.set_access_rule(pattern, groups)
+
+    @contextmanager
+    def _group_writes(self) -> Iterator[None]:
+        """An index that stores each chunk's readers gets the change at once (the
+        writer's lock, then a flush), so that no search sees the old readers."""
+        if not self.index.stores_groups:
+            yield
+            return
+        with self.writing():
+            yield
 
     def document_grants(self, path: str) -> list[str]:
         return self.records.document_grants(path)
 
     def set_document_grants(self, path: str, groups: Sequence[str]) -> None:
-        self.records.set_document_grants(path, groups)
+        with self._group_writes():
+            self.records.set_document_grants(path, groups)
 
     # --- answer cache ------------------------------------------------------------------------
 
