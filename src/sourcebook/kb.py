@@ -45,7 +45,8 @@ from sourcebook.retrieve.rerank import Reranker, idf_weights, load_reranker
 from sourcebook.retrieve.retriever import HybridRetriever
 from sourcebook.settings import DEFAULT_EMBEDDER, Settings
 from sourcebook.store.access import AccessControl, check_name
-from sourcebook.store.embedded import EmbeddedStore, Filters, StoreError, text_hash
+from sourcebook.store.backends import configured_backends, open_store, record_backends
+from sourcebook.store.embedded import Filters, StoreError, text_hash
 from sourcebook.text import normalize
 
 SyncState = Literal["indexed", "changed", "missing"]
@@ -102,12 +103,18 @@ class KnowledgeBase:
                     f"unknown embedding model {name!r}; choose one of: {', '.join(EMBEDDERS)}"
                 )
             model = (name, EMBEDDERS[name].dim)
-        self.store = EmbeddedStore(
+        self.backends = configured_backends(
+            self.path, self.settings.database_url, self.settings.search_uri
+        )
+        self.store = open_store(
             self.path,
+            self.backends,
             model,
             create=create,
             exact_vector_search_below=self.settings.exact_vector_search_below,
         )
+        if create:
+            record_backends(self.path, self.backends)
         self._embedder: Embedder | None = embedder
         self._reranker: Reranker | None = None
         self._cached: CachedEmbedder | None = None
