@@ -47,10 +47,14 @@ QUESTIONS = [
     ),
 ]
 
-# Known miss, kept visible: a Chinese question over an English PDF; BM25 ranks the PDF
-# first, dense does not, and neither fusion nor the reranker brings it into the top 3.
-# The answer is then refused (the judge sees no supporting evidence), not guessed.
-KNOWN_RETRIEVAL_MISSES = {"Mixtral 8x7B 每个 token 激活多少参数？"}
+# Known misses, kept visible (a question listed here must fail retrieval: the xfail is
+# strict). "Mixtral 8x7B 每个 token 激活多少参数？" (a Chinese question over an English PDF)
+# was one until the PDF was read with its structure (issue 14): its table rows and
+# paragraphs now make chunks of one topic each, under their heading.
+KNOWN_RETRIEVAL_MISSES: set[str] = set()
+# Retrieved, but the answer is refused rather than guessed: the judge finds too little of
+# the Chinese question (激活, 参数) in the English table row that answers it.
+KNOWN_REFUSALS = {"Mixtral 8x7B 每个 token 激活多少参数？"}
 TOP_THREE_CASES = [
     pytest.param(*case, marks=pytest.mark.xfail(strict=True, reason="known fusion miss"))
     if case[0] in KNOWN_RETRIEVAL_MISSES
@@ -91,7 +95,7 @@ def test_answers_cite_exact_lines(
     notes_kb: KnowledgeBase, question: str, relative: str, phrase: str
 ) -> None:
     answer = notes_kb.ask(question)
-    if question in KNOWN_RETRIEVAL_MISSES:  # the evidence is not retrieved: refuse, not guess
+    if question in KNOWN_RETRIEVAL_MISSES | KNOWN_REFUSALS:  # refuse, not guess
         assert not answer.found, answer.text
         return
     assert answer.found, answer.text

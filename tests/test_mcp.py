@@ -121,13 +121,17 @@ async def check_tools(client: Client, team: Team) -> None:
     assert not result.is_error, text_of(result)
     lines = result.structured_content
     whole = team.kb.document_text(path)
-    assert lines == {
-        "path": path,
-        "title": lines["title"],
-        "line_start": 2,
-        "line_end": 4,
-        "text": "\n".join(whole.split("\n")[1:4]),
-    }
+    assert (
+        lines
+        == {
+            "path": path,
+            "absolute_path": path,  # the team's notes were added by their absolute path
+            "title": lines["title"],
+            "line_start": 2,
+            "line_end": 4,
+            "text": "\n".join(whole.split("\n")[1:4]),
+        }
+    )
     result = await client.call_tool("get_document", {"path": path, "start": 5, "end": 2})
     assert result.is_error and "before" in text_of(result)
 

@@ -231,6 +231,37 @@ def test_document_text_and_line_range(client: TestClient, notes_kb: KnowledgeBas
     assert client.get("/api/documents/999999/text").status_code == 404
 
 
+def test_pdf_page_image_and_regions_of_its_lines(
+    client: TestClient, notes_kb: KnowledgeBase
+) -> None:
+    import io
+
+    from PIL import Image
+
+    pdf = document_id(client, "mixture-of-experts.pdf")
+    text = client.get(f"/api/documents/{pdf}/text").json()["text"].split("\n")
+    line = next(i + 1 for i, t in enumerate(text) if "alpha = 0.01" in t)
+    regions = client.get(f"/api/documents/{pdf}/regions", params={"start": line, "end": line})
+    assert regions.status_code == 200
+    [region] = regions.json()
+    x0, top, x1, bottom = region["box"]
+    assert region["page"] == 1 and 0 < x0 < x1 <= 1 and 0 < top < bottom <= 1
+    png = client.get(f"/api/documents/{pdf}/pages/1", params={"width": 500})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(png.content))
+    assert image.width == 500 and image.height > image.width  # an A4 page, portrait
+    # the region of the line is dark with its text, the margin above the page is blank
+    crop = image.convert("L").crop(
+        (int(x0 * 500), int(top * image.height), int(x1 * 500), int(bottom * image.height))
+    )
+    assert min(crop.getdata()) < 100
+    assert client.get(f"/api/documents/{pdf}/pages/3").status_code == 404  # 2 pages
+    markdown = document_id(client, "optimizers.md")
+    assert client.get(f"/api/documents/{markdown}/pages/1").status_code == 404
+    assert client.get(f"/api/documents/{markdown}/regions?start=1&end=3").json() == []
+    assert client.get(f"/api/documents/{pdf}/regions?start=3&end=1").status_code == 400
+
+
 def test_status_counts_everything_for_the_local_user(
     writable: tuple[TestClient, KnowledgeBase],
 ) -> None:

@@ -359,3 +359,40 @@ def test_document_view_shows_markup_as_text(page: Page, writable: str) -> None:
     assert page.locator("#document-lines script, #document-lines img").count() == 0
     assert page.evaluate("window.injected") is None
     assert highlighted_lines(page, "#document-lines") == [3, 4, 5]
+
+
+def test_a_pdf_citation_opens_its_page_with_the_quote_marked(page: Page, live: str) -> None:
+    question = "What auxiliary loss coefficient does the Switch Transformer use for load balancing?"
+    page.goto(live)
+    ask(page, question)
+    answer = page.locator(".turn .answer").last
+    expect(answer).to_have_attribute("data-found", "true")
+    expected = httpx.post(f"{live}/api/ask", json={"question": question}, timeout=60).json()
+    citation = next(c for c in expected["citations"] if c["hit"]["path"].endswith(".pdf"))
+    doc_id = citation["hit"]["doc_id"]
+    first, last = citation["quote_lines"][0]
+    regions = httpx.get(
+        f"{live}/api/documents/{doc_id}/regions", params={"start": first, "end": last}
+    ).json()
+    assert regions and regions[0]["page"] == citation["hit"]["page_start"] == 1
+
+    answer.locator(f".answer-text .cite[data-n='{citation['n']}']").first.click()
+    shown = page.locator("#viewer-page")
+    expect(shown).to_be_visible()
+    expect(shown.locator(".page-label")).to_contain_text("page 1")
+    image = shown.locator("img")
+    expect(image).to_be_visible()
+    assert image.evaluate("img => img.complete && img.naturalWidth") == 1000
+    mark = shown.locator(".page-region").first
+    expect(mark).to_be_visible()
+    # the mark sits where the API says the quoted lines are, in fractions of the page
+    frame = shown.locator(".page-frame").bounding_box()
+    box = mark.bounding_box()
+    assert frame is not None and box is not None
+    x0, y0, _, _ = regions[0]["box"]
+    assert abs((box["x"] - frame["x"]) / frame["width"] - x0) < 0.01
+    assert abs((box["y"] - frame["y"]) / frame["height"] - y0) < 0.01
+
+    page.click("#viewer-open")
+    expect(page).to_have_url(re.compile(rf"/documents/{doc_id}\?.*&page=1"))
+    expect(page.locator("#document-page .page-region").first).to_be_visible()

@@ -9,27 +9,24 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from sourcebook import deadline
-from sourcebook.answer.calibration import judge_for
-from sourcebook.answer.extractive import ExtractiveAnswerer
-from sourcebook.answer.generation import PROMPT_VERSION, GroundedGenerator, Verifier, final_answer
-from sourcebook.answer.llm import LLM, create_llm
 from sourcebook.index.analyzer import analyze
-from sourcebook.index.embedders import EMBEDDERS, CachedEmbedder, Embedder, Vectors, get_embedder
-from sourcebook.ingest.chunker import contextual_text
-from sourcebook.ingest.pipeline import (
-    TEXT_VERSION,
-    Ingestor,
-    ProgressCallback,
-    Source,
-    absolute_path,
+from sourcebook.index.embedders import (
+    CachedEmbedder,
+    Embedder,
+    EmbedderOptions,
+    Vectors,
+    check_model_name,
+    get_embedder,
+    model_dimension,
 )
 from sourcebook.models import (
     Answer,
@@ -37,25 +34,49 @@ from sourcebook.models import (
     AnswerMode,
     DocumentInfo,
     InvalidInput,
+    PageRegion,
     SearchHit,
     Status,
     SyncReport,
 )
-from sourcebook.retrieve.rerank import Reranker, idf_weights, load_reranker
-from sourcebook.retrieve.retriever import HybridRetriever
-from sourcebook.settings import DEFAULT_EMBEDDER, Settings
+from sourcebook.paths import PathNames, absolute_path
+from sourcebook.settings import DEFAULT_EMBEDDER, MAX_FILTER_CHARS, MAX_FILTER_TAGS, Settings
 from sourcebook.store.access import AccessControl, check_name
 from sourcebook.store.backends import configured_backends, open_store, record_backends
 from sourcebook.store.embedded import Filters, StoreError, text_hash
 from sourcebook.text import normalize
 
+if TYPE_CHECKING:  # the answer, ingestion and retrieval stages load on first use (start-up)
+    from sourcebook.answer.llm import LLM
+    from sourcebook.ingest.pipeline import Ingestor, ProgressCallback, Source
+    from sourcebook.retrieve.rerank import Reranker
+    from sourcebook.retrieve.retriever import HybridRetriever
+
 SyncState = Literal["indexed", "changed", "missing"]
+
+
+def _named_hit(hit: SearchHit, names: PathNames) -> SearchHit:
+    absolute = hit.absolute_path or hit.path  # a cached answer's hits are named already
+    return hit.model_copy(update={"path": names.as_added(absolute), "absolute_path": absolute})
+
+
+class EmbeddingWork(NamedTuple):
+    """Chunk texts waiting for their vectors: text hash -> the text to embed (chunks
+    sharing a text share its vector), how many chunks, and the last chunk's id."""
+
+    texts: dict[str, str]
+    chunks: int
+    last_chunk: int
 
 
 def _is_under(path: str, root: str) -> bool:
     """Whether a document path is the source `root` or inside it."""
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
+
+# Seconds between index updates while `embed_pending` runs: vectors become searchable in
+# steps, without rewriting the vector file after every batch.
+EMBED_FLUSH_SECONDS = 5.0
 
 # Nice value of the answer threads: under contention the scheduler gives a search thread
 # about three times their CPU share, and an idle machine runs them at full speed.
@@ -98,11 +119,7 @@ class KnowledgeBase:
             model = (embedder.name, embedder.dim)
         elif create or self.settings.embedder:
             name = self.settings.embedder or DEFAULT_EMBEDDER
-            if name not in EMBEDDERS:
-                raise StoreError(
-                    f"unknown embedding model {name!r}; choose one of: {', '.join(EMBEDDERS)}"
-                )
-            model = (name, EMBEDDERS[name].dim)
+            model = (name, self._model_dimension(name))
         self.backends = configured_backends(
             self.path, self.settings.database_url, self.settings.search_uri
         )
@@ -134,8 +151,28 @@ class KnowledgeBase:
     def embedder(self) -> Embedder:
         """The knowledge base's embedding model, loaded on first use."""
         if self._embedder is None:
-            self._embedder = get_embedder(self.store.embedder_name, self.settings.threads)
+            embedder = self._load_embedder(self.store.embedder_name)
+            if embedder.dim != self.store.dim:
+                raise StoreError(
+                    f"{embedder.name} now makes {embedder.dim}-dimensional vectors but this "
+                    f"knowledge base holds {self.store.dim}-dimensional ones: serve the model "
+                    "it was built with, or rebuild it with `sourcebook reindex --model ...`"
+                )
+            self._embedder = embedder
         return self._embedder
+
+    def _load_embedder(self, name: str) -> Embedder:
+        try:
+            return get_embedder(name, EmbedderOptions.from_settings(self.settings))
+        except (ValueError, RuntimeError) as error:  # unknown name, server down, no cache
+            raise StoreError(str(error)) from error
+
+    def _model_dimension(self, name: str) -> int:
+        try:
+            check_model_name(name)
+            return model_dimension(name, EmbedderOptions.from_settings(self.settings))
+        except (ValueError, RuntimeError) as error:
+            raise StoreError(str(error)) from error
 
     def warm_up(self) -> None:
         """Load the models, and with access rules in use build what a reader's restricted
@@ -155,6 +192,8 @@ class KnowledgeBase:
     @property
     def llm(self) -> LLM:
         """The language model of the generate mode (`SOURCEBOOK_LLM_*`), made on first use."""
+        from sourcebook.answer.llm import create_llm
+
         if self._llm is None:
             self._llm = create_llm(self.settings)
         return self._llm
@@ -168,10 +207,19 @@ class KnowledgeBase:
         exclude: Sequence[str] = (),
         progress: ProgressCallback | None = None,
         keep_unreadable: bool = False,
+        wait: bool = True,
+        embed_progress: ProgressCallback | None = None,
     ) -> SyncReport:
         """Index files and folders and remember them as sources for `sync`. A file that
         cannot be read any more leaves the indexes, unless `keep_unreadable` (the upload
-        route, which puts the indexed version of such a file back)."""
+        route, which puts the indexed version of such a file back).
+
+        Every document is keyword-searchable as soon as it is stored; then, with `wait`
+        (the default), the chunks are embedded before this returns (`embed_progress`
+        follows it). Without it they are embedded later by whichever comes next: a
+        background embedder (`watch`, `serve`), `sync`, `add` or `embed_pending`."""
+        from sourcebook.ingest.pipeline import Source
+
         sources = [
             Source(
                 absolute_path(p),
@@ -181,26 +229,43 @@ class KnowledgeBase:
             for p in paths
         ]
         with self.store.writing():
-            for source in sources:
+            for source, given in zip(sources, paths, strict=True):
                 if source.root.exists():
-                    self.store.add_source(str(source.root), include, exclude)
+                    self.store.add_source(str(source.root), include, exclude, str(given))
             report = self._ingestor().run(sources, True, progress, keep_unreadable)
             report.cached_answers_purged = self.store.purge_cached_answers()
-            return report
+            return self._finish_embedding(report, wait, embed_progress)
+
+    def _finish_embedding(
+        self, report: SyncReport, wait: bool, progress: ProgressCallback | None
+    ) -> SyncReport:
+        """After a run (under the write lock): make what was stored keyword-searchable for
+        every process now, then embed the chunks still without a vector if `wait`."""
+        self.store.flush()
+        if wait:
+            report.chunks_embedded += self.embed_pending(progress)
+        done, total = self.store.embedding_progress()
+        report.chunks_waiting = total - done
+        return report
 
     def register_source(self, path: str | Path) -> None:
         """Remember a folder as a source without indexing it now: the upload route does
         this before it writes files into its folder, so that a process killed between
         the two leaves files the next `sync` indexes, never files no source covers."""
         with self.store.writing():
-            self.store.add_source(str(absolute_path(path)), (), ())
+            self.store.add_source(str(absolute_path(path)), (), (), str(path))
 
-    def sync(self, progress: ProgressCallback | None = None) -> SyncReport:
-        """Re-read every source: new and changed files are indexed, deleted ones removed."""
-        sources = [
-            Source(Path(path), tuple(include), tuple(exclude) + tuple(self.settings.exclude))
-            for path, include, exclude in self.store.sources()
-        ]
+    def sync(
+        self,
+        progress: ProgressCallback | None = None,
+        wait: bool = True,
+        embed_progress: ProgressCallback | None = None,
+    ) -> SyncReport:
+        """Re-read every source: new and changed files are indexed, deleted ones removed;
+        then (with `wait`) every chunk still without a vector is embedded."""
+        from sourcebook.ingest.pipeline import TEXT_VERSION
+
+        sources = self._sources()
         with self.store.writing():
             report = self._ingestor().run(
                 [s for s in sources if s.root.exists()], prune=True, progress=progress
@@ -218,7 +283,77 @@ class KnowledgeBase:
                     report.removed += 1
                     report.chunks_removed += document.chunks
             report.cached_answers_purged = self.store.purge_cached_answers()
+            return self._finish_embedding(report, wait, embed_progress)
+
+    def update_paths(self, paths: Collection[str | Path]) -> SyncReport:
+        """Re-read just these files and folders (what a watcher saw change): see
+        `Ingestor.reconcile`. Renamed files keep their documents. Returns once the
+        changes are keyword-searchable; the chunks are embedded later (`embed_pending`,
+        or a background embedder). Vectors of removed text stay cached, so a folder that
+        goes away and comes back is not embedded again (`sync` collects them)."""
+        sources = self._sources()
+        with self.store.writing():
+            report = self._ingestor().reconcile([absolute_path(p) for p in paths], sources)
+            if report.removed or report.updated or report.renamed:
+                report.cached_answers_purged = self.store.purge_cached_answers()
             return report
+
+    def _sources(self) -> list[Source]:
+        from sourcebook.ingest.pipeline import Source
+
+        return [
+            Source(Path(path), tuple(include), tuple(exclude) + tuple(self.settings.exclude))
+            for path, include, exclude in self.store.sources()
+        ]
+
+    # --- embedding: stored chunks get their vectors --------------------------------------
+
+    def embed_pending(self, progress: ProgressCallback | None = None) -> int:
+        """Embed every chunk text that has no vector yet (a run that did not wait, or was
+        killed); returns how many texts were embedded. Vectors become searchable as they
+        are stored (the indexes are brought up to date every few seconds)."""
+        embedded = after = 0
+        with self.store.writing():
+            done, total = self.store.embedding_progress()
+            flushed = time.monotonic()
+            while work := self.texts_to_embed(self.settings.embed_batch, after):
+                if progress:
+                    progress(done, total, "")
+                after = work.last_chunk
+                vectors = self.embedder.embed_passages(list(work.texts.values()))
+                self.store.put_vectors(dict(zip(work.texts, vectors, strict=True)))
+                embedded += len(work.texts)
+                done = min(total, done + work.chunks)
+                if time.monotonic() - flushed > EMBED_FLUSH_SECONDS:
+                    self.store.flush()
+                    flushed = time.monotonic()
+            if progress and embedded:
+                progress(total, total, "")
+        return embedded
+
+    def texts_to_embed(self, limit: int, after: int = 0) -> EmbeddingWork | None:
+        """The texts of up to `limit` chunks without a vector, after chunk id `after`
+        (continue with `last_chunk`; nothing left: None)."""
+        from sourcebook.ingest.chunker import contextual_text
+
+        rows = self.store.texts_to_embed(limit, after)
+        if not rows:
+            return None
+        texts = {
+            digest: contextual_text(title, heading_path, text)
+            for _, digest, title, heading_path, text in rows
+        }
+        return EmbeddingWork(texts, len(rows), rows[-1][0])
+
+    def save_vectors(self, vectors: dict[str, Vectors]) -> None:
+        """Store vectors computed for `texts_to_embed` (by text hash) and make them
+        searchable (a background embedder; takes the write lock for the moment it needs)."""
+        with self.store.writing():
+            self.store.put_vectors(vectors)
+
+    def embedding_progress(self) -> tuple[int, int]:
+        """(chunks with a vector, all chunks): the others are found by keyword only."""
+        return self.store.embedding_progress()
 
     def remove(self, paths: Sequence[str | Path]) -> list[str]:
         """Forget files or whole folders (and stop syncing them). Returns removed paths.
@@ -240,21 +375,20 @@ class KnowledgeBase:
         the old ones until every chunk has a new one."""
         pending = self.store.reembedding()
         name = model or (pending.model if pending else self.store.embedder_name)
-        if name not in EMBEDDERS:
-            raise StoreError(
-                f"unknown embedding model {name!r}; choose one of: {', '.join(EMBEDDERS)}"
-            )
+        dim = self._model_dimension(name)
         with self.store.writing():
-            self.store.begin_reembedding(name, EMBEDDERS[name].dim)
+            self.store.begin_reembedding(name, dim)
             self._reembed(progress)
         return self.store.counts()[1]
 
     def _reembed(self, progress: ProgressCallback | None = None) -> None:
         """Continue the re-embedding in progress to its end (under the write lock)."""
+        from sourcebook.ingest.chunker import contextual_text
+
         state = self.store.reembedding()
         if state is None:
             return
-        embedder = get_embedder(state.model, self.settings.threads)
+        embedder = self._load_embedder(state.model)
         done = state.done
         while part := self.store.pending_contexts(self.settings.embed_batch):
             if progress:
@@ -270,7 +404,9 @@ class KnowledgeBase:
         self._cached = None  # vectors of the old model must not be reused
 
     def _ingestor(self) -> Ingestor:
-        return Ingestor(self.store, self.embedder, self.settings)
+        from sourcebook.ingest.pipeline import Ingestor
+
+        return Ingestor(self.store, self.settings)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -279,9 +415,10 @@ class KnowledgeBase:
     ) -> list[SearchHit]:
         """Hybrid (BM25 + dense) search; filters apply before ranking is cut off."""
         self._check_question(query, "query")
+        check_filters(filters)
         vector = self._query_vector(query) if self.settings.retrieval != "bm25" else None
         deadline.check("ranking")
-        return self._retriever().retrieve(query, limit, filters, vector)
+        return self._named(self._retriever().retrieve(query, limit, filters, vector))
 
     def _check_question(self, text: str, what: str = "question") -> None:
         """Refuse what no search should spend time on: nothing, more than
@@ -312,10 +449,12 @@ class KnowledgeBase:
         "generate" has the configured language model write the answer and verifies it
         (see `ask_stream`).
         """
+        from sourcebook.answer.generation import final_answer
+
         if self._mode(mode) == "generate":
             return final_answer(self.ask_stream(question, filters, "generate"))
         hits, query_vector = self._evidence(question, filters)
-        return self._extractive(question, query_vector, hits)
+        return self._named_answer(self._extractive(question, query_vector, hits))
 
     def ask_stream(
         self, question: str, filters: Filters | None = None, mode: AnswerMode | None = None
@@ -327,17 +466,21 @@ class KnowledgeBase:
         evidence chunks and their documents' versions, the model and the answer settings;
         a cached answer comes as the answer event alone, with `cached` set.
         """
+        from sourcebook.answer.calibration import judge_for
+        from sourcebook.answer.generation import GroundedGenerator, Verifier
+
         generate = self._mode(mode) == "generate"
         hits, query_vector = self._evidence(question, filters)
         if not generate:
-            yield AnswerEvent(type="answer", answer=self._extractive(question, query_vector, hits))
+            answer = self._named_answer(self._extractive(question, query_vector, hits))
+            yield AnswerEvent(type="answer", answer=answer)
             return
         key, content_hashes = self._answer_key(question, hits)
         if self.settings.answer_cache:
             cached = self.store.cached_answer(key)
             if cached is not None:
                 answer = Answer.model_validate_json(cached).model_copy(update={"cached": True})
-                yield AnswerEvent(type="answer", answer=answer)
+                yield AnswerEvent(type="answer", answer=self._named_answer(answer))
                 return
         fallback = self._extractive(question, query_vector, hits)
         generator = GroundedGenerator(
@@ -350,9 +493,36 @@ class KnowledgeBase:
             self.settings.llm_temperature,
         )
         for event in generator.stream(question, hits, fallback):
-            if event.answer is not None and self.settings.answer_cache:
-                self.store.put_cached_answer(key, event.answer.model_dump_json(), content_hashes)
+            if event.answer is not None:
+                if self.settings.answer_cache:
+                    answer_json = event.answer.model_dump_json()
+                    self.store.put_cached_answer(key, answer_json, content_hashes)
+                event = event.model_copy(update={"answer": self._named_answer(event.answer)})
             yield event
+
+    # --- paths as the user added them (paths.py) ----------------------------------------
+
+    def path_names(self) -> PathNames:
+        """How documents are named on every surface: as their source was added."""
+        return PathNames(self.store.source_names())
+
+    def resolve_path(self, path: str | Path) -> str:
+        """The absolute (store) path of a document named either way: as added, as an
+        absolute path, or relative to the current folder."""
+        here = str(absolute_path(path))
+        candidates = [here, *self.path_names().candidates(str(path))]
+        return next((c for c in candidates if self.store.document(c) is not None), here)
+
+    def _named(self, hits: list[SearchHit]) -> list[SearchHit]:
+        names = self.path_names()
+        return [_named_hit(hit, names) for hit in hits]
+
+    def _named_answer(self, answer: Answer) -> Answer:
+        names = self.path_names()
+        citations = [
+            c.model_copy(update={"hit": _named_hit(c.hit, names)}) for c in answer.citations
+        ]
+        return answer.model_copy(update={"citations": citations})
 
     def _mode(self, mode: AnswerMode | None) -> AnswerMode:
         chosen = mode or self.settings.answer_mode
@@ -362,6 +532,7 @@ class KnowledgeBase:
 
     def _evidence(self, question: str, filters: Filters | None) -> tuple[list[SearchHit], Vectors]:
         self._check_question(question)
+        check_filters(filters)
         query_vector = self._query_vector(question)
         deadline.check("ranking")
         hits = self._retriever().retrieve(
@@ -370,6 +541,10 @@ class KnowledgeBase:
         return hits, query_vector
 
     def _extractive(self, question: str, query_vector: Vectors, hits: list[SearchHit]) -> Answer:
+        from sourcebook.answer.calibration import judge_for
+        from sourcebook.answer.extractive import ExtractiveAnswerer
+        from sourcebook.retrieve.rerank import idf_weights
+
         total, frequencies = self.store.keyword_statistics(analyze(question))
         # the trained judge reads the built-in reranker's score; other rerankers get the rule
         trained = self.settings.trained_judge and self.settings.reranker == "learned"
@@ -405,11 +580,15 @@ class KnowledgeBase:
             return self._answer_pool
 
     def _idf(self, terms: Sequence[str]) -> dict[str, float]:
+        from sourcebook.retrieve.rerank import idf_weights
+
         return idf_weights(*self.store.keyword_statistics(terms))
 
     def _answer_key(self, question: str, hits: Sequence[SearchHit]) -> tuple[str, list[str]]:
         """The answer-cache key, and the content hashes of the evidence documents (an
         edited or removed document changes its hash: a miss, and `sync` purges the row)."""
+        from sourcebook.answer.generation import PROMPT_VERSION
+
         documents = {hit.path: self.store.document(hit.path) for hit in hits}
         content_hashes = [d.content_hash for d in documents.values() if d is not None]
         s = self.settings
@@ -440,11 +619,15 @@ class KnowledgeBase:
         return self.cached_embedder.embed_query(normalize(text))
 
     def _retriever(self) -> HybridRetriever:
+        from sourcebook.retrieve.retriever import HybridRetriever
+
         return HybridRetriever(self.store, self.cached_embedder, self.settings, self.reranker)
 
     @property
     def reranker(self) -> Reranker | None:
         """The configured reranker, loaded once per setting."""
+        from sourcebook.retrieve.rerank import load_reranker
+
         if self._reranker_for != self.settings.reranker:
             self._reranker = load_reranker(self.settings.reranker, self.settings.threads)
             self._reranker_for = self.settings.reranker
@@ -452,7 +635,11 @@ class KnowledgeBase:
 
     def documents(self, groups: frozenset[str] | None = None) -> list[DocumentInfo]:
         """The indexed documents; with `groups`, only those a reader in them may read."""
-        documents = self.store.documents()
+        names = self.path_names()
+        documents = [
+            d.model_copy(update={"path": names.as_added(d.path), "absolute_path": d.path})
+            for d in self.store.documents()
+        ]
         if groups is None:
             return documents
         unreadable = self.store.unreadable_documents(groups)
@@ -467,8 +654,8 @@ class KnowledgeBase:
     ) -> str:
         """The indexed text of a document, or lines [line_start, line_end] of it. With
         `groups`, a document the reader may not read is reported as not there (its
-        existence is not confirmed either)."""
-        key = str(absolute_path(path))
+        existence is not confirmed either). `path` as added or absolute."""
+        key = self.resolve_path(path)
         text = self.store.document_text(key)
         if text is not None and groups is not None:
             document = self.store.document(key)
@@ -482,6 +669,40 @@ class KnowledgeBase:
         start = max(1, line_start or 1)
         end = min(len(lines), line_end or len(lines))
         return "\n".join(lines[start - 1 : end])
+
+    def page_regions(
+        self,
+        path: str | Path,
+        line_start: int,
+        line_end: int,
+        groups: frozenset[str] | None = None,
+    ) -> list[PageRegion]:
+        """Where lines [line_start, line_end] of a PDF or an image are on their pages (the
+        boxes of the lines, in text order); empty for formats without positions."""
+        key = str(absolute_path(path))
+        self.document_text(key, 1, 1, groups)  # KeyError when absent or not readable
+        pages, boxes = self.store.document_layout(key)
+        if not pages or not boxes:
+            return []
+        return [
+            PageRegion(page=pages[i], box=box)
+            for i in range(max(0, line_start - 1), min(line_end, len(boxes)))
+            if (box := boxes[i]) is not None
+        ]
+
+    def page_image(
+        self, path: str | Path, page: int, width: int = 1000, groups: frozenset[str] | None = None
+    ) -> bytes:
+        """Page `page` of a PDF (or an image) as a PNG `width` pixels wide, drawn from the
+        file as it is now; raises KeyError when the document is absent or not readable and
+        PageError when it has no such page."""
+        key = str(absolute_path(path))
+        self.document_text(key, 1, 1, groups)
+        document = self.store.document(key)
+        assert document is not None
+        from sourcebook.ingest.pages import page_png  # pypdfium2 and Pillow: on first use
+
+        return page_png(Path(key), document.kind, page, width)
 
     def document_by_id(
         self, doc_id: int, groups: frozenset[str] | None = None
@@ -506,6 +727,7 @@ class KnowledgeBase:
         by the groups of each."""
         if not pattern.strip():
             raise ValueError("the path pattern is empty")
+        check_filters(Filters(path_glob=pattern))
         for group in groups:
             check_name("group", group)
         if not groups and pattern not in self.store.access_rules():
@@ -537,22 +759,26 @@ class KnowledgeBase:
         """Whether a document's file still holds what was indexed: "indexed" (yes),
         "changed" (`sync` would re-index it) or "missing" (`sync` would remove it).
         Only a file whose size or time differs is read, to compare its content hash."""
+        file = Path(document.absolute_path or document.path)
         try:
-            stat = Path(document.path).stat()
+            stat = file.stat()
             # `modified` went through a datetime: microseconds, not the file system's ns
             same_time = abs(stat.st_mtime - document.modified.timestamp()) < 1e-3
             if stat.st_size == document.size and same_time:
                 return "indexed"
-            data = Path(document.path).read_bytes()
+            data = file.read_bytes()
         except OSError:
             return "missing"
         digest = hashlib.blake2b(data, digest_size=16).hexdigest()  # as the ingestor hashes
         return "indexed" if digest == document.content_hash else "changed"
 
-    def resync(self, path: str | Path) -> SyncReport:
+    def resync(self, path: str | Path, wait: bool = True) -> SyncReport:
         """Re-read one indexed document: re-indexed if its file changed, removed if the
-        file is gone. Unlike `add`, this does not make the file a source of its own."""
-        key = absolute_path(path)
+        file is gone. Unlike `add`, this does not make the file a source of its own.
+        `wait`: as for `add`."""
+        from sourcebook.ingest.pipeline import Source
+
+        key = Path(self.resolve_path(path))
         document = self.store.document(str(key))
         if document is None:
             raise KeyError(f"{path} is not in the knowledge base")
@@ -563,7 +789,7 @@ class KnowledgeBase:
                 self.store.remove_document(document.path)
                 report = SyncReport(removed=1, chunks_removed=document.chunks)
             report.cached_answers_purged = self.store.purge_cached_answers()
-            return report
+            return self._finish_embedding(report, wait, None)
 
     @property
     def can_generate(self) -> bool:
@@ -575,6 +801,7 @@ class KnowledgeBase:
         """The knowledge base's numbers; with `groups`, the documents and chunks count
         only what a reader in them may read (the others' existence is not revealed)."""
         documents, chunks = self.store.counts(groups)
+        embedded, total = self.store.embedding_progress()
         return Status(
             path=str(self.path.resolve()),
             embedder=self.store.embedder_name,
@@ -589,6 +816,14 @@ class KnowledgeBase:
                 if (state := self.store.reembedding())
                 else None
             ),
+            # a restricted reader is not told about chunks it may not read
+            chunks_waiting=total - embedded if groups is None else 0,
+            embedding=(
+                f"embedding {embedded:,} of {total:,} chunks ({total - embedded:,} waiting: "
+                "found by keyword search only until then)"
+                if embedded < total and groups is None
+                else None
+            ),
         )
 
     def sources(self, groups: frozenset[str] | None = None) -> list[str]:
@@ -598,7 +833,7 @@ class KnowledgeBase:
         paths = [path for path, _, _ in self.store.sources()]
         if groups is None:
             return paths
-        readable = sorted(d.path for d in self.documents(groups))
+        readable = sorted(d.absolute_path for d in self.documents(groups))
 
         def holds_readable(root: str) -> bool:
             # the first path >= root is root itself, else the first >= "root/" is inside
@@ -630,3 +865,17 @@ class KnowledgeBase:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def check_filters(filters: Filters | None) -> None:
+    """Refuse filters whose matching alone would be costly (see MAX_FILTER_CHARS)."""
+    if filters is None:
+        return
+    if len(filters.tags) > MAX_FILTER_TAGS:
+        raise InvalidInput(f"{len(filters.tags)} tags; the limit is {MAX_FILTER_TAGS}")
+    named = [("path glob", filters.path_glob), ("exclude glob", filters.exclude_glob)]
+    for what, value in [*named, *(("tag", t) for t in filters.tags)]:
+        if value is not None and len(value) > MAX_FILTER_CHARS:
+            raise InvalidInput(
+                f"the {what} is {len(value):,} characters long; the limit is {MAX_FILTER_CHARS}"
+            )

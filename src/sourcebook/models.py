@@ -12,10 +12,18 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from sourcebook.literals import AnswerMode as AnswerMode
+from sourcebook.literals import Language as Language
+
 
 class InvalidInput(ValueError):
     """Input that is well formed but not acceptable (too long, not valid Unicode): every
     surface refuses it with this message (HTTP: 422)."""
+
+
+# A region of a page: (left, top, right, bottom) as fractions of the page's width and height,
+# so that it applies to the page drawn at any size.
+Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,12 @@ class ParsedDocument:
     tags: list[str] = field(default_factory=list)
     source_lines: list[int] | None = None
     pages: list[int] | None = None  # per line of `text`, for PDFs
+    boxes: list[Box | None] | None = None  # per line: where on its page it was read
     body_start: int = 0  # offset after front matter; nothing before it is chunked
+    links: list[str] = field(default_factory=list)  # wiki-links ([[note]]) to other notes
+    images: list[str] = field(default_factory=list)  # images the document refers to
+    # what was indexed only in part (pages without a text layer and no OCR installed, ...)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -58,8 +71,11 @@ class ChunkDraft:
 
 
 class DocumentInfo(BaseModel):
+    """An indexed document. `path` is as the user added it (see `SearchHit`)."""
+
     id: int
     path: str
+    absolute_path: str = ""
     title: str
     kind: str
     tags: list[str] = Field(default_factory=list)
@@ -70,11 +86,17 @@ class DocumentInfo(BaseModel):
 
 
 class SearchHit(BaseModel):
-    """One retrieved chunk with where it comes from and why it was ranked here."""
+    """One retrieved chunk with where it comes from and why it was ranked here.
+
+    `path` is the document's path as the user added it: the source as given to `add`
+    (relative or absolute) joined with the file's place under it, the same from any
+    folder; `absolute_path` is where the file is. `show` and `document_text` take either.
+    """
 
     chunk_id: int
     doc_id: int
     path: str
+    absolute_path: str = ""
     title: str
     kind: str
     heading_path: list[str]
@@ -95,6 +117,14 @@ class SearchHit(BaseModel):
         return f"{self.path}:{self.line_start}-{self.line_end}"
 
 
+class PageRegion(BaseModel):
+    """Where a line of a document is on its page: (left, top, right, bottom) as fractions
+    of the page, for drawing the cited region over the page image."""
+
+    page: int
+    box: tuple[float, float, float, float]
+
+
 class Citation(BaseModel):
     """A numbered source of an answer; `n` is the number shown as [n].
 
@@ -108,8 +138,7 @@ class Citation(BaseModel):
     quote_lines: list[tuple[int, int]] = Field(default_factory=list)
 
 
-Language = Literal["zh", "en"]
-AnswerMode = Literal["extractive", "generate"]
+# (defined in literals.py, which the command line imports before anything heavy)
 
 
 class SentenceSupport(BaseModel):
@@ -195,11 +224,15 @@ class SyncReport(BaseModel):
     updated: int = 0
     unchanged: int = 0
     removed: int = 0
+    renamed: int = 0  # moved or renamed with the same content: the document kept its id
     failed: list[FileIssue] = Field(default_factory=list)
     skipped: list[FileIssue] = Field(default_factory=list)
+    # indexed, but not all of it (pages without a text layer and no OCR installed, ...)
+    partial: list[FileIssue] = Field(default_factory=list)
     chunks_added: int = 0
     chunks_removed: int = 0
-    chunks_embedded: int = 0
+    chunks_embedded: int = 0  # chunk texts embedded by this run (the rest: from the cache)
+    chunks_waiting: int = 0  # chunks still without a vector at the end (keyword search only)
     cached_answers_purged: int = 0  # generated answers built from changed or removed files
     seconds: float = 0.0
 
@@ -214,6 +247,12 @@ class Status(BaseModel):
     index_consistent: bool
     reembedding: str | None = Field(
         None, description="a re-embedding in progress (`sourcebook reindex`) and how far it is"
+    )
+    chunks_waiting: int = Field(
+        0, description="chunks stored but not embedded yet (found by keyword search only)"
+    )
+    embedding: str | None = Field(
+        None, description="embedding in progress: how many chunks have their vector"
     )
 
 

@@ -124,3 +124,38 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_HEADING = re.compile(r"^\s{0,3}#{1,6}(\s|$)")
+_MARKUP = [  # (pattern, replacement) for prose lines, in this order
+    (re.compile(r"!\[([^\]]*)\]\([^)]*\)"), r"\1"),  # images: their alt text
+    (re.compile(r"\[([^\]]+)\]\([^)]*\)"), r"\1"),  # links: their text
+    (re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1"), r"\2"),  # strong
+    (re.compile(r"(?<![\w*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])"), r"\1"),  # emphasis
+    (re.compile(r"(?<!\w)_(?=\S)([^_\n]+?)(?<=\S)_(?!\w)"), r"\1"),
+    (re.compile(r"^\s{0,3}>\s?"), ""),  # block quotes
+]
+
+
+def markdown_as_text(text: str) -> str:
+    """Markdown as a reader sees it rendered: headings (shown beside a hit anyway) and code
+    fences dropped, emphasis, links and quote marks stripped from prose; code lines (inside
+    fences) and inline `code` kept exactly as written."""
+    lines: list[str] = []
+    in_code = False
+    for line in text.split("\n"):
+        if _FENCE.match(line):
+            in_code = not in_code
+            continue
+        if in_code:
+            lines.append(line)
+            continue
+        if _HEADING.match(line):
+            continue
+        parts = re.split(r"(`[^`\n]+`)", line)  # inline code is kept as written
+        for i in range(0, len(parts), 2):
+            for pattern, replacement in _MARKUP:
+                parts[i] = pattern.sub(replacement, parts[i])
+        lines.append("".join(parts))
+    return "\n".join(lines).strip("\n")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import secrets
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -57,14 +59,18 @@ class LLM(Protocol):
 
 
 class LlamaCppLLM:
-    """A GGUF model run in this process by llama.cpp (`llama-cpp-python`, optional).
+    """A GGUF model run in this process by llama.cpp (`xllamacpp`, optional).
 
+    xllamacpp embeds llama.cpp's own server: requests go to it as OpenAI-style JSON and
+    its single slot makes concurrent generations take turns on the one context (the HTTP
+    server answers in several threads). Its HTTP listener on loopback is only used to
+    count tokens, behind a random key so that no other local process can use the model.
     The model is loaded on first use, so naming it (for the answer cache) costs nothing.
     """
 
     def __init__(self, model_path: Path, n_threads: int = 1, n_ctx: int = 4096) -> None:
         try:
-            import llama_cpp  # noqa: F401  (fail here, with the install hint, not later)
+            import xllamacpp  # noqa: F401  (fail here, with the install hint, not later)
         except ImportError as exc:
             raise LLMError(f"the llama.cpp runtime is not installed; {INSTALL_HINT}") from exc
         self.path = model_path.expanduser()
@@ -76,54 +82,97 @@ class LlamaCppLLM:
         self.name = f"llama-cpp:{self.path.name}"
         self.n_threads = n_threads
         self.n_ctx = n_ctx
+        self._key = secrets.token_urlsafe(24)
         self._loaded: Any = None
         self._loading = threading.Lock()
-        # one llama.cpp context: generations take turns (the server answers in several
-        # threads). A plain Lock, not an RLock: a streamed answer is resumed, and finally
-        # closed, by whichever worker thread sends its next chunk.
-        self._generating = threading.Lock()
 
     @property
-    def _llama(self) -> Any:
+    def _server(self) -> Any:
         with self._loading:  # two first requests at once must not load the model twice
             if self._loaded is None:
-                from llama_cpp import Llama
+                import xllamacpp
 
+                params = xllamacpp.CommonParams()
+                params.model.path = str(self.path)
+                params.n_ctx = self.n_ctx
+                params.n_parallel = 1  # one context: generations take turns
+                # Prompt processing and decoding get the same threads: with another
+                # process busy, one thread is often faster than two on a small machine.
+                params.cpuparams.n_threads = self.n_threads
+                params.cpuparams_batch.n_threads = self.n_threads
+                params.verbosity = -1  # llama.cpp's own log would flood the terminal
+                params.api_keys = [self._key]
                 try:
-                    # Prompt processing and decoding get the same threads: with another
-                    # process busy, one thread is often faster than two on a small machine.
-                    self._loaded = Llama(
-                        model_path=str(self.path),
-                        n_ctx=self.n_ctx,
-                        n_threads=self.n_threads,
-                        n_threads_batch=self.n_threads,
-                        verbose=False,
-                    )
-                except ValueError as exc:  # llama-cpp-python's "cannot load this file"
-                    raise LLMError(f"llama.cpp cannot load {self.path}: {exc}") from exc
+                    self._loaded = xllamacpp.Server(params)
+                except RuntimeError as exc:  # "Failed to init server"
+                    raise LLMError(
+                        f"llama.cpp cannot load {self.path}: is it a GGUF model file? ({exc})"
+                    ) from exc
             return self._loaded
 
     def stream(
         self, messages: Sequence[Message], max_tokens: int, temperature: float
     ) -> Iterator[str]:
-        llama = self._llama
-        with self._generating:
-            chunks = llama.create_chat_completion(
-                messages=list(messages),
-                max_tokens=max_tokens,
-                temperature=temperature,
-                stream=True,
-            )
-            for chunk in chunks:
-                piece = chunk["choices"][0]["delta"].get("content")
-                if piece:
-                    yield str(piece)
+        server = self._server
+        request = json.dumps(
+            {
+                "messages": list(messages),
+                "max_tokens": max_tokens,
+                "temperature": temperature,
+                "stream": True,
+            }
+        )
+        # xllamacpp calls back on the thread that made the request until the reply is
+        # done; a worker thread turns that into an iterator, and returning True from the
+        # callback stops the generation when the reader stops reading.
+        chunks: queue.Queue[str | BaseException | None] = queue.Queue()
+        abandoned = threading.Event()
+
+        def on_chunk(chunk: str) -> bool:
+            chunks.put(chunk)
+            return abandoned.is_set()
+
+        def generate() -> None:
+            try:
+                server.handle_chat_completions(request, on_chunk)
+            except Exception as exc:  # handed to the reader, raised there
+                chunks.put(exc)
+            finally:
+                chunks.put(None)
+
+        worker = threading.Thread(target=generate, name="llama.cpp", daemon=True)
+        worker.start()
+        try:
+            while (chunk := chunks.get()) is not None:
+                if isinstance(chunk, BaseException):
+                    raise LLMError(f"llama.cpp failed: {chunk}") from chunk
+                yield from _chunk_content(chunk)
+        finally:
+            abandoned.set()
 
     def complete(self, messages: Sequence[Message], max_tokens: int, temperature: float) -> str:
         return "".join(self.stream(messages, max_tokens, temperature))
 
     def count_tokens(self, text: str) -> int:
-        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        response = httpx.post(
+            f"{self._server.listening_address}/tokenize",
+            json={"content": text, "add_special": False},
+            headers={"Authorization": f"Bearer {self._key}"},
+            timeout=30,
+        )
+        response.raise_for_status()
+        return len(response.json()["tokens"])
+
+
+def _chunk_content(chunk: str) -> Iterator[str]:
+    """The text in one streamed chat-completion chunk (JSON), or its error."""
+    event: dict[str, Any] = json.loads(chunk)
+    if "error" in event:
+        raise LLMError(f"llama.cpp reported an error: {_message_of(event['error'])}")
+    for choice in event.get("choices") or ():
+        piece = (choice.get("delta") or {}).get("content")
+        if piece:
+            yield str(piece)
 
 
 # Worth another try: the server is starting, overloaded or rate-limiting.

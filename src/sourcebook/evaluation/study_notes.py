@@ -282,8 +282,10 @@ def quote_check(root: Path, citation: Citation, quote: str, lines: tuple[int, in
     Markdown and text files are compared character for character. An HTML page is
     compared with the visible text of the cited source lines (tags removed, entities
     decoded, whitespace collapsed), a PDF with the text pypdf extracts from the cited
-    pages (whitespace collapsed); the separators the converter adds there (list
-    markers, heading marks, table bars) are not part of the comparison.
+    pages (lines joined as the converter joins them: a hyphen at a line end and a break
+    between Chinese characters removed, whitespace collapsed); the separators the
+    converter adds there (list markers, heading marks, table bars) are not part of the
+    comparison.
     """
     path = Path(citation.hit.path)
     suffix = path.suffix.lower()
@@ -323,7 +325,10 @@ def _pieces_in(quote: str, on_lines: str, whole: str) -> str:
 def _pdf_pages(path: Path) -> tuple[str, ...]:
     from pypdf import PdfReader
 
-    return tuple(page.extract_text() or "" for page in PdfReader(path).pages)
+    from sourcebook.ingest.converters.base import join_lines
+
+    pages = (page.extract_text() or "" for page in PdfReader(path).pages)
+    return tuple(join_lines(page.split("\n")) for page in pages)
 
 
 # --- running it --------------------------------------------------------------------------

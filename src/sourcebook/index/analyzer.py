@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-import rjieba
 import Stemmer
 
 from sourcebook.text import normalize
@@ -40,6 +39,10 @@ CHINESE_STOPWORDS = frozenset(
 def analyze(text: str) -> list[str]:
     """Tokens for BM25: NFKC-normalised, segmented, lower-cased, stemmed, without stop
     words (the stored text keeps the file's characters: "（，）" and "(,)" match)."""
+    # imported here: loading jieba's dictionary takes a while, and commands that never
+    # analyse text (`status`, `show`) should not wait for it
+    import rjieba
+
     tokens: list[str] = []
     for piece in rjieba.cut(normalize(text)):
         if _COMPOUND.match(piece):

@@ -16,7 +16,7 @@ from pathlib import Path
 from sourcebook.faults import crash_point
 from sourcebook.index.analyzer import analyze
 from sourcebook.index.embedders import Vectors
-from sourcebook.models import ChunkDraft, DocumentInfo, SearchHit
+from sourcebook.models import Box, ChunkDraft, DocumentInfo, SearchHit
 from sourcebook.store.access import AccessControl
 from sourcebook.store.base import (
     DocumentRecord,
@@ -105,12 +105,14 @@ class KnowledgeStore:
     def _apply_log(self, start: int) -> None:
         # The last operation per chunk decides; a chunk deleted later is never added.
         final: dict[int, str] = {}
+        # 'vec' (a vector filled in later) and 'grp' (new readers) re-write the chunk's
+        # entry, which the index reads whole from the records
         for change in self.records.changes_since(start):
             if change.op == "grp" and not self.index.stores_groups:
                 continue
-            if change.op == "grp" and final.get(change.chunk_id) == "del":
+            if change.op in ("vec", "grp") and final.get(change.chunk_id) == "del":
                 continue
-            final[change.chunk_id] = "add" if change.op == "grp" else change.op
+            final[change.chunk_id] = "del" if change.op == "del" else "add"
         deletes = [chunk_id for chunk_id, op in final.items() if op == "del"]
         adds = [chunk_id for chunk_id, op in final.items() if op == "add"]
         self.index.delete(deletes)
@@ -134,17 +136,20 @@ class KnowledgeStore:
         must hold exactly the chunk ids of the records, and every chunk text its vector.
         Reads everything: for checks and tests, not per request."""
         chunks = self.records.chunk_ids()
+        # chunks still waiting for their vector are in the keyword index only (or, for an
+        # index that stores both in one row, in neither yet)
+        embedded = self.records.embedded_chunk_ids()
         problems = []
         keyword, vector = self.index.ids()
-        for name, ids in (("keyword", keyword), ("vector", vector)):
-            if ids != chunks:
+        for name, ids, expected in (
+            ("keyword", keyword, chunks if self.index.keyword_without_vector else embedded),
+            ("vector", vector, embedded),
+        ):
+            if ids != expected:
                 problems.append(
-                    f"{name} index: {len(ids - chunks)} ids not in the records, "
-                    f"{len(chunks - ids)} chunks missing"
+                    f"{name} index: {len(ids - expected)} ids not in the records, "
+                    f"{len(expected - ids)} chunks missing"
                 )
-        missing = self.records.chunks_without_vectors()
-        if missing:
-            problems.append(f"{missing} chunks have no vector")
         return problems
 
     # --- documents (written through to the records) ----------------------------------------
@@ -154,10 +159,31 @@ class KnowledgeStore:
         record: DocumentRecord,
         chunks: Sequence[ChunkDraft],
         index_texts: Sequence[str],
-        vectors: Vectors,
+        vectors: Vectors | None = None,
     ) -> None:
         self.records.replace_document(record, chunks, index_texts, vectors)
         self._after_write(len(chunks))
+
+    def rename_document(self, old: str, new: str, modified: float) -> bool:
+        return self.records.rename_document(old, new, modified)
+
+    def document_layout(self, path: str) -> tuple[list[int] | None, list[Box | None] | None]:
+        return self.records.document_layout(path)
+
+    def texts_to_embed(
+        self, limit: int, after: int = 0
+    ) -> list[tuple[int, str, str, list[str], str]]:
+        return self.records.texts_to_embed(limit, after)
+
+    def put_vectors(self, vectors: dict[str, Vectors]) -> None:
+        self.records.put_vectors(vectors)
+        self._after_write(len(vectors))
+
+    def embedding_progress(self) -> tuple[int, int]:
+        return self.records.embedding_progress()
+
+    def source_names(self) -> dict[str, str]:
+        return self.records.source_names()
 
     def remove_document(self, path: str) -> bool:
         removed = self.records.remove_document(path)
@@ -177,8 +203,10 @@ class KnowledgeStore:
     def document_text(self, path: str) -> str | None:
         return self.records.document_text(path)
 
-    def add_source(self, path: str, include: Sequence[str], exclude: Sequence[str]) -> None:
-        self.records.add_source(path, include, exclude)
+    def add_source(
+        self, path: str, include: Sequence[str], exclude: Sequence[str], given: str | None = None
+    ) -> None:
+        self.records.add_source(path, include, exclude, given)
 
     def remove_source(self, path: str) -> bool:
         return self.records.remove_source(path)

@@ -20,8 +20,12 @@ from pathlib import Path
 import numpy as np
 import tantivy
 from numpy.typing import NDArray
+
+# isort: off
+from sourcebook import _cxx_runtime  # noqa: F401  (before usearch: see its docstring)
 from usearch.index import Index
 
+# isort: on
 from sourcebook.faults import crash_point
 from sourcebook.index.embedders import Vectors
 
@@ -245,7 +249,8 @@ class VectorIndex:
         self._dirty = True
 
     def commit(self, watermark: int) -> None:
-        if self._dirty:
+        # an empty index is saved too: the watermark counts only with the file beside it
+        if self._dirty or not self._path.exists():
             tmp = self._path.with_suffix(".tmp")
             self._index.save(str(tmp))
             crash_point("vectors.saved")

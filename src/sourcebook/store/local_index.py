@@ -28,6 +28,7 @@ class LocalSearchIndex:
 
     enforces_groups = False
     stores_groups = False
+    keyword_without_vector = True
 
     def __init__(
         self,
@@ -52,9 +53,11 @@ class LocalSearchIndex:
     def upsert(self, entries: Sequence[IndexEntry]) -> None:
         for entry in entries:
             self._keyword.upsert(entry.chunk_id, entry.doc_id, entry.tokens)
-        if entries:
+        embedded = [e for e in entries if e.vector is not None]
+        if embedded:
             self._vectors.upsert(
-                [e.chunk_id for e in entries], np.vstack([e.vector for e in entries])
+                [e.chunk_id for e in embedded],
+                np.vstack([e.vector for e in embedded if e.vector is not None]),
             )
 
     def delete(self, chunk_ids: Sequence[int]) -> None:

@@ -22,10 +22,10 @@ from sourcebook.store.sql_records import SQLRecords
 TABLES: tuple[tuple[str, tuple[str, ...], str | None], ...] = tuple(
     (table, tuple(columns.split()), key)
     for table, columns, key in (
-        ("sources", "path include exclude added", None),
+        ("sources", "path include exclude added given", None),
         (
             "documents",
-            "id path title kind tags modified size content_hash text pages indexed",
+            "id path title kind tags modified size content_hash text pages indexed boxes",
             "id",
         ),
         (

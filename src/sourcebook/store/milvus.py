@@ -109,6 +109,9 @@ class MilvusSearchIndex:
 
     enforces_groups = True
     stores_groups = True
+    # a row holds the vector: a chunk enters with its embedding (seconds after it is
+    # stored, by the background embedder), keyword and vector search at once
+    keyword_without_vector = False
 
     def __init__(self, uri: str, dim: int, collection: str = DEFAULT_COLLECTION) -> None:
         self.uri = uri
@@ -228,6 +231,7 @@ class MilvusSearchIndex:
                 "vector": np.asarray(entry.vector, dtype=np.float32).tolist(),
             }
             for entry in entries
+            if entry.vector is not None
         ]
         for start in range(0, len(rows), 500):
             self._client.upsert(self._collection, rows[start : start + 500])

@@ -20,7 +20,7 @@ import numpy as np
 from sourcebook.faults import crash_point
 from sourcebook.index.analyzer import analyze
 from sourcebook.index.embedders import Vectors
-from sourcebook.models import ChunkDraft, DocumentInfo, SearchHit
+from sourcebook.models import Box, ChunkDraft, DocumentInfo, SearchHit
 from sourcebook.store.access import AccessControl
 from sourcebook.store.base import (
     SCHEMA_VERSION,
@@ -58,6 +58,7 @@ class SQLRecords(ABC):
         # document each chunk belongs to, and who may not read what
         self._layout: ChunkLayout | None = None
         self._unreadable: dict[frozenset[str], tuple[int, set[int]]] = {}
+        self._progress: tuple[int, int, int] | None = None  # (generation, embedded, chunks)
         self._db.executescript(schema)
         self.embedder_name, self.dim = self._check_model(model)
         self._unreadable_sql = _UNREADABLE.format(
@@ -180,14 +181,23 @@ class SQLRecords(ABC):
 
     # --- sources (the roots `sync` re-reads) ------------------------------------------------
 
-    def add_source(self, path: str, include: Sequence[str], exclude: Sequence[str]) -> None:
+    def add_source(
+        self, path: str, include: Sequence[str], exclude: Sequence[str], given: str | None = None
+    ) -> None:
+        """Remember an absolute source path; `given` is how the user wrote it."""
         with self._transaction():
             self._db.execute(
-                "INSERT INTO sources VALUES (?, ?, ?, ?) ON CONFLICT (path) DO UPDATE"
+                "INSERT INTO sources (path, include, exclude, added, given)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE"
                 " SET include = excluded.include, exclude = excluded.exclude,"
-                " added = excluded.added",
-                (path, json.dumps(list(include)), json.dumps(list(exclude)), time.time()),
+                " added = excluded.added, given = excluded.given",
+                (path, json.dumps(list(include)), json.dumps(list(exclude)), time.time(), given),
             )
+
+    def source_names(self) -> dict[str, str]:
+        """Absolute source path -> the path as the user gave it (when it was recorded)."""
+        rows = self._db.execute("SELECT path, given FROM sources WHERE given IS NOT NULL")
+        return {str(path): str(given) for path, given in rows}
 
     def remove_source(self, path: str) -> bool:
         with self._transaction():
@@ -217,12 +227,24 @@ class SQLRecords(ABC):
         row = self._db.execute("SELECT text FROM documents WHERE path = ?", (path,)).fetchone()
         return str(row[0]) if row else None
 
+    def document_layout(self, path: str) -> tuple[list[int] | None, list[Box | None] | None]:
+        """Per line of a document's text: its page, and its box on that page (None for
+        formats without pages, or lines without a box)."""
+        row = self._db.execute(
+            "SELECT pages, boxes FROM documents WHERE path = ?", (path,)
+        ).fetchone()
+        if row is None:
+            return None, None
+        pages = json.loads(row[0]) if row[0] else None
+        boxes = [tuple(b) if b else None for b in json.loads(row[1])] if row[1] else None
+        return pages, boxes
+
     def replace_document(
         self,
         record: DocumentRecord,
         chunks: Sequence[ChunkDraft],
         index_texts: Sequence[str],
-        vectors: Vectors,
+        vectors: Vectors | None = None,
     ) -> None:
         """Insert or replace a document and all its chunks atomically.
 
@@ -231,9 +253,12 @@ class SQLRecords(ABC):
         indexed again later gets a new id: ids are never reused (AUTOINCREMENT), so an
         old link to a removed document is a 404, never another document.
 
-        `index_texts[i]` is what was embedded and is keyword-indexed for chunk i (the chunk
-        with its heading path); `vectors[i]` is its embedding.
+        `index_texts[i]` is what is embedded and keyword-indexed for chunk i (the chunk
+        with its heading path); `vectors[i]` is its embedding. Without `vectors` the chunks
+        are keyword-searchable at the next flush and get their vectors from the embedding
+        cache, or later from `put_vectors` (see "Vectors filled in later").
         """
+        given: Sequence[Vectors | None] = [None] * len(chunks) if vectors is None else list(vectors)
         hashes = [text_hash(t) for t in index_texts]
         values = (
             record.title,
@@ -244,6 +269,7 @@ class SQLRecords(ABC):
             record.content_hash,
             record.text,
             json.dumps(record.pages) if record.pages else None,
+            json.dumps(record.boxes) if record.boxes else None,
             time.time(),
             record.path,
         )
@@ -252,7 +278,8 @@ class SQLRecords(ABC):
             if doc_id is None:
                 inserted = self._db.execute(
                     "INSERT INTO documents (title, kind, tags, modified, size, content_hash,"
-                    " text, pages, indexed, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " text, pages, boxes, indexed, path)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " RETURNING id",
                     values,
                 ).fetchone()
@@ -261,13 +288,14 @@ class SQLRecords(ABC):
             else:
                 self._db.execute(
                     "UPDATE documents SET title = ?, kind = ?, tags = ?, modified = ?, size = ?,"
-                    " content_hash = ?, text = ?, pages = ?, indexed = ? WHERE path = ?",
+                    " content_hash = ?, text = ?, pages = ?, boxes = ?, indexed = ?"
+                    " WHERE path = ?",
                     values,
                 )
             # in the same transaction: a document is never visible without its groups
             self._derive_groups([record.path])
             for chunk, index_text, digest, vector in zip(
-                chunks, index_texts, hashes, vectors, strict=True
+                chunks, index_texts, hashes, given, strict=True
             ):
                 pages = page_range(record.pages, chunk)
                 chunk_row = self._db.execute(
@@ -290,10 +318,11 @@ class SQLRecords(ABC):
                     ),
                 ).fetchone()
                 assert chunk_row is not None
-                self._db.execute(
-                    "INSERT INTO vectors VALUES (?, ?) ON CONFLICT (text_hash) DO NOTHING",
-                    (digest, np.asarray(vector, dtype=np.float32).tobytes()),
-                )
+                if vector is not None:
+                    self._db.execute(
+                        "INSERT INTO vectors VALUES (?, ?) ON CONFLICT (text_hash) DO NOTHING",
+                        (digest, np.asarray(vector, dtype=np.float32).tobytes()),
+                    )
                 self._db.execute(
                     "INSERT INTO change_log (chunk_id, op) VALUES (?, 'add')", (chunk_row[0],)
                 )
@@ -305,6 +334,33 @@ class SQLRecords(ABC):
             self._db.execute("DELETE FROM document_grants WHERE path = ?", (path,))
             self._db.execute("DELETE FROM document_groups WHERE path = ?", (path,))
         return removed
+
+    def rename_document(self, old: str, new: str, modified: float) -> bool:
+        """A file moved with its content unchanged: the document takes its new path and
+        keeps its id, chunks (and their ids) and vectors. Its groups are derived again for
+        the new path (rules are path globs); an upload's own groups move with it. Cached
+        answers citing it are dropped (they name the old path). A document already at
+        `new` is replaced. Returns False when nothing is indexed at `old`."""
+        with self._transaction():
+            row = self._db.execute(
+                "SELECT id, content_hash FROM documents WHERE path = ?", (old,)
+            ).fetchone()
+            if row is None:
+                return False
+            if new != old:
+                self._delete_document_rows(new)
+            self._db.execute(
+                "UPDATE documents SET path = ?, modified = ?, indexed = ? WHERE id = ?",
+                (new, modified, time.time(), row[0]),
+            )
+            self._db.execute("DELETE FROM document_grants WHERE path = ?", (new,))
+            self._db.execute("UPDATE document_grants SET path = ? WHERE path = ?", (new, old))
+            self._db.execute("DELETE FROM document_groups WHERE path = ?", (old,))
+            self._derive_groups([new])
+            self._db.execute(
+                "DELETE FROM answer_cache WHERE content_hashes LIKE ?", (f'%"{row[1]}"%',)
+            )
+        return True
 
     def remove_source_and_documents(self, root: str, paths: Sequence[str]) -> None:
         """Forget a source and the documents under it in one transaction: a process
@@ -357,12 +413,63 @@ class SQLRecords(ABC):
             )
         return cursor.rowcount
 
-    def chunks_without_vectors(self) -> int:
-        return int(
-            self._db.execute(
-                "SELECT COUNT(*) FROM chunks WHERE text_hash NOT IN (SELECT text_hash FROM vectors)"
-            ).fetchone()[0]
+    # --- vectors filled in later ----------------------------------------------------------
+    # A document is stored (and keyword-searchable after the next flush) before its chunks
+    # are embedded: a chunk whose text has no row in `vectors` is found by BM25 alone until
+    # `put_vectors` gives it one, which logs a 'vec' entry so the flush adds it to the
+    # vector index. A process killed in between leaves chunks without vectors, which the
+    # next writer embeds (`KnowledgeBase.embed_pending`).
+
+    def texts_to_embed(
+        self, limit: int, after: int = 0
+    ) -> list[tuple[int, str, str, list[str], str]]:
+        """Up to `limit` chunks after chunk id `after` whose text has no vector, in id
+        order (a caller that stores what it gets continues after the last id; chunk ids
+        only grow): (chunk id, text hash, document title, heading path, chunk text)."""
+        rows = self._db.execute(
+            "SELECT c.id, c.text_hash, d.title, c.heading_path, c.text FROM chunks c"
+            " JOIN documents d ON d.id = c.doc_id WHERE c.id > ?"
+            " AND NOT EXISTS (SELECT 1 FROM vectors v WHERE v.text_hash = c.text_hash)"
+            " ORDER BY c.id LIMIT ?",
+            (after, limit),
         )
+        return [(int(i), h, t, json.loads(p), x) for i, h, t, p, x in rows]
+
+    def put_vectors(self, vectors: dict[str, Vectors]) -> None:
+        """Store the vectors of chunk texts (by text hash) and log every chunk using them
+        for the vector index, in one transaction. A text no chunk uses any more (edited
+        meanwhile) stays in the cache until `collect_garbage`."""
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO vectors VALUES (?, ?) ON CONFLICT (text_hash) DO NOTHING",
+                ((h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()),
+            )
+            hashes = list(vectors)
+            for start in range(0, len(hashes), 500):
+                batch = hashes[start : start + 500]
+                self._db.execute(
+                    "INSERT INTO change_log (chunk_id, op) SELECT id, 'vec' FROM chunks"
+                    f" WHERE text_hash IN ({','.join('?' * len(batch))})",
+                    batch,
+                )
+
+    def embedding_progress(self) -> tuple[int, int]:
+        """(chunks with a vector, all chunks); counted again only after a write."""
+        generation = self.generation()
+        if self._progress is None or self._progress[0] != generation:
+            total, waiting = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM vectors v"
+                " WHERE v.text_hash = c.text_hash) THEN 0 ELSE 1 END), 0) FROM chunks c"
+            ).fetchone()
+            self._progress = (generation, int(total) - int(waiting), int(total))
+        return self._progress[1], self._progress[2]
+
+    def embedded_chunk_ids(self) -> set[int]:
+        """Chunks whose text has its vector (the vector index holds exactly these)."""
+        rows = self._db.execute(
+            "SELECT c.id FROM chunks c JOIN vectors v ON v.text_hash = c.text_hash"
+        )
+        return {int(row[0]) for row in rows}
 
     # --- change log ----------------------------------------------------------------------
 
@@ -383,7 +490,7 @@ class SQLRecords(ABC):
             marks = ",".join("?" * len(batch))
             rows = self._db.execute(
                 "SELECT c.id, c.doc_id, c.tokens, v.vector, d.path FROM chunks c"
-                " JOIN vectors v ON v.text_hash = c.text_hash"
+                " LEFT JOIN vectors v ON v.text_hash = c.text_hash"
                 f" JOIN documents d ON d.id = c.doc_id WHERE c.id IN ({marks})",
                 list(batch),
             ).fetchall()
@@ -393,7 +500,7 @@ class SQLRecords(ABC):
                     int(chunk_id),
                     int(doc_id),
                     str(tokens),
-                    np.frombuffer(blob, dtype=np.float32),
+                    None if blob is None else np.frombuffer(blob, dtype=np.float32),
                     tuple(groups.get(str(path), ())),
                 )
                 for chunk_id, doc_id, tokens, blob, path in rows

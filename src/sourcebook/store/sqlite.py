@@ -11,6 +11,7 @@ The SQL itself is shared with PostgreSQL (`sql_records.py`).
 from __future__ import annotations
 
 import fcntl
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,13 +25,15 @@ from sourcebook.store.sql_records import SQLRecords
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sources (
-    path TEXT PRIMARY KEY, include TEXT NOT NULL, exclude TEXT NOT NULL, added REAL NOT NULL
+    path TEXT PRIMARY KEY, include TEXT NOT NULL, exclude TEXT NOT NULL, added REAL NOT NULL,
+    given TEXT
 );
 CREATE TABLE IF NOT EXISTS documents (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     path TEXT NOT NULL UNIQUE, title TEXT NOT NULL, kind TEXT NOT NULL,
     tags TEXT NOT NULL, modified REAL NOT NULL, size INTEGER NOT NULL,
-    content_hash TEXT NOT NULL, text TEXT NOT NULL, pages TEXT, indexed REAL NOT NULL
+    content_hash TEXT NOT NULL, text TEXT NOT NULL, pages TEXT, indexed REAL NOT NULL,
+    boxes TEXT
 );
 CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -88,6 +91,22 @@ class SQLiteRecords(SQLRecords):
         super().__init__(SQLiteDatabase(db_path), _SCHEMA, str(folder), model)
         self._lock_file: IO[str] | None = None
         self._access: AccessControl | None = None
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a knowledge base was created (older ones lack them): the
+        path as the user gave it (`sources.given`, see `source_names`) and the page boxes
+        of each line (`documents.boxes`)."""
+        for table, column in (("sources", "given"), ("documents", "boxes")):
+            columns = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if column in columns:
+                continue
+            try:
+                with self._transaction():
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+            except sqlite3.OperationalError as exc:  # another process added it just now
+                if "duplicate column" not in str(exc):
+                    raise
 
     @contextmanager
     def write_lock(self) -> Iterator[None]:

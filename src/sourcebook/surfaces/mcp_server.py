@@ -29,10 +29,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from sourcebook import __version__
 from sourcebook.answer.llm import LLMError
 from sourcebook.deadline import DeadlineExceeded
-from sourcebook.ingest.pipeline import absolute_path
 from sourcebook.kb import KnowledgeBase
 from sourcebook.models import Answer, Language, SearchHit
-from sourcebook.settings import MAX_QUESTION_CHARS
+from sourcebook.settings import MAX_FILTER_CHARS, MAX_QUESTION_CHARS
 from sourcebook.store.embedded import Filters, StoreError, restricted
 
 HTTP_PATH = "/mcp"
@@ -68,7 +67,8 @@ Reading = Callable[[], AbstractContextManager[object]]
 
 
 class Passage(BaseModel):
-    path: str = Field(description="the document's path (pass it to get_document)")
+    path: str = Field(description="the document's path as added (pass it to get_document)")
+    absolute_path: str = Field("", description="where the file is")
     title: str
     heading_path: list[str] = Field(description="the headings above the passage")
     line_start: int = Field(description="first line of the passage in the document (1-based)")
@@ -87,6 +87,7 @@ class Passages(BaseModel):
 class Source(BaseModel):
     n: int = Field(description="the number shown as [n] in the answer")
     path: str
+    absolute_path: str = ""
     title: str
     line_start: int = Field(description="first line of the cited passage (1-based)")
     line_end: int
@@ -105,6 +106,7 @@ class CitedAnswer(BaseModel):
 
 class DocumentLines(BaseModel):
     path: str
+    absolute_path: str = ""
     title: str
     line_start: int
     line_end: int
@@ -156,9 +158,16 @@ def create_mcp_server(
         ctx: Context[Any, Any],
         limit: Annotated[int, Field(ge=1, le=50, description="how many passages")] = 5,
         path: Annotated[
-            str | None, Field(description="only documents whose path matches this glob")
+            str | None,
+            Field(
+                max_length=MAX_FILTER_CHARS,
+                description="only documents whose path matches this glob",
+            ),
         ] = None,
-        tag: Annotated[str | None, Field(description="only documents with this tag")] = None,
+        tag: Annotated[
+            str | None,
+            Field(max_length=MAX_FILTER_CHARS, description="only documents with this tag"),
+        ] = None,
     ) -> Passages:
         """Search the user's notes (Chinese and English; a query in one language also finds
         passages in the other). Returns the best-matching passages, best first, each with
@@ -168,7 +177,7 @@ def create_mcp_server(
         filters = Filters(path_glob=path, tags=(tag,) if tag else ())
         with reading(), facade_errors():
             hits = kb.search(query, limit, restricted(filters, reader.groups))
-        kb.access.record(reader.name, "mcp", "search", query, [h.path for h in hits])
+        kb.access.record(reader.name, "mcp", "search", query, [h.absolute_path for h in hits])
         return Passages(query=query, results=[_passage(h) for h in hits])
 
     @server.tool(annotations=_READ_ONLY)
@@ -192,7 +201,7 @@ def create_mcp_server(
         reader = reader_of(ctx)
         with reading(), facade_errors():
             answer = kb.ask(question, restricted(None, reader.groups))
-        cited = [c.hit.path for c in answer.citations]
+        cited = [c.hit.absolute_path for c in answer.citations]
         detail = f"{answer.mode}, {'found' if answer.found else 'not found'}"
         kb.access.record(reader.name, "mcp", "ask", question, cited, detail)
         result = _cited_answer(answer)
@@ -220,13 +229,16 @@ def create_mcp_server(
             except KeyError as exc:
                 # the same message whether it does not exist or may not be read
                 raise ToolError(f"{path} is not in the knowledge base") from exc
-            key = str(absolute_path(path))  # as the facade keys documents
-            document = next((d for d in kb.documents(reader.groups) if d.path == key), None)
+            key = kb.resolve_path(path)  # as the facade keys documents
+            document = next(
+                (d for d in kb.documents(reader.groups) if d.absolute_path == key), None
+            )
         lines = f"lines {start or 1}-{end}" if start or end else None
         kb.access.record(reader.name, "mcp", "document", None, [key], lines)
         first = start or 1
         return DocumentLines(
-            path=key,
+            path=document.path if document is not None else path,
+            absolute_path=key,
             # listed, as document_text found it (unless another process just removed it)
             title=document.title if document is not None else key,
             line_start=first,
@@ -263,6 +275,7 @@ def create_mcp_server(
 def _passage(hit: SearchHit) -> Passage:
     return Passage(
         path=hit.path,
+        absolute_path=hit.absolute_path,
         title=hit.title,
         heading_path=hit.heading_path,
         line_start=hit.line_start,
@@ -285,6 +298,7 @@ def _cited_answer(answer: Answer) -> CitedAnswer:
             Source(
                 n=c.n,
                 path=c.hit.path,
+                absolute_path=c.hit.absolute_path,
                 title=c.hit.title,
                 line_start=c.hit.line_start,
                 line_end=c.hit.line_end,

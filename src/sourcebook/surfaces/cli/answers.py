@@ -8,9 +8,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from sourcebook.answer.chat import ChatSession
-from sourcebook.answer.generation import final_answer
-from sourcebook.store.access import audited
 from sourcebook.surfaces.cli.common import (
     AfterFilter,
     BeforeFilter,
@@ -47,7 +44,7 @@ def search(
     """Hybrid (BM25 + dense) search over the chunks."""
     with errors_to_exit(), open_kb(kb) as base:
         hits = base.search(query, limit, filters_from(path, tag, after, before))
-        audit_log(base, "search", query, [h.path for h in hits])
+        audit_log(base, "search", query, [h.absolute_path for h in hits])
         if as_json:
             emit_json(hits)
             return
@@ -59,7 +56,7 @@ def search(
                 f"[bold cyan]{rank:>2}.[/] [green]{escape(location(hit))}[/]  "
                 f"[dim]{escape(' > '.join(hit.heading_path))}  {ranks}[/]"
             )
-            console.print("    " + escape(snippet(hit.text)))
+            console.print("    " + escape(snippet(hit, query)))
 
 
 @app.command()
@@ -74,6 +71,8 @@ def ask(
     as_json: JsonOption = False,
 ) -> None:
     """Answer from the knowledge base, citing a source after every sentence."""
+    from sourcebook.store.access import audited
+
     with errors_to_exit(), open_kb(kb) as base:
         events = base.ask_stream(question, filters_from(path, tag, after, before), mode)
         show_answer(audited(events, record_answer(base, question)), as_json)
@@ -91,6 +90,10 @@ def chat(
 ) -> None:
     """Ask questions one per line (from the terminal or piped in); follow-ups such as
     "那它的缺点呢？" are understood from the conversation. Ends at end of input."""
+    from sourcebook.answer.chat import ChatSession
+    from sourcebook.answer.generation import final_answer
+    from sourcebook.store.access import audited
+
     with errors_to_exit(), open_kb(kb) as base:
         session = ChatSession(base, mode, filters_from(path, tag, after, before))
         interactive = sys.stdin.isatty() and not as_json

@@ -1,4 +1,11 @@
-"""What every command shares: the app, the consoles, options, errors, output helpers."""
+"""What every command shares: the app, the consoles, options, errors, output helpers.
+
+Start-up rule (docs/architecture.md): the command modules are imported by every run of
+the command line, `--help` included, so at module level they import only the standard
+library, typer, rich and light sourcebook modules (`literals`, `text`, this one). The
+facade, the models, settings, the server and anything that loads numpy, a model or an
+index is imported inside the command that uses it (tests/test_first_hour.py checks this).
+"""
 
 from __future__ import annotations
 
@@ -9,29 +16,59 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from typer.core import TyperGroup
 
-from sourcebook.answer.llm import LLMError
-from sourcebook.kb import KnowledgeBase
-from sourcebook.models import Answer, AnswerEvent, AnswerMode, SearchHit, SyncReport
-from sourcebook.settings import Settings
-from sourcebook.store.access import AccessError
-from sourcebook.store.embedded import Filters, StoreError
-from sourcebook.text import printable
+from sourcebook.literals import AnswerMode
+from sourcebook.text import markdown_as_text, printable
 
-app = typer.Typer(
-    help="Sourcebook: ask your own notes (Chinese, English or both), get cited answers.",
+if TYPE_CHECKING:
+    from sourcebook.kb import KnowledgeBase
+    from sourcebook.models import Answer, AnswerEvent, SearchHit, SyncReport
+    from sourcebook.settings import Settings
+    from sourcebook.store.embedded import Filters
+
+
+class _CommandList(TyperGroup):
+    """The command list shows each command's first sentence whole (click cuts it at the
+    terminal's width with "...")."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:  # typer's vendored click
+        rows = [
+            (name, command.get_short_help_str(limit=1000))
+            for name in self.list_commands(ctx)
+            if (command := self.get_command(ctx, name)) is not None and not command.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def command_group(help: str, **options: Any) -> typer.Typer:
+    """A command group as every group of this CLI is made: plain help (whole sentences,
+    single line breaks in docstrings joined, flags without a "<bool>" type, readable when
+    piped), no shell-completion options."""
+    return typer.Typer(
+        help=help,
+        cls=_CommandList,
+        rich_markup_mode=None,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        **options,
+    )
+
+
+app = command_group(
+    "Sourcebook: ask your own notes (Chinese, English or both), get cited answers.",
     no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
 )
-console = Console()
+# Piped or redirected, lines are not wrapped at all (rich's default is 80 columns, which
+# splits quotes mid-word in a file); in a terminal rich wraps at word boundaries.
+console = Console(soft_wrap=not sys.stdout.isatty())
 errors = Console(stderr=True, soft_wrap=True)  # paths stay on one line
 
 KbOption = Annotated[
@@ -45,17 +82,40 @@ class CliError(Exception):
     pass
 
 
+# Errors reported as one line and exit code 1, by (module, class): looked up only in
+# modules already imported, since an error class whose module was never loaded cannot
+# have been raised (and importing it just to catch nothing would cost start-up time).
+_REPORTED = (
+    ("sourcebook.store.embedded", "StoreError"),
+    ("sourcebook.answer.llm", "LLMError"),
+    ("sourcebook.store.access", "AccessError"),
+)
+
+
+def _reported_errors() -> tuple[type[Exception], ...]:
+    loaded = [
+        getattr(module, name)
+        for module_name, name in _REPORTED
+        if (module := sys.modules.get(module_name)) is not None
+    ]
+    return (CliError, ValueError, KeyError, *loaded)
+
+
 @contextmanager
 def errors_to_exit() -> Iterator[None]:
     try:
         yield
-    except (StoreError, CliError, LLMError, AccessError, ValueError, KeyError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _reported_errors()):
+            raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         errors.print(f"[bold red]error:[/] {escape(str(message))}")
         raise typer.Exit(1) from None
 
 
 def settings_for(kb: Path | None) -> Settings:
+    from sourcebook.settings import Settings
+
     settings = Settings()
     if kb is not None:
         settings.kb = kb
@@ -69,6 +129,8 @@ def kb_exists(settings: Settings) -> bool:
 
 
 def open_kb(kb: Path | None, create: bool = False) -> KnowledgeBase:
+    from sourcebook.kb import KnowledgeBase
+
     settings = settings_for(kb)
     exists = kb_exists(settings)
     if create and not exists:
@@ -77,6 +139,8 @@ def open_kb(kb: Path | None, create: bool = False) -> KnowledgeBase:
 
 
 def emit_json(data: Any) -> None:
+    from pydantic import BaseModel
+
     if isinstance(data, BaseModel):
         text = data.model_dump_json(indent=2)
     elif isinstance(data, dict):
@@ -108,7 +172,7 @@ def record_answer(base: KnowledgeBase, question: str) -> Callable[[Answer], None
 
     def record(answer: Answer) -> None:
         state = "found" if answer.found else "not found"
-        paths = [c.hit.path for c in answer.citations]
+        paths = [c.hit.absolute_path for c in answer.citations]
         audit_log(base, "ask", question, paths, f"{answer.mode}, {state}")
 
     return record
@@ -124,7 +188,8 @@ def display_path(path: str) -> str:
 
 
 def location(hit: SearchHit) -> str:
-    where = f"{display_path(hit.path)}:{hit.line_start}-{hit.line_end}"
+    """Where a hit is, as `show` takes it: the path as added, then the lines."""
+    where = f"{printable(hit.path)}:{hit.line_start}-{hit.line_end}"
     if hit.page_start:
         pages = (
             f"p.{hit.page_start}"
@@ -138,6 +203,8 @@ def location(hit: SearchHit) -> str:
 def filters_from(
     path: str | None, tag: list[str] | None, after: datetime | None, before: datetime | None
 ) -> Filters:
+    from sourcebook.store.embedded import Filters
+
     return Filters(
         path_glob=path, tags=tuple(tag or ()), modified_after=after, modified_before=before
     )
@@ -161,10 +228,20 @@ ModeOption = Annotated[
 
 
 def with_progress(run: Any, quiet: bool) -> SyncReport:
+    """Run `run(indexing, embedding)` with a progress bar for each phase: files indexed
+    (keyword-searchable from then on), then chunks embedded."""
     if quiet or not console.is_terminal:
-        return run(None)  # type: ignore[no-any-return]
+        return run(None, None)  # type: ignore[no-any-return]
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     with Progress(
-        TextColumn("[bold]indexing"),
+        TextColumn("[bold]{task.fields[phase]}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
@@ -172,40 +249,83 @@ def with_progress(run: Any, quiet: bool) -> SyncReport:
         console=console,
         transient=True,
     ) as progress:
-        task = progress.add_task("", total=None)
+        files = progress.add_task("", total=None, phase="indexing")
+        chunks = progress.add_task("", total=None, phase="embedding", visible=False)
 
-        def update(done: int, total: int, path: str) -> None:
+        def indexing(done: int, total: int, path: str) -> None:
             progress.update(
-                task,
+                files,
                 completed=done,
                 total=total,
                 description=display_path(path)[-50:] if path else "",
             )
 
-        return run(update)  # type: ignore[no-any-return]
+        def embedding(done: int, total: int, _: str) -> None:
+            progress.update(
+                chunks,
+                completed=done,
+                total=total,
+                visible=True,
+                description="chunks (keyword search works meanwhile)",
+            )
+
+        return run(indexing, embedding)  # type: ignore[no-any-return]
 
 
 def finish_report(report: SyncReport, as_json: bool) -> None:
     if as_json:
         emit_json(report)
     else:
-        console.print(
-            f"[bold]documents[/]: {report.added} added, {report.updated} updated, "
-            f"{report.unchanged} unchanged, {report.removed} removed, "
-            f"[{'red' if report.failed else 'green'}]{len(report.failed)} failed[/]"
-            + (f", {len(report.skipped)} skipped (unsupported type)" if report.skipped else "")
-        )
-        console.print(
-            f"[bold]chunks[/]: {report.chunks_added} added ({report.chunks_embedded} embedded, "
-            f"the rest from cache), {report.chunks_removed} removed  [dim]{report.seconds:.1f}s[/]"
-        )
+        console.print(summary(report))
+        if report.chunks_waiting:
+            console.print(
+                f"[yellow]{report.chunks_waiting:,} chunks wait for their vectors[/] (found by "
+                "keyword search until then; embedded by `sourcebook sync`, `watch` or `serve`)"
+            )
         for issue in report.failed:
             errors.print(
                 f"[red]failed[/] {escape(display_path(issue.path))}: "
                 + escape(printable(issue.reason))
             )
+        for issue in report.partial:
+            errors.print(
+                f"[yellow]partly read[/] {escape(display_path(issue.path))}: "
+                + escape(printable(issue.reason))
+            )
     if report.failed:
         raise typer.Exit(2)
+
+
+def summary(report: SyncReport) -> str:
+    """What an add or sync did, in counts that say only what happened."""
+    seconds = f"[dim]{report.seconds:.1f} s[/]"
+    changed = report.added + report.updated + report.removed
+    if not changed and not report.failed and not report.chunks_added:
+        return (
+            f"Nothing to do: {report.unchanged} document{'s' * (report.unchanged != 1)} "
+            f"already indexed and unchanged.  {seconds}"
+        )
+    failed = f"[{'red' if report.failed else 'green'}]{len(report.failed)} failed[/]"
+    documents = (
+        f"[bold]documents[/]: {report.added} added, {report.updated} updated, "
+        f"{report.unchanged} unchanged, {report.removed} removed, {failed}"
+        + (f", {len(report.skipped)} skipped (unsupported type)" if report.skipped else "")
+    )
+    embedded = min(report.chunks_embedded, report.chunks_added)
+    cached = report.chunks_added - embedded
+    if not report.chunks_added:
+        origin = ""
+    elif not cached:
+        origin = " (all embedded now)"
+    elif not embedded:
+        origin = " (all from the embedding cache)"
+    else:
+        origin = f" ({embedded} embedded now, {cached} from the embedding cache)"
+    chunks = (
+        f"[bold]chunks[/]: {report.chunks_added} added{origin}, "
+        f"{report.chunks_removed} removed  {seconds}"
+    )
+    return f"{documents}\n{chunks}"
 
 
 def show_answer(events: Iterator[AnswerEvent], as_json: bool) -> None:
@@ -265,11 +385,27 @@ def print_answer(answer: Answer, streamed: str = "") -> None:
             lines = f"{first}" if first == last else f"{first}-{last}"
             console.print(f"    [dim]line {lines}:[/] {escape(' '.join(quote.split()))}")
         if not citation.quotes:
-            console.print("    " + escape(snippet(hit.text)))
+            console.print("    " + escape(snippet(hit)))
 
 
-def snippet(text: str, width: int = 160) -> str:
-    flat = " ".join(text.split())
+# converters that write Markdown structure (headings, fences, table pipes) into the text
+_MARKDOWN_SHAPED = {"markdown", "pdf", "html", "docx", "pptx", "notebook", "epub", "sheet"}
+
+
+def snippet(hit: SearchHit, query: str = "", width: int = 160) -> str:
+    """A hit's text on one line, Markdown rendered as text, starting at the first line that
+    holds the most query terms (so the words searched for are on screen)."""
+    text = markdown_as_text(hit.text) if hit.kind in _MARKDOWN_SHAPED else hit.text
+    lines = [line for line in text.split("\n") if line.strip()]
+    if query and lines:
+        from sourcebook.index.analyzer import analyze  # loaded already by the search
+
+        wanted = set(analyze(query))
+        overlap = [len(wanted & set(analyze(line))) for line in lines]
+        best = max(range(len(lines)), key=lambda i: (overlap[i], -i))
+        if overlap[best]:
+            lines = lines[best:]
+    flat = " ".join(" ".join(lines).split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 

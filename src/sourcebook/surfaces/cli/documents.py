@@ -10,9 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from sourcebook.index.embedders import EMBEDDERS
-from sourcebook.ingest.pipeline import absolute_path
-from sourcebook.kb import KnowledgeBase
+from sourcebook.literals import EMBEDDER_NAMES
 from sourcebook.surfaces.cli.common import (
     CliError,
     JsonOption,
@@ -32,12 +30,21 @@ from sourcebook.surfaces.cli.common import (
     with_progress,
 )
 
+WaitOption = Annotated[
+    bool,
+    typer.Option(
+        "--wait/--no-wait",
+        help="embed every new chunk before returning (--no-wait: return as soon as the "
+        "files are keyword-searchable; `watch`, `serve` or the next `sync` embed the rest)",
+    ),
+]
+
 
 @app.command()
 def init(
     kb: KbOption = None,
     model: Annotated[
-        str | None, typer.Option(help=f"embedding model: {', '.join(EMBEDDERS)}")
+        str | None, typer.Option(help=f"embedding model: {', '.join(EMBEDDER_NAMES)}")
     ] = None,
     database: Annotated[
         str | None,
@@ -55,6 +62,8 @@ def init(
     ] = None,
 ) -> None:
     """Create an empty knowledge base (in its folder, or on PostgreSQL and Milvus)."""
+    from sourcebook.kb import KnowledgeBase
+
     with errors_to_exit():
         settings = settings_for(kb)
         if model:
@@ -88,12 +97,18 @@ def add(
             "--exclude", "-x", help="skip files or folders matching this glob (repeatable)"
         ),
     ] = None,
+    wait: WaitOption = True,
     as_json: JsonOption = False,
 ) -> None:
     """Index files and folders (recursively) and remember them for `sync`."""
+    from sourcebook.paths import absolute_path
+
     with errors_to_exit(), open_kb(kb, create=True) as base:
         report = with_progress(
-            lambda cb: base.add(paths, include or [], exclude or [], cb), quiet=as_json
+            lambda files, chunks: base.add(
+                paths, include or [], exclude or [], files, wait=wait, embed_progress=chunks
+            ),
+            quiet=as_json,
         )
         sources = [str(absolute_path(p)) for p in paths]
         audit_log(base, "add", documents=sources, detail=counts(report))
@@ -101,10 +116,13 @@ def add(
 
 
 @app.command()
-def sync(kb: KbOption = None, as_json: JsonOption = False) -> None:
+def sync(kb: KbOption = None, wait: WaitOption = True, as_json: JsonOption = False) -> None:
     """Re-read every source: index new and changed files, drop deleted ones."""
     with errors_to_exit(), open_kb(kb) as base:
-        report = with_progress(base.sync, quiet=as_json)
+        report = with_progress(
+            lambda files, chunks: base.sync(files, wait=wait, embed_progress=chunks),
+            quiet=as_json,
+        )
         audit_log(base, "sync", detail=counts(report))
         finish_report(report, as_json)
 
@@ -141,7 +159,10 @@ def reindex(
 
 @app.command()
 def show(
-    document: Annotated[str, typer.Argument(help="PATH or PATH:START-END")],
+    document: Annotated[
+        str,
+        typer.Argument(help="PATH or PATH:START-END, the path as added or absolute"),
+    ],
     kb: KbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -149,11 +170,13 @@ def show(
     with errors_to_exit(), open_kb(kb) as base:
         path, start, end = parse_location(document)
         text = base.document_text(path, start, end)
+        absolute = base.resolve_path(path)
         lines = f"lines {start}-{end}" if start else None
-        audit_log(base, "document", documents=[str(absolute_path(path))], detail=lines)
+        audit_log(base, "document", documents=[absolute], detail=lines)
         first = start or 1
         if as_json:
-            emit_json({"path": path, "line_start": first, "text": text})
+            shown = base.path_names().as_added(absolute)
+            emit_json({"path": shown, "absolute_path": absolute, "line_start": first, "text": text})
             return
         for offset, line in enumerate(text.split("\n")):
             console.print(f"[dim]{first + offset:>5}[/]  {escape(line)}", highlight=False)
@@ -176,6 +199,8 @@ def status(kb: KbOption = None, as_json: JsonOption = False) -> None:
         table.add_row("indexes", "up to date" if info.index_consistent else "[yellow]behind[/]")
         if info.reembedding:
             table.add_row("embeddings", f"[yellow]{escape(info.reembedding)}[/]")
+        if info.embedding:
+            table.add_row("embedding", f"[yellow]{escape(info.embedding)}[/]")
         for source in info.sources:
             table.add_row("source", display_path(source))
         console.print(table)

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from sourcebook.kb import KnowledgeBase
-from sourcebook.models import User
 from sourcebook.surfaces.cli.common import (
     CliError,
     JsonOption,
     KbOption,
     app,
     audit_log,
+    command_group,
     console,
     display_path,
     emit_json,
@@ -26,10 +25,14 @@ from sourcebook.surfaces.cli.common import (
     open_kb,
 )
 
-user_app = typer.Typer(help="Users of a shared knowledge base (served with API keys).")
-key_app = typer.Typer(help="API keys: created once per person, revocable.")
-group_app = typer.Typer(help="Put users into groups, or take them out.")
-access_app = typer.Typer(help="Which groups may read which documents.")
+if TYPE_CHECKING:
+    from sourcebook.kb import KnowledgeBase
+    from sourcebook.models import User
+
+user_app = command_group("Users of a shared knowledge base (served with API keys).")
+key_app = command_group("API keys: created once per person, revocable.")
+group_app = command_group("Put users into groups, or take them out.")
+access_app = command_group("Which groups may read which documents.")
 for sub, name in (
     (user_app, "user"),
     (key_app, "key"),

@@ -136,7 +136,7 @@ def groups_detail(groups: Sequence[str]) -> str | None:
 
 
 def cited(answer: Answer) -> list[str]:
-    return [c.hit.path for c in answer.citations]
+    return [c.hit.absolute_path for c in answer.citations]
 
 
 def answer_detail(answer: Answer) -> str:

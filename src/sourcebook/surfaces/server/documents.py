@@ -13,16 +13,19 @@ from fastapi import (
     Form,
     HTTPException,
     Query,
+    Response,
     UploadFile,
 )
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sourcebook.faults import crash_point
 from sourcebook.ingest.converters import kind_of
+from sourcebook.ingest.pages import PageError
 from sourcebook.kb import KnowledgeBase
-from sourcebook.models import DocumentInfo, SyncReport
+from sourcebook.models import DocumentInfo, PageRegion, SyncReport
 from sourcebook.settings import Settings
 from sourcebook.store.access import AccessError, check_name
 from sourcebook.surfaces.server.auth import (
@@ -71,8 +74,8 @@ def routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRouter:
                 DocumentStatus(
                     **d.model_dump(),
                     state=kb.sync_state(d),
-                    uploaded=Path(d.path).parent == uploads,
-                    groups=groups.get(d.path, []),
+                    uploaded=Path(d.absolute_path).parent == uploads,
+                    groups=groups.get(d.absolute_path, []),
                 )
                 for d in kb.documents(caller.groups)
             ]
@@ -125,7 +128,7 @@ def routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRouter:
         with lock.writing(), kb_errors():
             report, indexed = _index_uploads(kb, uploads, wanted, readers)
         results.update(indexed)
-        stored = [r.document.path for r in results.values() if r.document is not None]
+        stored = [r.document.absolute_path for r in results.values() if r.document is not None]
         audit(kb, caller, "http", "upload", documents=stored, detail=groups_detail(readers))
         return UploadReport(files=[results[name] for name in names], report=report)
 
@@ -139,12 +142,12 @@ def routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRouter:
         """Remove a document from every index (and, if it was uploaded, its file)."""
         with lock.writing(), kb_errors():
             document = find(doc_id, caller)
-            path = Path(document.path)
+            path = Path(document.absolute_path)
             uploaded = path.parent == uploads
             if uploaded:
                 path.unlink(missing_ok=True)
             kb.remove([path])
-        audit(kb, caller, "http", "remove", documents=[document.path])
+        audit(kb, caller, "http", "remove", documents=[document.absolute_path])
         return Removal(document=document, file_deleted=uploaded)
 
     @api.post(
@@ -158,9 +161,9 @@ def routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRouter:
         removed if it is gone."""
         with lock.writing(), kb_errors():
             document = find(doc_id, caller)
-            report = kb.resync(document.path)
-            current = next((d for d in kb.documents() if d.path == document.path), None)
-        audit(kb, caller, "http", "sync", documents=[document.path])
+            report = kb.resync(document.absolute_path)
+            current = next((d for d in kb.documents() if d.id == document.id), None)
+        audit(kb, caller, "http", "sync", documents=[document.absolute_path])
         return Resync(report=report, document=current)
 
     @api.get(
@@ -181,17 +184,62 @@ def routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRouter:
             raise HTTPException(400, f"end ({end}) is before start ({start})")
         with lock.reading():
             document = find(doc_id, caller)
-            text = kb.document_text(document.path, start, end, caller.groups)
+            text = kb.document_text(document.absolute_path, start, end, caller.groups)
         lines = f"lines {start or 1}-{end}" if start or end else None
-        audit(kb, caller, "http", "document", documents=[document.path], detail=lines)
+        audit(kb, caller, "http", "document", documents=[document.absolute_path], detail=lines)
         first = start or 1
         return DocumentText(
             id=doc_id,
             path=document.path,
+            absolute_path=document.absolute_path,
             line_start=first,
             line_end=first + text.count("\n"),
             text=text,
         )
+
+    @api.get(
+        "/documents/{doc_id}/regions",
+        response_model=list[PageRegion],
+        tags=["documents"],
+        responses={**NOT_FOUND, **BAD_INPUT},
+    )
+    def document_regions(
+        doc_id: int,
+        caller: CallerDep,
+        start: Annotated[int, Query(ge=1, description="first line (1-based)")],
+        end: Annotated[int, Query(ge=1, description="last line (inclusive)")],
+    ) -> list[PageRegion]:
+        """Where lines start..end of a PDF or an image are on their pages (page number
+        and box as fractions of the page), for drawing a citation over the page image;
+        empty for documents without pages."""
+        if end < start:
+            raise HTTPException(400, f"end ({end}) is before start ({start})")
+        with lock.reading():
+            document = find(doc_id, caller)
+            return kb.page_regions(document.path, start, end, caller.groups)
+
+    @api.get(
+        "/documents/{doc_id}/pages/{page}",
+        response_class=Response,
+        tags=["documents"],
+        responses={200: {"content": {"image/png": {}}}, **NOT_FOUND, **BAD_INPUT},
+    )
+    def document_page(
+        doc_id: int,
+        page: Annotated[int, PathParam(ge=1, le=100_000)],
+        caller: CallerDep,
+        width: Annotated[int, Query(ge=100, le=2000, description="pixels")] = 1000,
+    ) -> Response:
+        """Page `page` of a PDF (or an image document) drawn as a PNG."""
+        with lock.reading():
+            document = find(doc_id, caller)
+            try:
+                png = kb.page_image(document.path, page, width, caller.groups)
+            except PageError as exc:
+                raise HTTPException(404, str(exc)) from exc
+        audit(kb, caller, "http", "document", documents=[document.path], detail=f"page {page}")
+        cache = {"Cache-Control": "private, max-age=60"}
+        return Response(png, media_type="image/png", headers=cache)
 
     @api.get("/collections", response_model=list[Collection], tags=["documents"])
     def collections(caller: CallerDep) -> list[Collection]:
@@ -199,7 +247,7 @@ def routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRouter:
         the number of documents in each that the caller may read."""
         with lock.reading():
             sources = kb.sources(caller.groups)
-            paths = [d.path for d in kb.documents(caller.groups)]
+            paths = [d.absolute_path for d in kb.documents(caller.groups)]
         return [
             Collection(
                 path=source,
@@ -239,7 +287,7 @@ def _index_uploads(
     """Save the files and index the uploads folder (under the write lock). A file that
     cannot be indexed is taken back, and an earlier upload of its name (and that one's
     groups) restored, so a failed replacement never loses what was indexed."""
-    before = {d.path: d.content_hash for d in kb.documents()}
+    before = {d.absolute_path: d.content_hash for d in kb.documents()}
     backups: dict[str, Path | None] = {}
     # set before indexing, so that each document is written with its groups
     earlier = {name: kb.store.document_grants(str(uploads / name)) for name, _ in wanted}
@@ -257,7 +305,7 @@ def _index_uploads(
             kb.set_document_groups(uploads / name, grants)
         raise
     failed = {issue.path: issue.reason for issue in report.failed}
-    documents = {d.path: d for d in kb.documents()}
+    documents = {d.absolute_path: d for d in kb.documents()}
     results: dict[str, UploadedFile] = {}
     for name, _file in wanted:
         path = str(uploads / name)

@@ -133,9 +133,9 @@ function wherePath(hit) {
 
 // The document view of lines first..last; `ranges`, when given, are the lines within them
 // to highlight (a citation quoting lines 11 and 17 should not light up 12-16).
-function documentHref(docId, first, last, ranges) {
+function documentHref(docId, first, last, ranges, page) {
   const lines = ranges ? `&lines=${ranges.map(([a, b]) => span(a, b)).join(",")}` : "";
-  return `/documents/${docId}?start=${first}&end=${last}${lines}`;
+  return `/documents/${docId}?start=${first}&end=${last}${lines}${page ? `&page=${page}` : ""}`;
 }
 
 // "11,17-18" → [[11, 11], [17, 18]]; anything else in the list is ignored
@@ -359,16 +359,60 @@ async function openCitation(citation) {
   $("#viewer-title").textContent = `[${citation.n}] ${hit.title}`;
   $("#viewer-path").textContent = `${shortPath(hit.path)}:${span(first, last)}`;
   $("#viewer-path").title = hit.path;
-  $("#viewer-open").href = documentHref(hit.doc_id, first, last, ranges);
+  $("#viewer-open").href = documentHref(hit.doc_id, first, last, ranges, hit.page_start);
   lines.replaceChildren(el("p", { class: "muted" }, "…"));
   viewer.hidden = false;
   const start = Math.max(1, Math.min(first, hit.line_start) - CONTEXT_LINES);
   const end = Math.max(last, hit.line_end) + CONTEXT_LINES;
+  const current = () => ticket === viewerTicket;
+  showPage($("#viewer-page"), hit.doc_id, hit.page_start, ranges, current);
   try {
     const passage = await getJson(`/api/documents/${hit.doc_id}/text?start=${start}&end=${end}`);
-    if (ticket === viewerTicket) renderLines(lines, passage.text, passage.line_start, ranges);
+    if (current()) renderLines(lines, passage.text, passage.line_start, ranges);
   } catch (error) {
-    if (ticket === viewerTicket) lines.replaceChildren(errorNode(error));
+    if (current()) lines.replaceChildren(errorNode(error));
+  }
+}
+
+// The page of a PDF (or an image) that a citation quotes, drawn by the server, with the
+// quoted lines' regions marked over it. Fetched with the API key like every call, so the
+// image comes in as a blob. `current()` is false once a later citation was opened.
+async function showPage(container, docId, page, ranges, current = () => true) {
+  const old = container.querySelector("img")?.src;
+  if (old) URL.revokeObjectURL(old);
+  container.replaceChildren();
+  container.hidden = true;
+  if (!page || !ranges.length) return;
+  try {
+    const lists = await Promise.all(
+      ranges.map(([a, b]) => getJson(`/api/documents/${docId}/regions?start=${a}&end=${b}`)),
+    );
+    const regions = lists.flat();
+    const shown = regions.length ? regions[0].page : page;
+    const blob = await (await api(`/api/documents/${docId}/pages/${shown}?width=1000`)).blob();
+    if (!current()) return;
+    const frame = el("div", { class: "page-frame" });
+    frame.append(el("img", { src: URL.createObjectURL(blob), alt: `page ${shown}` }));
+    for (const region of regions.filter((r) => r.page === shown)) {
+      const [x0, y0, x1, y1] = region.box;
+      const mark = el("div", { class: "page-region" });
+      // CSSOM, not a style attribute: allowed by the page's Content-Security-Policy
+      Object.assign(mark.style, {
+        left: `${x0 * 100}%`,
+        top: `${y0 * 100}%`,
+        width: `${(x1 - x0) * 100}%`,
+        height: `${(y1 - y0) * 100}%`,
+      });
+      frame.append(mark);
+    }
+    container.append(el("p", { class: "page-label muted" }, `第 ${shown} 页 page ${shown}`), frame);
+    container.hidden = false;
+    frame.querySelector(".page-region")?.scrollIntoView({ block: "center" });
+  } catch (error) {
+    if (current()) {
+      container.replaceChildren(errorNode(error));
+      container.hidden = false;
+    }
   }
 }
 
@@ -383,10 +427,28 @@ const STATES = {
   unsupported: "不支持 unsupported",
 };
 
+// Chunks stored but not embedded yet are found by keyword only: say so, and follow the
+// background embedder until it is done.
+async function showEmbeddingStatus() {
+  const line = $("#embedding-status");
+  if (!line) return;
+  try {
+    const status = await getJson("/api/status");
+    line.hidden = !status.embedding;
+    if (status.embedding) {
+      line.textContent = `向量化中，其余块暂仅按关键词检索 · ${status.embedding}`;
+      setTimeout(showEmbeddingStatus, 3000);
+    }
+  } catch {
+    line.hidden = true;
+  }
+}
+
 function initDocuments() {
   const form = $("#upload-form");
   const results = $("#upload-results");
   loadDocuments();
+  showEmbeddingStatus();
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const files = $("#files").files;
@@ -456,6 +518,7 @@ function initSearch() {
   const form = $("#search-form");
   const input = $("#q");
   loadRoots();
+  showEmbeddingStatus();
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const query = input.value.trim();
@@ -543,6 +606,8 @@ async function initDocument() {
     $("#document-meta").textContent = meta.join(" · ");
     $("#document-meta").title = passage.path;
     renderLines($("#document-lines"), passage.text, passage.line_start, ranges);
+    const page = params.get("page");
+    if (page) showPage($("#document-page"), id, positiveInt(page), ranges);
   } catch (error) {
     $("#document-lines").replaceChildren(errorNode(error));
   }
