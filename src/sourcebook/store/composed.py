@@ -66,13 +66,13 @@ class KnowledgeStore:
     # --- writing, the change log and recovery ----------------------------------------------
 
     @contextmanager
-    def writing(self) -> Iterator[None]:
+    def writing(self, wait: bool = True) -> Iterator[None]:
         """Hold the knowledge base's write lock (one writer at a time) and flush the
         change log into the index when done."""
         if self._writing:
             yield
             return
-        with self.records.write_lock():
+        with self.records.write_lock(wait):
             self._writing = True
             try:
                 yield
@@ -84,7 +84,7 @@ class KnowledgeStore:
         """Bring the index up to date if a writer died before flushing."""
         if self.records.last_seq() > self.index.watermark():
             try:
-                with self.writing():
+                with self.writing(wait=False):
                     pass  # writing() flushes on exit
             except StoreError:
                 pass  # a live writer holds the lock and will flush itself

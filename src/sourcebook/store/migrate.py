@@ -11,11 +11,12 @@ tantivy/usearch -> Milvus, and back, without re-embedding (the vectors are recor
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from sourcebook.store.base import StoreError
 from sourcebook.store.composed import KnowledgeStore
+from sourcebook.store.sql import Row
 from sourcebook.store.sql_records import SQLRecords
 
 # (table, its columns, the key it is copied in order of: None for small tables, copied whole)
@@ -72,7 +73,8 @@ def copy_records(source: SQLRecords, target: SQLRecords, progress: Progress) -> 
             "empty database (or collection)"
         )
     target.set_meta_value("migrating_from", source.location)
-    source.access_control(), target.access_control()  # the user tables exist on both sides
+    for records in (source, target):  # the user tables exist on both sides
+        records.access_control()
     for name in META_KEYS:
         value = source.meta_value(name)
         if value is not None:
@@ -98,7 +100,9 @@ def _count(records: SQLRecords, table: str) -> int:
     return int(records.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
 
-def _batches(source: SQLRecords, table: str, columns: tuple[str, ...], key: str | None):  # type: ignore[no-untyped-def]
+def _batches(
+    source: SQLRecords, table: str, columns: tuple[str, ...], key: str | None
+) -> Iterator[list[Row]]:
     select = f"SELECT {', '.join(columns)} FROM {table}"
     if key is None:
         rows = source.db.execute(select).fetchall()

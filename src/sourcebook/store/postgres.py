@@ -227,16 +227,21 @@ class PostgresDatabase:
         """Hold a session-level advisory lock (waiting up to `timeout_s` for it) on a
         connection kept for the purpose."""
         with self._pool.connection() as connection:
-            connection.execute(f"SET lock_timeout = '{int(timeout_s * 1000)}ms'")
-            try:
-                connection.execute("SELECT pg_advisory_lock(%s)", (key,))
-            except self.errors as exc:
+            if timeout_s <= 0:
+                taken = connection.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+                if not taken[0]:
+                    raise StoreError("another Sourcebook process is writing to the knowledge base")
+            else:
+                connection.execute(f"SET lock_timeout = '{int(timeout_s * 1000)}ms'")
+                try:
+                    connection.execute("SELECT pg_advisory_lock(%s)", (key,))
+                except self.errors as exc:
+                    connection.execute("SET lock_timeout = 0")
+                    raise StoreError(
+                        "another Sourcebook process has been writing to the knowledge base "
+                        f"for {timeout_s:.0f} s; try again when it has finished"
+                    ) from exc
                 connection.execute("SET lock_timeout = 0")
-                raise StoreError(
-                    "another Sourcebook process has been writing to the knowledge base for "
-                    f"{timeout_s:.0f} s; try again when it has finished"
-                ) from exc
-            connection.execute("SET lock_timeout = 0")
             try:
                 yield
             finally:
@@ -272,8 +277,9 @@ class PostgresRecords(SQLRecords):
         super().__init__(db, _SCHEMA, redacted(url), model)
 
     @contextmanager
-    def write_lock(self) -> Iterator[None]:
-        """One writing process at a time across every server (re-entrant)."""
+    def write_lock(self, wait: bool = True) -> Iterator[None]:
+        """One writing process at a time across every server (re-entrant); a second one
+        waits for it (up to `writer_wait_s`), or without `wait` is refused at once."""
         if self._writers:
             self._writers += 1
             try:
@@ -281,7 +287,7 @@ class PostgresRecords(SQLRecords):
             finally:
                 self._writers -= 1
             return
-        with self._pg.session_lock(WRITER_LOCK, self._writer_wait_s):
+        with self._pg.session_lock(WRITER_LOCK, self._writer_wait_s if wait else 0.0):
             self._writers = 1
             try:
                 yield

@@ -101,8 +101,9 @@ class SQLRecords(ABC):
             self._db.execute(_SET_META, (key, value))
 
     @abstractmethod
-    def write_lock(self) -> AbstractContextManager[None]:
-        """Held by the one process that writes (re-entrant)."""
+    def write_lock(self, wait: bool = True) -> AbstractContextManager[None]:
+        """Held by the one process that writes (re-entrant); a second writer waits for it
+        where the engine can (`wait`), else gets a StoreError."""
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -109,8 +109,9 @@ class SQLiteRecords(SQLRecords):
                     raise
 
     @contextmanager
-    def write_lock(self) -> Iterator[None]:
-        """Hold `write.lock` (one writing process at a time); re-entrant."""
+    def write_lock(self, wait: bool = True) -> Iterator[None]:
+        """Hold `write.lock` (one writing process at a time); re-entrant. A second writer
+        is refused at once (a CLI command says so rather than hang)."""
         if self._lock_file is not None:
             yield
             return
