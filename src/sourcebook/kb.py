@@ -42,7 +42,8 @@ from sourcebook.models import (
 from sourcebook.paths import PathNames, absolute_path
 from sourcebook.settings import DEFAULT_EMBEDDER, MAX_FILTER_CHARS, MAX_FILTER_TAGS, Settings
 from sourcebook.store.access import AccessControl, check_name
-from sourcebook.store.embedded import EmbeddedStore, Filters, StoreError, text_hash
+from sourcebook.store.backends import configured_backends, open_store, record_backends
+from sourcebook.store.embedded import Filters, StoreError, text_hash
 from sourcebook.text import normalize
 
 if TYPE_CHECKING:  # the answer, ingestion and retrieval stages load on first use (start-up)
@@ -119,12 +120,18 @@ class KnowledgeBase:
         elif create or self.settings.embedder:
             name = self.settings.embedder or DEFAULT_EMBEDDER
             model = (name, self._model_dimension(name))
-        self.store = EmbeddedStore(
+        self.backends = configured_backends(
+            self.path, self.settings.database_url, self.settings.search_uri
+        )
+        self.store = open_store(
             self.path,
+            self.backends,
             model,
             create=create,
             exact_vector_search_below=self.settings.exact_vector_search_below,
         )
+        if create:
+            record_backends(self.path, self.backends)
         self._embedder: Embedder | None = embedder
         self._reranker: Reranker | None = None
         self._cached: CachedEmbedder | None = None
@@ -712,7 +719,7 @@ class KnowledgeBase:
     def access(self) -> AccessControl:
         """Users, groups, API keys and the audit log (`access.py`), opened on first use."""
         if self._access is None:
-            self._access = AccessControl(self.store.folder / "sourcebook.db")
+            self._access = self.store.access_control()
         return self._access
 
     def set_access_rule(self, pattern: str, groups: Sequence[str]) -> None:
