@@ -22,6 +22,9 @@ import numpy as np
 import tantivy
 from numpy.typing import NDArray
 
+# the system libstdc++ must be loaded before usearch is (see its docstring); an import
+# inside `_usearch_index` would be sorted after usearch's by the import sorter
+from sourcebook import _cxx_runtime  # noqa: F401
 from sourcebook.faults import crash_point
 from sourcebook.index.embedders import Vectors
 
@@ -35,8 +38,6 @@ def _usearch_index() -> type[Index]:
     """usearch's Index class, imported on first use (a command that only reads the
     store's records, such as `status`, never loads it)."""
     from usearch.index import Index
-
-    from sourcebook import _cxx_runtime  # noqa: F401  (before usearch: see its docstring)
 
     return Index
 
