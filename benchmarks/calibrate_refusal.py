@@ -28,7 +28,7 @@ import json
 from pathlib import Path
 
 from sourcebook.answer.calibration import SIGNALS, Judge, fit_judge, judge_for
-from sourcebook.evaluation.datasets import EvalQuery, load_named
+from sourcebook.evaluation.datasets import EvalDataset, EvalQuery, load_named
 from sourcebook.evaluation.run import build_kb
 from sourcebook.kb import KnowledgeBase
 from sourcebook.settings import DEFAULT_EMBEDDER, Settings
@@ -58,6 +58,19 @@ def signals(kb: KnowledgeBase, queries: list[EvalQuery], cache: Path) -> list[di
                 print(f"  {cache.stem}: {number}/{len(queries)}", flush=True)
     wanted = {f"{q.id}:{label}" for q in queries for label in (0, 1)}
     return [row for key, row in rows.items() if key in wanted]
+
+
+def open_indexed(
+    dataset: EvalDataset, settings: Settings, work: Path
+) -> tuple[KnowledgeBase, set[str]]:
+    """The CMRC knowledge base `build_kb` writes, opened as it is, and the paragraphs in it."""
+    key = f"{dataset.name}-{DEFAULT_EMBEDDER}-c{settings.chunk_tokens}-o{settings.chunk_overlap}"
+    kb_path = work / key / "kb"
+    if not (kb_path / "sourcebook.db").exists():
+        raise SystemExit(f"no CMRC knowledge base at {kb_path}: run without --indexed-only")
+    kb = KnowledgeBase(kb_path, settings.model_copy(update={"kb": kb_path}))
+    indexed = {Path(d.path).stem for d in kb.store.documents()}
+    return kb, indexed
 
 
 def notes_signals(
@@ -128,6 +141,13 @@ def main() -> None:
     parser.add_argument("--max-answerable-refusals", type=float, default=0.03)
     parser.add_argument("--notes-weight", type=int, default=1)
     parser.add_argument(
+        "--indexed-only",
+        action="store_true",
+        help="use the CMRC knowledge base as far as it is built (no indexing) and only the "
+        "questions whose paragraph it holds: for a loaded machine, where indexing all 848 "
+        "paragraphs takes an hour",
+    )
+    parser.add_argument(
         "--min-unanswerable-refusals",
         type=float,
         default=0.805,
@@ -138,11 +158,18 @@ def main() -> None:
 
     dataset = load_named("cmrc2018")
     settings = Settings(embedder=DEFAULT_EMBEDDER, trained_judge=False)
-    kb = build_kb(dataset, settings, args.work, print)
+    tune_queries, test_queries = dataset.split("tune"), dataset.split("test")
+    if args.indexed_only:
+        kb, indexed = open_indexed(dataset, settings, args.work)
+        tune_queries = [q for q in tune_queries if next(iter(q.relevant)) in indexed]
+        test_queries = [q for q in test_queries if next(iter(q.relevant)) in indexed]
+        print(f"indexed-only: {len(indexed)} paragraphs, {len(tune_queries)} tune questions")
+    else:
+        kb = build_kb(dataset, settings, args.work, print)
     cache = ROOT / "benchmarks" / "work" / "refusal"
     cache.mkdir(parents=True, exist_ok=True)
-    tune = signals(kb, dataset.split("tune")[: args.tune_limit], cache / "tune.jsonl")
-    test = signals(kb, dataset.split("test")[: args.test_limit], cache / "test.jsonl")
+    tune = signals(kb, tune_queries[: args.tune_limit], cache / "tune.jsonl")
+    test = signals(kb, test_queries[: args.test_limit], cache / "test.jsonl")
     kb.close()
     notes = notes_rows(cache)
     fitting = tune + [r for rows in notes.values() for r in rows] * args.notes_weight

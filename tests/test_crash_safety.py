@@ -64,15 +64,19 @@ def test_sigkill_mid_ingest_then_sync_completes(tmp_path: Path) -> None:
     settings = Settings(kb=kb_path)
     with KnowledgeBase(kb_path, settings) as kb:
         # opening repaired the derived indexes: they hold exactly the committed chunks
+        # (the vector index those already embedded; the others wait for their vector)
         status = kb.status()
         assert status.documents >= interrupted
         assert status.index_consistent
-        assert kb.store.index_sizes() == (status.chunks, status.chunks)
+        embedded, total = kb.embedding_progress()
+        assert total == status.chunks and status.chunks_waiting == total - embedded
+        assert kb.store.index_sizes() == (status.chunks, embedded)
+        assert kb.store.consistency_problems() == []
         report = kb.sync()
         assert report.failed == []
         assert report.unchanged >= interrupted and report.added == 120 - report.unchanged
         status = kb.status()
-        assert status.documents == 120
+        assert status.documents == 120 and status.chunks_waiting == 0
         assert kb.store.index_sizes() == (status.chunks, status.chunks)
         hit = kb.search("marker119", limit=1)[0]
         assert hit.path.endswith("note-119.md")

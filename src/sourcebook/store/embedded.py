@@ -121,7 +121,7 @@ class Store(Protocol):
         record: DocumentRecord,
         chunks: Sequence[ChunkDraft],
         index_texts: Sequence[str],
-        vectors: Vectors,
+        vectors: Vectors | None = None,
     ) -> None: ...
 
     def remove_document(self, path: str) -> bool: ...
@@ -233,6 +233,7 @@ class EmbeddedStore:
         # document each chunk belongs to, and who may not read what
         self._layout: _Layout | None = None
         self._unreadable: dict[frozenset[str], tuple[int, set[int]]] = {}
+        self._progress: tuple[int, int, int] | None = None  # (generation, embedded, chunks)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -514,7 +515,7 @@ class EmbeddedStore:
         record: DocumentRecord,
         chunks: Sequence[ChunkDraft],
         index_texts: Sequence[str],
-        vectors: Vectors,
+        vectors: Vectors | None = None,
     ) -> None:
         """Insert or replace a document and all its chunks atomically.
 
@@ -523,9 +524,12 @@ class EmbeddedStore:
         indexed again later gets a new id: ids are never reused (AUTOINCREMENT), so an
         old link to a removed document is a 404, never another document.
 
-        `index_texts[i]` is what was embedded and is keyword-indexed for chunk i (the chunk
-        with its heading path); `vectors[i]` is its embedding.
+        `index_texts[i]` is what is embedded and keyword-indexed for chunk i (the chunk
+        with its heading path); `vectors[i]` is its embedding. Without `vectors` the chunks
+        are keyword-searchable at the next flush and get their vectors from the embedding
+        cache, or later from `put_vectors` (see "Vectors filled in later").
         """
+        given: Sequence[Vectors | None] = [None] * len(chunks) if vectors is None else list(vectors)
         hashes = [text_hash(t) for t in index_texts]
         values = (
             record.title,
@@ -558,7 +562,7 @@ class EmbeddedStore:
             # in the same transaction: a document is never visible without its groups
             self._derive_groups([record.path])
             for chunk, index_text, digest, vector in zip(
-                chunks, index_texts, hashes, vectors, strict=True
+                chunks, index_texts, hashes, given, strict=True
             ):
                 pages = _page_range(record.pages, chunk)
                 cursor = self._db.execute(
@@ -580,10 +584,11 @@ class EmbeddedStore:
                         " ".join(analyze(index_text)),
                     ),
                 )
-                self._db.execute(
-                    "INSERT OR IGNORE INTO vectors VALUES (?, ?)",
-                    (digest, np.asarray(vector, dtype=np.float32).tobytes()),
-                )
+                if vector is not None:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO vectors VALUES (?, ?)",
+                        (digest, np.asarray(vector, dtype=np.float32).tobytes()),
+                    )
                 self._db.execute(
                     "INSERT INTO change_log (chunk_id, op) VALUES (?, 'add')", (cursor.lastrowid,)
                 )
@@ -597,6 +602,33 @@ class EmbeddedStore:
             self._db.execute("DELETE FROM document_groups WHERE path = ?", (path,))
         self._after_write(1)
         return removed
+
+    def rename_document(self, old: str, new: str, modified: float) -> bool:
+        """A file moved with its content unchanged: the document takes its new path and
+        keeps its id, chunks (and their ids) and vectors. Its groups are derived again for
+        the new path (rules are path globs); an upload's own groups move with it. Cached
+        answers citing it are dropped (they name the old path). A document already at
+        `new` is replaced. Returns False when nothing is indexed at `old`."""
+        with self._transaction():
+            row = self._db.execute(
+                "SELECT id, content_hash FROM documents WHERE path = ?", (old,)
+            ).fetchone()
+            if row is None:
+                return False
+            if new != old:
+                self._delete_document_rows(new)
+            self._db.execute(
+                "UPDATE documents SET path = ?, modified = ?, indexed = ? WHERE id = ?",
+                (new, modified, time.time(), row[0]),
+            )
+            self._db.execute("DELETE FROM document_grants WHERE path = ?", (new,))
+            self._db.execute("UPDATE document_grants SET path = ? WHERE path = ?", (new, old))
+            self._db.execute("DELETE FROM document_groups WHERE path = ?", (old,))
+            self._derive_groups([new])
+            self._db.execute(
+                "DELETE FROM answer_cache WHERE content_hashes LIKE ?", (f'%"{row[1]}"%',)
+            )
+        return True
 
     def remove_source_and_documents(self, root: str, paths: Sequence[str]) -> None:
         """Forget a source and the documents under it in one transaction: a process
@@ -656,6 +688,58 @@ class EmbeddedStore:
             )
         return cursor.rowcount
 
+    # --- vectors filled in later ----------------------------------------------------------
+    # A document is stored (and keyword-searchable after the next flush) before its chunks
+    # are embedded: a chunk whose text has no row in `vectors` is found by BM25 alone until
+    # `put_vectors` gives it one, which logs a 'vec' entry so the flush adds it to the
+    # vector index. A process killed in between leaves chunks without vectors, which the
+    # next writer embeds (`KnowledgeBase.embed_pending`).
+
+    def texts_to_embed(
+        self, limit: int, after: int = 0
+    ) -> list[tuple[int, str, str, list[str], str]]:
+        """Up to `limit` chunks after chunk id `after` whose text has no vector, in id
+        order (a caller that stores what it gets continues after the last id; chunk ids
+        only grow): (chunk id, text hash, document title, heading path, chunk text)."""
+        rows = self._db.execute(
+            "SELECT c.id, c.text_hash, d.title, c.heading_path, c.text FROM chunks c"
+            " JOIN documents d ON d.id = c.doc_id WHERE c.id > ?"
+            " AND NOT EXISTS (SELECT 1 FROM vectors v WHERE v.text_hash = c.text_hash)"
+            " ORDER BY c.id LIMIT ?",
+            (after, limit),
+        )
+        return [(int(i), h, t, json.loads(p), x) for i, h, t, p, x in rows]
+
+    def put_vectors(self, vectors: dict[str, Vectors]) -> None:
+        """Store the vectors of chunk texts (by text hash) and log every chunk using them
+        for the vector index, in one transaction. A text no chunk uses any more (edited
+        meanwhile) stays in the cache until `collect_garbage`."""
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO vectors VALUES (?, ?)",
+                ((h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()),
+            )
+            hashes = list(vectors)
+            for start in range(0, len(hashes), 500):
+                batch = hashes[start : start + 500]
+                self._db.execute(
+                    "INSERT INTO change_log (chunk_id, op) SELECT id, 'vec' FROM chunks"
+                    f" WHERE text_hash IN ({','.join('?' * len(batch))})",
+                    batch,
+                )
+        self._after_write(len(vectors))
+
+    def embedding_progress(self) -> tuple[int, int]:
+        """(chunks with a vector, all chunks); counted again only after a write."""
+        generation = self._generation()
+        if self._progress is None or self._progress[0] != generation:
+            total, waiting = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(NOT EXISTS (SELECT 1 FROM vectors v"
+                " WHERE v.text_hash = c.text_hash)), 0) FROM chunks c"
+            ).fetchone()
+            self._progress = (generation, int(total) - int(waiting), int(total))
+        return self._progress[1], self._progress[2]
+
     # --- derived indexes -----------------------------------------------------------------
 
     def _last_seq(self) -> int:
@@ -685,34 +769,36 @@ class EmbeddedStore:
         self._pending_since_flush = 0
 
     def _apply_log(self, start: int, keyword_mark: int, vector_mark: int) -> None:
-        # The last operation per chunk decides; a chunk deleted later is never added.
+        # The last operation per chunk and index decides; a chunk deleted later is never
+        # added. 'vec' (a vector filled in later) concerns the vector index only.
         rows = self._db.execute(
             "SELECT chunk_id, op, seq FROM change_log WHERE seq > ? ORDER BY seq", (start,)
         ).fetchall()
-        final: dict[int, tuple[str, int]] = {}
+        keyword: dict[int, tuple[str, int]] = {}
+        vector: dict[int, tuple[str, int]] = {}
         for chunk_id, op, seq in rows:
-            final[chunk_id] = (op, seq)
-        deletes = [cid for cid, (op, _) in final.items() if op == "del"]
-        adds = [cid for cid, (op, _) in final.items() if op == "add"]
-        for chunk_id in deletes:
-            if final[chunk_id][1] > keyword_mark:
+            if op != "vec" and seq > keyword_mark:
+                keyword[chunk_id] = (op, seq)
+            if seq > vector_mark:
+                vector[chunk_id] = ("del" if op == "del" else "add", seq)
+        for chunk_id, (op, _) in keyword.items():
+            if op == "del":
                 self._keyword.delete(chunk_id)
-        vector_deletes = [c for c in deletes if final[c][1] > vector_mark]
-        self._vectors.delete(vector_deletes)
-        for batch_start in range(0, len(adds), 1000):
-            batch = adds[batch_start : batch_start + 1000]
+        self._vectors.delete([c for c, (op, _) in vector.items() if op == "del"])
+        wanted = [c for c, (op, _) in {**vector, **keyword}.items() if op == "add"]
+        for batch_start in range(0, len(wanted), 1000):
+            batch = wanted[batch_start : batch_start + 1000]
             marks = ",".join("?" * len(batch))
-            rows = self._db.execute(
+            found = self._db.execute(
                 f"SELECT c.id, c.doc_id, c.tokens, v.vector FROM chunks c"
-                f" JOIN vectors v ON v.text_hash = c.text_hash WHERE c.id IN ({marks})",
+                f" LEFT JOIN vectors v ON v.text_hash = c.text_hash WHERE c.id IN ({marks})",
                 batch,
             ).fetchall()
             keys, vectors = [], []
-            for chunk_id, doc_id, tokens, blob in rows:
-                seq = final[chunk_id][1]
-                if seq > keyword_mark:
+            for chunk_id, doc_id, tokens, blob in found:
+                if keyword.get(chunk_id, ("", 0))[0] == "add":
                     self._keyword.upsert(chunk_id, doc_id, tokens)
-                if seq > vector_mark:
+                if blob is not None and vector.get(chunk_id, ("", 0))[0] == "add":
                     keys.append(chunk_id)
                     vectors.append(np.frombuffer(blob, dtype=np.float32))
             if keys:
@@ -727,18 +813,23 @@ class EmbeddedStore:
         each index must hold exactly the chunk ids of SQLite, and every chunk text its
         vector. Reads everything: for checks and tests, not per request."""
         chunks = {int(r[0]) for r in self._db.execute("SELECT id FROM chunks")}
+        # chunks still waiting for their vector are in the keyword index only
+        embedded = {
+            int(r[0])
+            for r in self._db.execute(
+                "SELECT c.id FROM chunks c JOIN vectors v ON v.text_hash = c.text_hash"
+            )
+        }
         problems = []
-        for name, ids in (("keyword", self._keyword.ids()), ("vector", self._vectors.ids())):
-            if ids != chunks:
+        for name, ids, expected in (
+            ("keyword", self._keyword.ids(), chunks),
+            ("vector", self._vectors.ids(), embedded),
+        ):
+            if ids != expected:
                 problems.append(
-                    f"{name} index: {len(ids - chunks)} ids not in the records, "
-                    f"{len(chunks - ids)} chunks missing"
+                    f"{name} index: {len(ids - expected)} ids not in the records, "
+                    f"{len(expected - ids)} chunks missing"
                 )
-        missing = self._db.execute(
-            "SELECT COUNT(*) FROM chunks WHERE text_hash NOT IN (SELECT text_hash FROM vectors)"
-        ).fetchone()[0]
-        if missing:
-            problems.append(f"{missing} chunks have no vector")
         return problems
 
     def is_consistent(self) -> bool:

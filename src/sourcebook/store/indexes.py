@@ -275,7 +275,8 @@ class VectorIndex:
         self._dirty = True
 
     def commit(self, watermark: int) -> None:
-        if self._dirty:
+        # an empty index is saved too: the watermark counts only with the file beside it
+        if self._dirty or not self._path.exists():
             tmp = self._path.with_suffix(".tmp")
             self._index.save(str(tmp))
             crash_point("vectors.saved")

@@ -222,8 +222,10 @@ ModeOption = Annotated[
 
 
 def with_progress(run: Any, quiet: bool) -> SyncReport:
+    """Run `run(indexing, embedding)` with a progress bar for each phase: files indexed
+    (keyword-searchable from then on), then chunks embedded."""
     if quiet or not console.is_terminal:
-        return run(None)  # type: ignore[no-any-return]
+        return run(None, None)  # type: ignore[no-any-return]
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -233,7 +235,7 @@ def with_progress(run: Any, quiet: bool) -> SyncReport:
     )
 
     with Progress(
-        TextColumn("[bold]indexing"),
+        TextColumn("[bold]{task.fields[phase]}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
@@ -241,17 +243,27 @@ def with_progress(run: Any, quiet: bool) -> SyncReport:
         console=console,
         transient=True,
     ) as progress:
-        task = progress.add_task("", total=None)
+        files = progress.add_task("", total=None, phase="indexing")
+        chunks = progress.add_task("", total=None, phase="embedding", visible=False)
 
-        def update(done: int, total: int, path: str) -> None:
+        def indexing(done: int, total: int, path: str) -> None:
             progress.update(
-                task,
+                files,
                 completed=done,
                 total=total,
                 description=display_path(path)[-50:] if path else "",
             )
 
-        return run(update)  # type: ignore[no-any-return]
+        def embedding(done: int, total: int, _: str) -> None:
+            progress.update(
+                chunks,
+                completed=done,
+                total=total,
+                visible=True,
+                description="chunks (keyword search works meanwhile)",
+            )
+
+        return run(indexing, embedding)  # type: ignore[no-any-return]
 
 
 def finish_report(report: SyncReport, as_json: bool) -> None:
@@ -259,6 +271,11 @@ def finish_report(report: SyncReport, as_json: bool) -> None:
         emit_json(report)
     else:
         console.print(summary(report))
+        if report.chunks_waiting:
+            console.print(
+                f"[yellow]{report.chunks_waiting:,} chunks wait for their vectors[/] (found by "
+                "keyword search until then; embedded by `sourcebook sync`, `watch` or `serve`)"
+            )
         for issue in report.failed:
             errors.print(
                 f"[red]failed[/] {escape(display_path(issue.path))}: "
@@ -365,9 +382,20 @@ def print_answer(answer: Answer, streamed: str = "") -> None:
             console.print("    " + escape(snippet(hit)))
 
 
-def snippet(hit: SearchHit, width: int = 160) -> str:
-    """The start of a hit's text on one line, as its document reads rendered."""
-    flat = " ".join(as_read(hit.text, hit.kind).split())
+def snippet(hit: SearchHit, query: str = "", width: int = 160) -> str:
+    """A hit's text on one line, as its document reads rendered (`text.as_read`), starting
+    at the first line that holds the most query terms (so the words searched for are on
+    screen)."""
+    lines = [line for line in as_read(hit.text, hit.kind).split("\n") if line.strip()]
+    if query and lines:
+        from sourcebook.index.analyzer import analyze  # loaded already by the search
+
+        wanted = set(analyze(query))
+        overlap = [len(wanted & set(analyze(line))) for line in lines]
+        best = max(range(len(lines)), key=lambda i: (overlap[i], -i))
+        if overlap[best]:
+            lines = lines[best:]
+    flat = " ".join(" ".join(lines).split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 

@@ -29,6 +29,15 @@ from sourcebook.surfaces.cli.common import (
     with_progress,
 )
 
+WaitOption = Annotated[
+    bool,
+    typer.Option(
+        "--wait/--no-wait",
+        help="embed every new chunk before returning (--no-wait: return as soon as the "
+        "files are keyword-searchable; `watch`, `serve` or the next `sync` embed the rest)",
+    ),
+]
+
 
 @app.command()
 def init(
@@ -67,6 +76,7 @@ def add(
             "--exclude", "-x", help="skip files or folders matching this glob (repeatable)"
         ),
     ] = None,
+    wait: WaitOption = True,
     as_json: JsonOption = False,
 ) -> None:
     """Index files and folders (recursively) and remember them for `sync`."""
@@ -74,7 +84,10 @@ def add(
 
     with errors_to_exit(), open_kb(kb, create=True) as base:
         report = with_progress(
-            lambda cb: base.add(paths, include or [], exclude or [], cb), quiet=as_json
+            lambda files, chunks: base.add(
+                paths, include or [], exclude or [], files, wait=wait, embed_progress=chunks
+            ),
+            quiet=as_json,
         )
         sources = [str(absolute_path(p)) for p in paths]
         audit_log(base, "add", documents=sources, detail=counts(report))
@@ -82,10 +95,13 @@ def add(
 
 
 @app.command()
-def sync(kb: KbOption = None, as_json: JsonOption = False) -> None:
+def sync(kb: KbOption = None, wait: WaitOption = True, as_json: JsonOption = False) -> None:
     """Re-read every source: index new and changed files, drop deleted ones."""
     with errors_to_exit(), open_kb(kb) as base:
-        report = with_progress(base.sync, quiet=as_json)
+        report = with_progress(
+            lambda files, chunks: base.sync(files, wait=wait, embed_progress=chunks),
+            quiet=as_json,
+        )
         audit_log(base, "sync", detail=counts(report))
         finish_report(report, as_json)
 
@@ -162,6 +178,8 @@ def status(kb: KbOption = None, as_json: JsonOption = False) -> None:
         table.add_row("indexes", "up to date" if info.index_consistent else "[yellow]behind[/]")
         if info.reembedding:
             table.add_row("embeddings", f"[yellow]{escape(info.reembedding)}[/]")
+        if info.embedding:
+            table.add_row("embedding", f"[yellow]{escape(info.embedding)}[/]")
         for source in info.sources:
             table.add_row("source", display_path(source))
         console.print(table)

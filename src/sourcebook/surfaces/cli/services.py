@@ -124,8 +124,13 @@ def serve(
         ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8321,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", help="keep every source in sync as its files change (see `watch`)"),
+    ] = False,
 ) -> None:
-    """Serve the HTTP API (/api, docs at /docs) and an OpenAI-compatible endpoint (/v1)."""
+    """Serve the HTTP API (/api, docs at /docs) and an OpenAI-compatible endpoint (/v1).
+    Chunks not embedded yet are embedded in the background."""
     # imported here: the web stack is not needed by the other commands
     from sourcebook.surfaces.server import check_host, run_server
 
@@ -138,8 +143,9 @@ def serve(
             f"(API docs: http://{where}:{port}/docs, OpenAI base URL: "
             f"http://{where}:{port}/v1, MCP: http://{where}:{port}/mcp)"
             + ("; every request needs an API key" if authenticated else "")
+            + ("; watching every source for changes" if watch else "")
         )
-        run_server(base, host, port)
+        run_server(base, host, port, watch)
 
 
 @app.command()
