@@ -22,6 +22,9 @@ import numpy as np
 import tantivy
 from numpy.typing import NDArray
 
+# Loaded before usearch can be (at module level: an import sorter would move a lazy import
+# of it after usearch's, and ONNX Runtime, the default embedding engine, then crashes).
+from sourcebook import _cxx_runtime  # noqa: F401
 from sourcebook.faults import crash_point
 from sourcebook.index.embedders import Vectors
 
@@ -35,8 +38,6 @@ def _usearch_index() -> type[Index]:
     """usearch's Index class, imported on first use (a command that only reads the
     store's records, such as `status`, never loads it)."""
     from usearch.index import Index
-
-    from sourcebook import _cxx_runtime  # noqa: F401  (before usearch: see its docstring)
 
     return Index
 
