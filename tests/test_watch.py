@@ -37,7 +37,7 @@ LORA_ZH = "# LoRA 笔记\n\nLoRA 通过低秩分解减少显存占用，暗号�
 ADAM_EN = "# Adam notes\n\nAdam keeps running averages of gradients; codename KESTREL.\n"
 
 
-def eventually(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+def eventually(predicate: Callable[[], bool], timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "the condition did not hold in time"
@@ -382,3 +382,18 @@ def test_the_add_summary_counts_chunks_waiting_for_vectors() -> None:
     assert "(1 embedded now, 2 from the embedding cache, 2 keyword-searchable" in (
         Text.from_markup(summary(mixed)).plain
     )
+
+
+def test_the_watch_command_says_what_is_wrong(tmp_path: Path) -> None:
+    env = {**os.environ, "SOURCEBOOK_KB": str(tmp_path / "kb"), "SOURCEBOOK_EMBEDDER": FAST_MODEL}
+    command = [sys.executable, "-m", "sourcebook.surfaces.cli"]
+    subprocess.run([*command, "init"], env=env, check=True, capture_output=True)
+    nothing = subprocess.run([*command, "watch"], env=env, capture_output=True, text=True)
+    assert nothing.returncode == 1 and "nothing to watch" in nothing.stderr
+    missing = subprocess.run(
+        [*command, "watch", str(tmp_path / "no-such-folder")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1 and "no such file or folder" in missing.stderr

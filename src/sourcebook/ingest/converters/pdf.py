@@ -57,6 +57,7 @@ class _Item:
 
 def pdf(path: Path, data: bytes) -> ParsedDocument:
     import pdfplumber
+    import pypdfium2 as pdfium
     from pdfplumber.utils.exceptions import PdfminerException
 
     try:
@@ -70,6 +71,8 @@ def pdf(path: Path, data: bytes) -> ParsedDocument:
             items, reading = _read_pages(document, data)
         except PdfminerException as exc:
             raise _read_error(exc) from exc
+        except pdfium.PdfiumError as exc:  # PDFium refuses what pdfminer let through
+            raise ConversionError(f"corrupt PDF: {exc}") from exc
         metadata_title = document.metadata.get("Title")
     toc = _outline(data)
     parsed = _assemble(items, reading.sizes, toc, path.stem)

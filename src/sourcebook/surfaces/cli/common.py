@@ -142,11 +142,17 @@ def settings_for(kb: Path | None) -> Settings:
     return settings
 
 
+def kb_exists(settings: Settings) -> bool:
+    """Whether the folder holds a knowledge base (its SQLite records, or the backends
+    `init` recorded for it)."""
+    return (settings.kb / "sourcebook.db").exists() or (settings.kb / "backends.json").exists()
+
+
 def open_kb(kb: Path | None, create: bool = False) -> KnowledgeBase:
     from sourcebook.kb import KnowledgeBase
 
     settings = settings_for(kb)
-    exists = (settings.kb / "sourcebook.db").exists()
+    exists = kb_exists(settings)
     if create and not exists:
         console.print(f"Created knowledge base at [bold]{escape(str(settings.kb))}[/]")
     return KnowledgeBase(settings.kb, settings, create=create and not exists)
