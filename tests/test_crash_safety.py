@@ -15,7 +15,7 @@ import pytest
 
 from sourcebook import KnowledgeBase, Settings
 from sourcebook.models import ChunkDraft
-from sourcebook.store.embedded import DocumentRecord, EmbeddedStore
+from sourcebook.store.embedded import DocumentRecord, EmbeddedStore, SearchScope
 
 TOPICS = ["注意力机制", "量化", "LoRA 微调", "向量检索", "扩散模型", "优化器"]
 
@@ -151,7 +151,7 @@ def test_a_failed_re_index_leaves_the_document_whole(tmp_path: Path) -> None:
     assert after is not None and after.id == before.id and after.chunks == len(new)
     assert store.index_sizes() == (len(new), len(new))
     for word, expected in (("OSPREY", 1), ("白桦", 1), ("KESTREL", 0), ("青松", 0)):
-        found = store.keyword_search(word, 5, [before.id])
+        found = store.keyword_search(word, 5, SearchScope([before.id]))
         assert len(found) == expected, word
         assert all(hit.doc_id == before.id for hit in store.hits([c for c, _ in found]).values())
     store.close()

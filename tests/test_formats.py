@@ -210,3 +210,23 @@ def test_pictures_in_pdf_and_docx_are_read(tmp_path: Path) -> None:
     assert doc.warnings == [
         "1 picture(s) not read: install 'sourcebook[ocr]' to read the text in them"
     ]
+
+
+def test_a_file_over_the_time_limit_is_reported_and_the_batch_goes_on(tmp_path: Path) -> None:
+    from documents import two_column_report
+    from sourcebook import KnowledgeBase, Settings
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    two_column_report(notes / "slow.pdf")
+    (notes / "fast.md").write_text("# 笔记\n\n温度通常取二到四。\n", encoding="utf-8")
+    settings = Settings(kb=tmp_path / "kb", file_timeout_s=0.01)
+    with KnowledgeBase.create(tmp_path / "kb", settings) as kb:
+        report = kb.add([notes])
+        assert report.added == 1
+        [failed] = report.failed
+        assert failed.path.endswith("slow.pdf")
+        assert "took longer than 0.01 s" in failed.reason
+        # a generous limit: the same file converts in a fresh worker
+        kb.settings.file_timeout_s = 300
+        assert kb.sync().added == 1

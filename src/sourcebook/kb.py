@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from sourcebook import deadline
 from sourcebook.index.analyzer import analyze
-from sourcebook.index.embedders import EMBEDDERS, CachedEmbedder, Embedder, Vectors, get_embedder
+from sourcebook.index.embedders import (
+    CachedEmbedder,
+    Embedder,
+    EmbedderOptions,
+    Vectors,
+    check_model_name,
+    get_embedder,
+    model_dimension,
+)
 from sourcebook.models import (
     Answer,
     AnswerEvent,
@@ -34,7 +42,8 @@ from sourcebook.models import (
 from sourcebook.paths import PathNames, absolute_path
 from sourcebook.settings import DEFAULT_EMBEDDER, MAX_FILTER_CHARS, MAX_FILTER_TAGS, Settings
 from sourcebook.store.access import AccessControl, check_name
-from sourcebook.store.embedded import EmbeddedStore, Filters, StoreError, text_hash
+from sourcebook.store.backends import configured_backends, open_store, record_backends
+from sourcebook.store.embedded import Filters, StoreError, text_hash
 from sourcebook.text import normalize
 
 if TYPE_CHECKING:  # the answer, ingestion and retrieval stages load on first use (start-up)
@@ -110,17 +119,19 @@ class KnowledgeBase:
             model = (embedder.name, embedder.dim)
         elif create or self.settings.embedder:
             name = self.settings.embedder or DEFAULT_EMBEDDER
-            if name not in EMBEDDERS:
-                raise StoreError(
-                    f"unknown embedding model {name!r}; choose one of: {', '.join(EMBEDDERS)}"
-                )
-            model = (name, EMBEDDERS[name].dim)
-        self.store = EmbeddedStore(
+            model = (name, self._model_dimension(name))
+        self.backends = configured_backends(
+            self.path, self.settings.database_url, self.settings.search_uri
+        )
+        self.store = open_store(
             self.path,
+            self.backends,
             model,
             create=create,
             exact_vector_search_below=self.settings.exact_vector_search_below,
         )
+        if create:
+            record_backends(self.path, self.backends)
         self._embedder: Embedder | None = embedder
         self._reranker: Reranker | None = None
         self._cached: CachedEmbedder | None = None
@@ -140,8 +151,28 @@ class KnowledgeBase:
     def embedder(self) -> Embedder:
         """The knowledge base's embedding model, loaded on first use."""
         if self._embedder is None:
-            self._embedder = get_embedder(self.store.embedder_name, self.settings.threads)
+            embedder = self._load_embedder(self.store.embedder_name)
+            if embedder.dim != self.store.dim:
+                raise StoreError(
+                    f"{embedder.name} now makes {embedder.dim}-dimensional vectors but this "
+                    f"knowledge base holds {self.store.dim}-dimensional ones: serve the model "
+                    "it was built with, or rebuild it with `sourcebook reindex --model ...`"
+                )
+            self._embedder = embedder
         return self._embedder
+
+    def _load_embedder(self, name: str) -> Embedder:
+        try:
+            return get_embedder(name, EmbedderOptions.from_settings(self.settings))
+        except (ValueError, RuntimeError) as error:  # unknown name, server down, no cache
+            raise StoreError(str(error)) from error
+
+    def _model_dimension(self, name: str) -> int:
+        try:
+            check_model_name(name)
+            return model_dimension(name, EmbedderOptions.from_settings(self.settings))
+        except (ValueError, RuntimeError) as error:
+            raise StoreError(str(error)) from error
 
     def warm_up(self) -> None:
         """Load the models, and with access rules in use build what a reader's restricted
@@ -210,11 +241,13 @@ class KnowledgeBase:
     ) -> SyncReport:
         """After a run (under the write lock): make what was stored keyword-searchable for
         every process now, then embed the chunks still without a vector if `wait`."""
+        started = time.perf_counter()
         self.store.flush()
         if wait:
             report.chunks_embedded += self.embed_pending(progress)
         done, total = self.store.embedding_progress()
         report.chunks_waiting = total - done
+        report.seconds = round(report.seconds + time.perf_counter() - started, 3)
         return report
 
     def register_source(self, path: str | Path) -> None:
@@ -344,12 +377,9 @@ class KnowledgeBase:
         the old ones until every chunk has a new one."""
         pending = self.store.reembedding()
         name = model or (pending.model if pending else self.store.embedder_name)
-        if name not in EMBEDDERS:
-            raise StoreError(
-                f"unknown embedding model {name!r}; choose one of: {', '.join(EMBEDDERS)}"
-            )
+        dim = self._model_dimension(name)
         with self.store.writing():
-            self.store.begin_reembedding(name, EMBEDDERS[name].dim)
+            self.store.begin_reembedding(name, dim)
             self._reembed(progress)
         return self.store.counts()[1]
 
@@ -360,7 +390,7 @@ class KnowledgeBase:
         state = self.store.reembedding()
         if state is None:
             return
-        embedder = get_embedder(state.model, self.settings.threads)
+        embedder = self._load_embedder(state.model)
         done = state.done
         while part := self.store.pending_contexts(self.settings.embed_batch):
             if progress:
@@ -689,7 +719,7 @@ class KnowledgeBase:
     def access(self) -> AccessControl:
         """Users, groups, API keys and the audit log (`access.py`), opened on first use."""
         if self._access is None:
-            self._access = AccessControl(self.store.folder / "sourcebook.db")
+            self._access = self.store.access_control()
         return self._access
 
     def set_access_rule(self, pattern: str, groups: Sequence[str]) -> None:

@@ -22,7 +22,8 @@ from sourcebook.ingest.isolation import convert_within
 from sourcebook.models import DocumentInfo, FileIssue, ParsedDocument, SyncReport
 from sourcebook.paths import absolute_path as absolute_path  # its former home: still importable
 from sourcebook.settings import Settings
-from sourcebook.store.embedded import DocumentRecord, EmbeddedStore
+from sourcebook.store.composed import KnowledgeStore
+from sourcebook.store.embedded import DocumentRecord
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, current path)
 
@@ -94,7 +95,7 @@ def _matches(path: Path, root: Path, patterns: Sequence[str]) -> bool:
 
 
 class Ingestor:
-    def __init__(self, store: EmbeddedStore, settings: Settings) -> None:
+    def __init__(self, store: KnowledgeStore, settings: Settings) -> None:
         self._store = store
         self._settings = settings
         self._options = ChunkingOptions(settings.chunk_tokens, settings.chunk_overlap)

@@ -57,6 +57,7 @@ class _Item:
 
 def pdf(path: Path, data: bytes) -> ParsedDocument:
     import pdfplumber
+    import pypdfium2 as pdfium
     from pdfplumber.utils.exceptions import PdfminerException
 
     try:
@@ -70,6 +71,8 @@ def pdf(path: Path, data: bytes) -> ParsedDocument:
             items, reading = _read_pages(document, data)
         except PdfminerException as exc:
             raise _read_error(exc) from exc
+        except pdfium.PdfiumError as exc:  # PDFium refuses what pdfminer let through
+            raise ConversionError(f"corrupt PDF: {exc}") from exc
         metadata_title = document.metadata.get("Title")
     toc = _outline(data)
     parsed = _assemble(items, reading.sizes, toc, path.stem)
@@ -119,7 +122,10 @@ class _Reading:
 
 
 def _read_pages(document: Any, data: bytes) -> tuple[list[_Item], _Reading]:
-    """Every page's items, in reading order, and what could not be read."""
+    """Every page's items, in reading order, and what could not be read.
+
+    Characters, their boxes and type come from PDFium (fast, C++); pdfminer (through
+    pdfplumber) parses only the pages with ruled lines, to find their tables."""
     import pypdfium2 as pdfium
 
     items: list[_Item] = []
@@ -127,36 +133,102 @@ def _read_pages(document: Any, data: bytes) -> tuple[list[_Item], _Reading]:
     drawn = pdfium.PdfDocument(data)
     try:
         for number, page in enumerate(document.pages, start=1):
+            drawn_page = drawn[number - 1]
             try:
-                page_items = _page_items(page, drawn[number - 1], number, reading)
-                if not page_items:
-                    page_items = _pdfium_text(drawn[number - 1], number)
-                if not page_items and page.images:
-                    page_items = _ocr_page(drawn[number - 1], number)
+                page_items = _page_items(page, drawn_page, number, reading)
+                if not page_items and _pictures(drawn_page, 0, 0):
+                    page_items = _ocr_page(drawn_page, number)
             except OcrUnavailable:
                 reading.textless.append(number)
                 page_items = []
             finally:
                 page.close()  # drop the page's parsed objects: memory is one page at a time
+                drawn_page.close()
             items.extend(page_items)
     finally:
         drawn.close()
     return items, reading
 
 
-def _pdfium_text(page: Any, number: int) -> list[_Item]:
-    """A page whose fonts pdfminer cannot decode (some embedded CJK CMaps) but PDFium can:
-    its text by paragraphs, without layout."""
-    text = page.get_textpage().get_text_range()
-    items = []
-    for paragraph in re.split(r"\n\s*\n", text.replace("\r", "")):
-        if paragraph.strip():
-            items.append(_Item(number, (0.0, 0.0, 1.0, 1.0), paragraph.split("\n")))
-    return items
+def _words(page: Any) -> list[dict[str, Any]]:
+    """The words of a page from PDFium's characters, as pdfplumber would give them: text,
+    x0/x1, top/bottom (from the top of the page), type size, and "Bold" as the font name
+    for a weight of 600 or more or a bold font. A word ends at a space (printed or
+    inferred by PDFium), at a gap wider than a third of the type size, or where the next
+    character is elsewhere."""
+    import ctypes
+
+    import pypdfium2.raw as pdfium_c
+
+    textpage = page.get_textpage()
+    height = page.get_height()
+    font = ctypes.create_string_buffer(128)
+    flags = ctypes.c_int()
+    words: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
+    for i in range(textpage.count_chars()):
+        char = chr(pdfium_c.FPDFText_GetUnicode(textpage.raw, i))
+        if char in "\x02\xad":  # PDFium's mark for a hyphen at a line end, a soft hyphen
+            char = "-"
+        if not char.strip() or char == "\ufffe":
+            current = None
+            continue
+        left, bottom, right, top = textpage.get_charbox(i, loose=True)
+        size = round(pdfium_c.FPDFText_GetFontSize(textpage.raw, i), 2)
+        pdfium_c.FPDFText_GetFontInfo(textpage.raw, i, font, 128, ctypes.byref(flags))
+        bold = (
+            pdfium_c.FPDFText_GetFontWeight(textpage.raw, i) >= 600
+            or b"bold" in font.value.lower()
+            or bool(flags.value & 0x40000)  # FXFONT_FORCE_BOLD
+        )
+        y_top, y_bottom = height - top, height - bottom
+        if (
+            current is not None
+            and abs(current["top"] - y_top) <= 2
+            # kerned pairs overlap (loose boxes), a space is about a quarter of the size
+            and -size / 2 <= left - current["x1"] <= size / 3
+        ):
+            current["text"] += char
+            current["x1"] = max(current["x1"], right)
+            current["bottom"] = max(current["bottom"], y_bottom)
+            continue
+        current = {
+            "text": char,
+            "x0": left,
+            "x1": right,
+            "top": y_top,
+            "bottom": y_bottom,
+            "size": size,
+            "fontname": "Bold" if bold else "",
+        }
+        words.append(current)
+    textpage.close()
+    return words
+
+
+def _pictures(page: Any, width: float, height: float) -> list[tuple[float, float, float, float]]:
+    """Boxes (x0, top, x1, bottom from the top of the page) of the page's pictures at least
+    `width` x `height` points."""
+    import pypdfium2.raw as pdfium_c
+
+    page_height = page.get_height()
+    boxes = []
+    for obj in page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE], max_depth=2):
+        left, bottom, right, top = obj.get_bounds()
+        if right - left >= width and top - bottom >= height:
+            boxes.append((left, page_height - top, right, page_height - bottom))
+    return boxes
+
+
+def _has_rules(page: Any) -> bool:
+    """Whether a page draws lines or rectangles (where a table may be ruled)."""
+    import pypdfium2.raw as pdfium_c
+
+    return any(True for _ in page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_PATH], max_depth=2))
 
 
 def _page_items(page: Any, drawn: Any, number: int, reading: _Reading) -> list[_Item]:
-    width, height = float(page.width), float(page.height)
+    width, height = float(drawn.get_width()), float(drawn.get_height())
 
     def box(x0: float, top: float, x1: float, bottom: float) -> Box:
         return (
@@ -166,19 +238,16 @@ def _page_items(page: Any, drawn: Any, number: int, reading: _Reading) -> list[_
             round(min(1.0, bottom / height), 4),
         )
 
-    tables = [t for t in page.find_tables() if len(t.rows) >= 2]
+    tables = [t for t in page.find_tables() if len(t.rows) >= 2] if _has_rules(drawn) else []
     table_boxes = [t.bbox for t in tables]
 
-    def outside_tables(obj: dict[str, Any]) -> bool:
-        if obj.get("object_type") != "char":
-            return True
-        cx, cy = (obj["x0"] + obj["x1"]) / 2, (obj["top"] + obj["bottom"]) / 2
+    def outside_tables(word: dict[str, Any]) -> bool:
+        cx, cy = (word["x0"] + word["x1"]) / 2, (word["top"] + word["bottom"]) / 2
         return not any(
             x0 <= cx <= x1 and top <= cy <= bottom for x0, top, x1, bottom in table_boxes
         )
 
-    text_page = page.filter(outside_tables) if table_boxes else page
-    words = text_page.extract_words(extra_attrs=["size", "fontname"], keep_blank_chars=False)
+    words = [w for w in _words(drawn) if outside_tables(w)]
     for word in words:
         reading.sizes[round(float(word["size"]), 1)] += len(word["text"])
     gutter = _gutter(words, width)
@@ -196,8 +265,7 @@ def _page_items(page: Any, drawn: Any, number: int, reading: _Reading) -> list[_
         item.row_boxes = [box(*row.bbox) for row in table.rows]
         blocks.append((side, item.box[1], item))
     if words:  # pictures on a page of text: read what they say (a scan is read whole)
-        figures = [box(f["x0"], f["top"], f["x1"], f["bottom"]) for f in _figures(page, words)]
-        for figure in figures:
+        for figure in [box(*f) for f in _figures(drawn, words)]:
             try:
                 found = _ocr_region(drawn, number, figure)
             except OcrUnavailable:
@@ -209,21 +277,18 @@ def _page_items(page: Any, drawn: Any, number: int, reading: _Reading) -> list[_
     return _reading_order(blocks)
 
 
-def _figures(page: Any, words: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _figures(page: Any, words: list[dict[str, Any]]) -> list[tuple[float, float, float, float]]:
     """Pictures big enough to hold text (at least 100 x 40 points) and with no text layer
     over them (a scan with an OCR layer is read from the layer)."""
     figures = []
-    for image in page.images:
-        if image["x1"] - image["x0"] < 100 or image["bottom"] - image["top"] < 40:
-            continue
+    for x0, top, x1, bottom in _pictures(page, 100, 40):
         inside = sum(
             1
             for w in words
-            if image["x0"] <= (w["x0"] + w["x1"]) / 2 <= image["x1"]
-            and image["top"] <= (w["top"] + w["bottom"]) / 2 <= image["bottom"]
+            if x0 <= (w["x0"] + w["x1"]) / 2 <= x1 and top <= (w["top"] + w["bottom"]) / 2 <= bottom
         )
         if inside < 3:
-            figures.append(image)
+            figures.append((x0, top, x1, bottom))
     return figures
 
 
@@ -360,15 +425,7 @@ def _assemble(
     body = max(sizes, key=lambda s: sizes[s]) if sizes else 0.0
     levels = _heading_levels(items, body)
     toc_titles = {(page, _key(title)): level for level, title, page in toc}
-    kept = [
-        item
-        for item in items
-        if item.rows is not None
-        or (
-            item.text.strip()
-            and not (item.margin and (_key(item.text) in running or _PAGE_NUMBER.match(item.text)))
-        )
-    ]
+    kept = [item for item in items if item.rows is not None or _kept(item, running, body)]
     builder = TextBuilder()
     for item in _join_across_pages(kept, body):
         if item.rows is not None:
@@ -391,6 +448,17 @@ def _assemble(
             builder.add(item.text, item.page, item.page, item.box)
     parsed = builder.build(fallback, with_pages=True, with_sources=False)
     return parsed
+
+
+def _kept(item: _Item, running: set[str], body: float) -> bool:
+    """Not empty, not a page number, not a running header or footer. A margin line set
+    larger than the body ("第 3 节 Section 3" atop each page) is a heading, even repeated."""
+    text = item.text.strip()
+    if not text:
+        return False
+    if not item.margin or item.size >= body * 1.15:
+        return True
+    return _key(text) not in running and not _PAGE_NUMBER.match(text)
 
 
 def _join_across_pages(items: list[_Item], body: float) -> list[_Item]:

@@ -10,6 +10,7 @@ as user "local", surface "cli".
 
 from sourcebook.surfaces.cli import (  # noqa: F401  (they register the commands)
     answers,
+    backends,
     documents,
     services,
     teams,

@@ -23,6 +23,7 @@ from sourcebook.surfaces.cli.common import (
     emit_json,
     errors_to_exit,
     finish_report,
+    kb_exists,
     open_kb,
     parse_location,
     settings_for,
@@ -43,22 +44,46 @@ WaitOption = Annotated[
 def init(
     kb: KbOption = None,
     model: Annotated[
-        str | None, typer.Option(help=f"embedding model: {', '.join(EMBEDDER_NAMES)}")
+        str | None,
+        typer.Option(
+            help=f"embedding model: {', '.join(EMBEDDER_NAMES)}, or server:MODEL "
+            "(an OpenAI-compatible endpoint, SOURCEBOOK_EMBED_BASE_URL)"
+        ),
+    ] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            help="PostgreSQL for the records, postgresql://USER@HOST/DB "
+            "[env: SOURCEBOOK_DATABASE_URL; default: SQLite in the folder]"
+        ),
+    ] = None,
+    search: Annotated[
+        str | None,
+        typer.Option(
+            help="Milvus for the search index, milvus://HOST:PORT[/COLLECTION] or a Milvus "
+            "Lite path [env: SOURCEBOOK_SEARCH_URI; default: tantivy + usearch in the folder]"
+        ),
     ] = None,
 ) -> None:
-    """Create an empty knowledge base."""
+    """Create an empty knowledge base (in its folder, or on PostgreSQL and Milvus)."""
     from sourcebook.kb import KnowledgeBase
 
     with errors_to_exit():
         settings = settings_for(kb)
         if model:
             settings.embedder = model
-        if (settings.kb / "sourcebook.db").exists():
+        if database:
+            settings.database_url = database
+        if search:
+            settings.search_uri = search if "://" in search else str(Path(search).resolve())
+        if kb_exists(settings):
             raise CliError(f"a knowledge base already exists at {settings.kb}")
         with KnowledgeBase.create(settings.kb, settings) as base:
+            if base.store.counts()[0]:
+                raise CliError(f"a knowledge base already exists in {base.store.location}")
             console.print(
                 f"Created knowledge base at [bold]{escape(str(base.path))}[/] "
-                f"(embedding model: {base.store.embedder_name})"
+                f"(embedding model: {base.store.embedder_name}; {base.backends.describe()})"
             )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -67,7 +67,7 @@ def evaluate(
     ),
 ) -> None:
     """Measure retrieval and answers on evaluation data through the real pipeline."""
-    from sourcebook.evaluation.run import run_eval, summarize, write_chart
+    from sourcebook.evaluation.run import run_eval, summarize
     from sourcebook.settings import DEFAULT_EMBEDDER, Settings
 
     with errors_to_exit():
@@ -88,9 +88,29 @@ def evaluate(
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2, ensure_ascii=False))
         console.print(summarize(results), markup=False)
+        console.print(f"results: {escape(str(output))}")
         # --chart "" turns the chart off
-        if chart is not None and chart != Path() and write_chart(results, chart):
-            console.print(f"chart: {chart}")
+        if chart is not None and chart != Path():
+            draw_chart(results, chart)
+
+
+def draw_chart(results: dict[str, Any], chart: Path) -> None:
+    """The chart, or, without the optional matplotlib, how to get it (the table and the
+    JSON are written before: a missing extra never loses a long evaluation)."""
+    from sourcebook.evaluation.run import write_chart
+
+    try:
+        drawn = write_chart(results, chart)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "matplotlib":
+            raise
+        console.print(
+            "chart: not drawn, matplotlib is not installed; "
+            "`pip install 'sourcebook\\[eval]'` adds it",
+        )
+        return
+    if drawn:
+        console.print(f"chart: {escape(str(chart))}")
 
 
 @app.command()
