@@ -591,15 +591,17 @@ class KnowledgeBase:
         edited or removed document changes its hash: a miss, and `sync` purges the row)."""
         from sourcebook.answer.generation import PROMPT_VERSION
 
-        documents = {hit.path: self.store.document(hit.path) for hit in hits}
+        # hits shown to the caller carry the path as added; the store knows absolute paths
+        keys = [hit.absolute_path or hit.path for hit in hits]
+        documents = {key: self.store.document(key) for key in keys}
         content_hashes = [d.content_hash for d in documents.values() if d is not None]
         s = self.settings
         identity = {
             "prompt": PROMPT_VERSION,
             "question": " ".join(normalize(question).casefold().split()),
             "evidence": [
-                [hit.chunk_id, d.content_hash if (d := documents[hit.path]) else None]
-                for hit in hits
+                [hit.chunk_id, d.content_hash if (d := documents[key]) else None]
+                for hit, key in zip(hits, keys, strict=True)
             ],
             "mode": "generate",
             "model": self.llm.name,
@@ -618,7 +620,9 @@ class KnowledgeBase:
         return text_hash(json.dumps(identity, ensure_ascii=False, sort_keys=True)), content_hashes
 
     def _query_vector(self, text: str) -> Vectors:
-        return self.cached_embedder.embed_query(normalize(text))
+        # runs of spaces and line breaks carry no meaning in a question, but the encoder's
+        # tokenizer would see them: the same question typed twice gets the same vector
+        return self.cached_embedder.embed_query(" ".join(normalize(text).split()))
 
     def _retriever(self) -> HybridRetriever:
         from sourcebook.retrieve.retriever import HybridRetriever
