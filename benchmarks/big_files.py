@@ -69,13 +69,13 @@ def peak_rss(command: list[str]) -> tuple[float, float, int]:
     return peak / 2**20, time.perf_counter() - started, process.returncode
 
 
-def run_pdf(pages: int, model: str) -> None:
+def run_pdf(pages: int, model: str, existing: Path | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         start = time.perf_counter()
-        path = big_pdf(folder / "big.pdf", pages)
+        path = existing or big_pdf(folder / "big.pdf", pages)
         made = time.perf_counter() - start
-        print(f"wrote {pages} pages ({path.stat().st_size / 2**20:.1f} MB) in {made:.0f} s")
+        print(f"{pages} pages ({path.stat().st_size / 2**20:.1f} MB) ready in {made:.0f} s")
         cli = [sys.executable, "-m", "sourcebook.surfaces.cli"]
         kb = str(folder / "kb")
         subprocess.run([*cli, "init", "--kb", kb, "--model", model], check=True)
@@ -116,9 +116,10 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=1000)
     parser.add_argument("--scanned", type=int, default=5)
     parser.add_argument("--model", default="multilingual-e5-small")
+    parser.add_argument("--pdf", type=Path, help="a PDF made before (skips writing one)")
     args = parser.parse_args()
     if args.what == "pdf":
-        run_pdf(args.pages, args.model)
+        run_pdf(args.pages, args.model, args.pdf)
     else:
         run_throughput(args.pages, args.scanned)
 

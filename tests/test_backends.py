@@ -320,3 +320,31 @@ def test_two_servers_share_one_knowledge_base(
         actions = {(e.user, e.action) for e in kb.access.audit(limit=100)}
         # the upload went through the first server, the search through the second
         assert {("admin", "upload"), ("admin", "search"), ("reader", "documents")} <= actions
+
+
+def test_milvus_query_parts_are_exact() -> None:
+    """The pieces of a Milvus query that make it equal to the embedded backend's: each of
+    our tokens stays one token under a word tokenizer, the reader's groups and allowed
+    documents become one filter expression, URIs name a server or a Milvus Lite folder."""
+    import re
+
+    from sourcebook.index.analyzer import analyze
+    from sourcebook.store.base import SearchScope
+    from sourcebook.store.milvus import encode_tokens, filter_expression, parse_uri
+
+    tokens = analyze("GPT-4o 模型的 top-k 采样, e-mail foo@bar.com 3.14")
+    encoded = encode_tokens(" ".join(tokens))
+    assert len(re.findall(r"\w+", encoded)) == len(tokens)
+    assert len(set(encoded.split())) == len(set(tokens))  # distinct tokens stay distinct
+    assert filter_expression(None) == ""
+    assert filter_expression(SearchScope([3, 7], frozenset({"hr", "研发"}))) == (
+        "doc_id in [3,7] and (array_length(groups) == 0"
+        ' or array_contains_any(groups, ["hr", "研发"]))'
+    )
+    assert filter_expression(SearchScope(None, frozenset())) == (
+        "(array_length(groups) == 0 or array_contains_any(groups, []))"
+    )
+    assert parse_uri("milvus://m:19530/notes") == ("http://m:19530", "notes")
+    assert parse_uri("milvus+https://m:443") == ("https://m:443", "sourcebook_chunks")
+    folder = Path("/tmp/sourcebook-uri-test")
+    assert parse_uri("lite", folder) == (str(folder / "lite" / "milvus.db"), "sourcebook_chunks")

@@ -163,8 +163,9 @@ def markdown_as_text(text: str) -> str:
 
 _RST_ADORNMENT = re.compile(r"^\s*([=\-~^\"'`#*+.:_])\1{2,}\s*$")
 _RST_LITERAL = re.compile(r"``([^`\n]+)``")
-# kinds whose stored text is Markdown-like (converters write headings as `#` lines)
-_PLAIN_KINDS = frozenset({"text", "code", "sheet"})
+# kinds whose stored text is not Markdown-shaped; every other converter writes headings,
+# fences or table pipes into the text
+_PLAIN_KINDS = frozenset({"text", "code"})
 
 
 def as_read(text: str, kind: str) -> str:

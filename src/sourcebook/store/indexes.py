@@ -23,6 +23,9 @@ import numpy as np
 import tantivy
 from numpy.typing import NDArray
 
+# the system libstdc++ must be loaded before usearch is (see its docstring); an import
+# inside `_usearch_index` would be sorted after usearch's by the import sorter
+from sourcebook import _cxx_runtime  # noqa: F401
 from sourcebook.faults import crash_point
 from sourcebook.index.embedders import Vectors
 

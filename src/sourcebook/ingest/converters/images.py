@@ -21,8 +21,12 @@ def open_image(data: bytes) -> object:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
-        raise ConversionError(f"unreadable image: {exc}") from exc
+    except UnidentifiedImageError:
+        raise ConversionError("unreadable image: truncated, corrupt or not an image") from None
+    except Image.DecompressionBombError as exc:
+        raise ConversionError(f"image too large: {exc}") from None
+    except (OSError, ValueError) as exc:  # truncated or corrupt data
+        raise ConversionError(f"corrupt or truncated image: {exc}") from None
     return image
 
 

@@ -86,7 +86,7 @@ def migrate(
 
                     def progress(stage: str, done: int, total: int) -> None:
                         if stage not in tasks:
-                            tasks[stage] = bar.add_task(stage, total=max(total, 1))
+                            tasks[stage] = bar.add_task(stage, total=total)
                         bar.update(tasks[stage], completed=done)
 
                     with source.writing():  # no writes to the source while it is copied
