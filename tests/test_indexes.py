@@ -84,3 +84,18 @@ def test_keyword_upsert_is_idempotent_and_persists(tmp_path: Path) -> None:
     assert len(reopened) == 2 and reopened.watermark == 7
     assert [cid for cid, _ in reopened.search(["lora"], 5)] == [1]
     assert reopened.search(["lora"], 5, doc_ids=[11]) == []
+
+
+def test_onnx_runtime_loads_after_the_vector_index() -> None:
+    """usearch carries its own C++ runtime: imported before the system one it made ONNX
+    Runtime (the default embedding engine) crash with SIGSEGV when a process opened a
+    store first and embedded after (a server, `watch`, a test run)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from sourcebook.store.indexes import _usearch_index; _usearch_index(); "
+        "import onnxruntime; print('loaded')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and "loaded" in result.stdout, result.stderr[-2000:]

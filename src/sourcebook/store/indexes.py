@@ -11,6 +11,7 @@ changes an index has not seen. Every operation here is idempotent for that reaso
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import threading
@@ -37,6 +38,10 @@ ScoredIds = list[tuple[int, float]]
 def _usearch_index() -> type[Index]:
     """usearch's Index class, imported on first use (a command that only reads the
     store's records, such as `status`, never loads it)."""
+    # the system C++ runtime first (see `_cxx_runtime`): usearch loaded before it makes
+    # ONNX Runtime crash when it is imported later in the process. A statement, not an
+    # import, so that import sorting cannot move it after usearch again.
+    importlib.import_module("sourcebook._cxx_runtime")
     from usearch.index import Index
 
     return Index

@@ -19,7 +19,9 @@ class BackgroundWork:
     """Started by the application's lifespan, stopped when the server shuts down."""
 
     def __init__(self, kb: KnowledgeBase, lock: ReadWriteLock, watch: bool) -> None:
-        locks = Locks(lock.reading, lock.writing)
+        # its reads are rare and short: taken exclusively, they never share the store's
+        # connection with a request at the same moment
+        locks = Locks(lock.writing, lock.writing)
         self.embedder = BackgroundEmbedder(kb, locks, on_progress=_log_embedding)
         self._watcher = (
             FolderWatcher(kb, None, locks, on_report=_log_report, embedder=self.embedder)
