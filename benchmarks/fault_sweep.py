@@ -8,9 +8,10 @@ point (before and after every SQLite commit, between the steps of an index flush
 an upload is being saved), for N = 1, 2, … until it completes. After each kill:
 
 - the store opens (the next process recovers the derived indexes);
-- every index agrees with the records: the keyword and vector indexes hold exactly
-  SQLite's chunk ids, every chunk text has a vector, `status` says the indexes are up
-  to date and names a re-embedding in progress if there is one;
+- every index agrees with the records: the keyword index holds exactly SQLite's chunk
+  ids, the vector index those whose text has a vector (the others wait for the embedder
+  and `status` counts them), `status` says the indexes are up to date and names a
+  re-embedding in progress if there is one;
 - no document is left outside every source (an orphan no `sync` would look at);
 - after one `sync` (and, for a killed `reindex`, one `reindex`): every file that should be
   indexed is, each one's marker word is found in it, and nothing deleted, emptied or
@@ -18,6 +19,7 @@ an upload is being saved), for N = 1, 2, … until it completes. After each kill
 
     python benchmarks/fault_sweep.py                  # every kill point of every command
     python benchmarks/fault_sweep.py --limit 20       # a sample, spread over the commands
+    python benchmarks/fault_sweep.py --workers 4      # scenarios side by side
 
 Loopback only (the upload server binds 127.0.0.1), bounded (every process has a timeout),
 and it stops by itself. The pytest suite runs a sample (`tests/test_fault_injection.py`).
@@ -37,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +49,7 @@ from sourcebook import KnowledgeBase, Settings
 from sourcebook.faults import ENVIRONMENT
 
 EMBEDDER = "use-multilingual"  # the fast model: the sweep runs hundreds of processes
-COMMAND_TIMEOUT = 120
+COMMAND_TIMEOUT = 900  # indexing 28 notes took over 120 s at load average 20
 TOP, SUB = 24, 4  # notes in the folder and in its subfolder
 
 
@@ -64,7 +67,7 @@ class Expected:
 
     present: dict[str, str] = field(default_factory=dict)
     absent: set[str] = field(default_factory=set)
-    rules: dict[str, list[str]] = field(default_factory=dict)
+    rules: dict[str, list[str]] | None = None  # the rules to check documents against
 
 
 @dataclass
@@ -138,6 +141,34 @@ def _expect_remove_file(work: Path, kb: KnowledgeBase) -> Expected:
     return Expected(present=all_notes())
 
 
+def _add_links(work: Path) -> list[str]:
+    # a second source holding a symlink to a file outside it, and a note of its own
+    (work / "outside").mkdir()
+    (work / "outside" / "x.md").write_text(note(90, "markerlinkx"), encoding="utf-8")
+    (work / "more").mkdir()
+    (work / "more" / "own.md").write_text(note(91, "markerownx"), encoding="utf-8")
+    (work / "more" / "link.md").symlink_to(Path("..") / "outside" / "x.md")
+    return ["add", str(work / "more")]
+
+
+def _expect_add_links(work: Path, kb: KnowledgeBase) -> Expected:
+    present = all_notes()
+    if str(work / "more") in kb.sources():  # the link is the document, not its target
+        present.update({"more/link.md": "markerlinkx", "more/own.md": "markerownx"})
+    return Expected(present=present)
+
+
+def _access_remove(work: Path) -> list[str]:
+    with KnowledgeBase(work / "kb", Settings(kb=work / "kb")) as kb:
+        kb.set_access_rule("sub/*", ["team-a"])
+    return ["access", "remove", "sub/*"]
+
+
+def _expect_access_remove(work: Path, kb: KnowledgeBase) -> Expected:
+    # killed before its commit the rule is still there and still applied; after, gone
+    return Expected(present=all_notes(), rules=kb.access_rules())
+
+
 def _reindex(work: Path) -> list[str]:
     return ["reindex"]
 
@@ -172,7 +203,9 @@ SCENARIOS = [
     Scenario("remove", "full", _remove, _expect_remove),
     Scenario("remove-file", "full", _remove_file, _expect_remove_file),
     Scenario("reindex", "full", _reindex, _expect_reindex),
+    Scenario("add-links", "full", _add_links, _expect_add_links),
     Scenario("access", "full", _access, _expect_access),
+    Scenario("access-remove", "full", _access_remove, _expect_access_remove),
     Scenario("user", "full", _user, _expect_reindex),
     Scenario("key", "full", _key, _expect_reindex),
 ]
@@ -229,6 +262,8 @@ def check(work: Path, scenario: Scenario, stage: str) -> list[str]:
         if kb.store.reembedding():
             kb.reindex()  # what status tells the user to run
         problems += _index_agreement(kb, f"{stage}, after sync")
+        if kb.status().chunks_waiting:
+            problems.append(f"{stage}: after sync, chunks still wait for their vectors")
         problems += _contents(kb, work, expected, stage)
     return problems
 
@@ -266,7 +301,7 @@ def _contents(kb: KnowledgeBase, work: Path, expected: Expected, stage: str) -> 
     for marker in expected.absent:
         if any(marker in h.text for h in kb.search(marker, 10)):
             problems.append(f"{stage}: {marker} is still found")
-    if expected.rules:
+    if expected.rules is not None:
         groups = kb.document_groups()
         for path in indexed:
             rule_groups = sorted(
@@ -362,15 +397,23 @@ def run_upload_point(seeds: dict[str, Path], root: Path, n: int) -> Outcome:
     return Outcome("upload", n, killed, check(seed, UPLOAD_SCENARIO, f"upload@{n}"))
 
 
-def sweep(limit: int | None, root: Path, log: Callable[[str], None] = print) -> list[Outcome]:
-    """Kill points 1, 2, … of every scenario until the command completes; with `limit`,
-    about that many kill points in all, spread evenly over the scenarios."""
+def sweep(
+    limit: int | None,
+    root: Path,
+    log: Callable[[str], None] = print,
+    only: list[str] | None = None,
+) -> list[Outcome]:
+    """Kill points 1, 2, … of every scenario (or those named in `only`) until the command
+    completes; with `limit`, about that many kill points in all, spread evenly over the
+    scenarios."""
     seeds = make_seeds(root)
     outcomes: list[Outcome] = []
     runners: list[tuple[str, Callable[[int], Outcome]]] = [
         (s.name, lambda n, s=s: run_point(s, seeds, root, n)) for s in SCENARIOS
     ]
     runners.append(("upload", lambda n: run_upload_point(seeds, root, n)))
+    if only is not None:
+        runners = [r for r in runners if r[0] in only]
     per_scenario = None if limit is None else max(1, limit // len(runners))
     for name, runner in runners:
         step = 1
@@ -392,20 +435,50 @@ def sweep(limit: int | None, root: Path, log: Callable[[str], None] = print) -> 
     return outcomes
 
 
+def _sweep_one(name: str, limit: int | None, root: Path) -> list[Outcome]:
+    folder = root / name
+    folder.mkdir()
+    return sweep(limit, folder, lambda line: print(line, flush=True), only=[name])
+
+
+def sweep_parallel(limit: int | None, root: Path, workers: int) -> list[Outcome]:
+    """The same sweep, one scenario per worker process (each with its own seeds)."""
+    names = [s.name for s in SCENARIOS] + ["upload"]
+    share = None if limit is None else max(1, limit // len(names))
+    outcomes: list[Outcome] = []
+    with ProcessPoolExecutor(workers) as pool:
+        futures = {name: pool.submit(_sweep_one, name, share, root) for name in names}
+        for name, future in futures.items():
+            try:
+                outcomes += future.result()
+            except Exception as exc:  # the harness failed, not the knowledge base
+                print(f"{name}: the sweep could not run: {type(exc).__name__}: {exc}")
+                outcomes.append(Outcome(name, 0, False, [f"harness error: {exc!r}"]))
+    return outcomes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=None, help="about this many kill points")
     parser.add_argument("--json", type=Path, default=None, help="write the outcomes here")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="scenarios run side by side in this many processes"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sourcebook-faults-") as tmp:
-        outcomes = sweep(args.limit, Path(tmp))
+        if args.workers > 1:
+            outcomes = sweep_parallel(args.limit, Path(tmp), args.workers)
+        else:
+            outcomes = sweep(args.limit, Path(tmp))
     kills = [o for o in outcomes if o.killed]
     violations = sum(len(o.violations) for o in outcomes)
     print(
         f"{len(kills)} kill points over {len({o.scenario for o in outcomes})} commands, "
         f"{violations} invariant violations, {time.perf_counter() - started:.0f} s"
     )
+    for name in dict.fromkeys(o.scenario for o in outcomes):
+        print(f"  {name}: {sum(1 for o in kills if o.scenario == name)} kill points")
     if args.json:
         args.json.write_text(json.dumps([o.__dict__ for o in outcomes], indent=1))
     sys.exit(1 if violations else 0)

@@ -21,11 +21,15 @@ their results: 50 clients at T = 2 s offer about 25 requests per second.
 Attackers (`--attackers N`, issue 12): N more clients that send only maximal requests,
 1 MB questions to `POST /api/ask`, as fast as they are answered (422: refused by length);
 they are reported as their own route, and their 422s are not errors. Before the load, five
-such questions are sent alone and the server's CPU time per request is measured.
+such questions are sent alone and the server's CPU time per request is measured. The
+attackers run in a process of their own (`--attacker-cpus` pins it), with the body built
+once, so that generating 150 MB a second does not slow the measuring clients' own event
+loop; `--alternate R` runs R rounds of a phase without and a phase with them on one server
+and reports the search p95 of each and their ratio.
 
 Usage:  python benchmarks/load_test.py [--kb PATH] [--clients 50] [--seconds 30]
             [--think 0] [--questions notes|datasets] [--ask-share 0.2] [--key sb_…]
-            [--attackers 0]
+            [--attackers 0] [--attacker-cpus 1] [--alternate 0]
             [--output benchmarks/results/load_test/latest.json]
 Without --kb, the sample notes are indexed once into benchmarks/work/load-kb.
 """
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import platform
 import random
@@ -206,9 +211,13 @@ ATTACK = "POST /api/ask (1 MB)"
 MAXIMAL_QUESTION = "显存为什么" * (1024 * 1024 // 15)  # 1 MB of UTF-8
 
 
+MAXIMAL_BODY = json.dumps({"question": MAXIMAL_QUESTION}, ensure_ascii=False).encode()
+
+
 async def attacker(http: httpx.AsyncClient, deadline: float, stats: RouteStats) -> None:
-    """Maximal requests back to back; the expected answer is 422 (too long)."""
-    body = json.dumps({"question": MAXIMAL_QUESTION}, ensure_ascii=False).encode()
+    """Maximal requests back to back; the expected answer is 422 (too long). The body is
+    built once: what is measured is the server, not the encoding of 1 MB per request."""
+    body = MAXIMAL_BODY
     headers = {"Content-Type": "application/json"}
     while time.monotonic() < deadline:
         started = time.perf_counter()
@@ -223,6 +232,38 @@ async def attacker(http: httpx.AsyncClient, deadline: float, stats: RouteStats) 
         stats.record(time.perf_counter() - started, 200 if status == 422 else status, error)
 
 
+async def attack_for(url: str, attackers: int, seconds: float, key: str | None) -> RouteStats:
+    stats = RouteStats()
+    limits = httpx.Limits(max_connections=attackers, max_keepalive_connections=attackers)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(
+        base_url=url, limits=limits, timeout=httpx.Timeout(REQUEST_TIMEOUT_S), headers=headers
+    ) as http:
+        deadline = time.monotonic() + seconds
+        await asyncio.gather(*(attacker(http, deadline, stats) for _ in range(attackers)))
+    return stats
+
+
+def attack_process(
+    url: str,
+    attackers: int,
+    seconds: float,
+    key: str | None,
+    cpus: list[int] | None,
+    ready: Any,
+    go: Any,
+    results: Any,
+) -> None:
+    """The attackers' own process (and, with `cpus`, their own cores): sending 150 MB a
+    second from the measuring clients' event loop would slow the measurement itself.
+    Says `ready` once imported, starts when `go` is set, puts its RouteStats."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    ready.set()
+    go.wait()
+    results.put(asyncio.run(attack_for(url, attackers, seconds, key)))
+
+
 async def load(
     url: str,
     clients: int,
@@ -230,26 +271,39 @@ async def load(
     workload: Workload,
     key: str | None = None,
     attackers: int = 0,
+    attacker_cpus: list[int] | None = None,
 ) -> dict[str, Any]:
     stats = {SEARCH: RouteStats(), ASK: RouteStats()}
-    attack = RouteStats()
-    clients_in_all = clients + attackers
-    limits = httpx.Limits(max_connections=clients_in_all, max_keepalive_connections=clients_in_all)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    context = multiprocessing.get_context("spawn")
+    ready, go, results = context.Event(), context.Event(), context.Queue()
+    process = None
+    if attackers:
+        process = context.Process(
+            target=attack_process,
+            args=(url, attackers, seconds, key, attacker_cpus, ready, go, results),
+            daemon=True,
+        )
+        process.start()
+        if not await asyncio.to_thread(ready.wait, START_TIMEOUT_S):
+            raise SystemExit("the attackers' process did not start")
     async with httpx.AsyncClient(
         base_url=url, limits=limits, timeout=timeout, headers=headers
     ) as http:
+        go.set()
         started = time.monotonic()
         deadline = started + seconds
-        await asyncio.gather(
-            *(client(i, http, deadline, workload, stats) for i in range(clients)),
-            *(attacker(http, deadline, attack) for _ in range(attackers)),
-        )
+        await asyncio.gather(*(client(i, http, deadline, workload, stats) for i in range(clients)))
         elapsed = time.monotonic() - started
+    attack_stats = None
+    if process is not None:
+        attack_stats = await asyncio.to_thread(results.get, True, REQUEST_TIMEOUT_S + 60)
+        process.join(10)
     routes = {route: s.summary(elapsed) for route, s in stats.items()}
-    if attackers:
-        routes[ATTACK] = attack.summary(elapsed)
+    if attack_stats is not None:
+        routes[ATTACK] = attack_stats.summary(elapsed)
     every = RouteStats(
         latencies_s=[x for s in stats.values() for x in s.latencies_s],
         errors=sum(s.errors for s in stats.values()),
@@ -270,6 +324,14 @@ def cpu_per_maximal_request(url: str, server: psutil.Process, key: str | None) -
         if response.status_code != 422:
             raise SystemExit(f"a 1 MB question got {response.status_code}, not 422")
     return (sum(server.cpu_times()[:2]) - before) / 5
+
+
+def compare(phases: list[dict[str, Any]]) -> dict[str, float]:
+    """Search p95 under attack over idle: the median of each kind of phase, and their ratio."""
+    idle = [p["routes"][SEARCH]["p95_ms"] for p in phases if not p["attackers"]]
+    attacked = [p["routes"][SEARCH]["p95_ms"] for p in phases if p["attackers"]]
+    p95 = {"idle_p95_ms": float(np.median(idle)), "attacked_p95_ms": float(np.median(attacked))}
+    return {**p95, "ratio": round(p95["attacked_p95_ms"] / p95["idle_p95_ms"], 2)}
 
 
 def wait_until_up(url: str, process: subprocess.Popen[bytes], key: str | None) -> float:
@@ -303,6 +365,16 @@ def main() -> None:
     parser.add_argument(
         "--attackers", type=int, default=0, help="extra clients sending 1 MB questions"
     )
+    parser.add_argument(
+        "--attacker-cpus",
+        help="cores the attackers' process is pinned to (taskset-style list: 1 or 0,1)",
+    )
+    parser.add_argument(
+        "--alternate",
+        type=int,
+        default=0,
+        help="ROUNDS of --seconds without attackers, then --seconds with them, on one server",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args()
@@ -333,12 +405,22 @@ def main() -> None:
         server = psutil.Process(process.pid)
         maximal_cpu_s = cpu_per_maximal_request(url, server, args.key)
         load_before = os.getloadavg()
-        cpu_before = sum(server.cpu_times()[:2])
-        result = asyncio.run(
-            load(url, args.clients, args.seconds, workload, args.key, args.attackers)
-        )
-        # CPU the server used, in cores: how close to saturation the run was
-        server_cores = (sum(server.cpu_times()[:2]) - cpu_before) / result["elapsed_s"]
+        cpus = [int(c) for c in args.attacker_cpus.split(",")] if args.attacker_cpus else None
+        phases = []
+        for attackers in [0, args.attackers] * args.alternate or [args.attackers]:
+            cpu_before = sum(server.cpu_times()[:2])
+            phase = asyncio.run(
+                load(url, args.clients, args.seconds, workload, args.key, attackers, cpus)
+            )
+            # CPU the server used, in cores: how close to saturation the run was
+            phase["server_cpu_cores"] = round(
+                (sum(server.cpu_times()[:2]) - cpu_before) / phase["elapsed_s"], 2
+            )
+            phase["attackers"] = attackers
+            phase["load_average"] = round(os.getloadavg()[0], 2)
+            phases.append(phase)
+        result = phases[-1]
+        server_cores = result["server_cpu_cores"]
         load_after = os.getloadavg()
     finally:
         process.terminate()  # SIGTERM: uvicorn shuts down gracefully
@@ -371,6 +453,7 @@ def main() -> None:
         "server_cpu_s_per_1mb_question": round(maximal_cpu_s, 3),
         "server_cpu_cores": round(server_cores, 2),
         **result,
+        **({"phases": phases, "comparison": compare(phases)} if args.alternate else {}),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -388,6 +471,15 @@ def main() -> None:
             f"  {route:16} {stats['requests']:6} requests {stats['errors']:4} errors "
             f"{stats['throughput_rps']:7} req/s  {quantiles}"
         )
+    if args.alternate:
+        for phase in phases:
+            search = phase["routes"][SEARCH]
+            print(
+                f"  attackers {phase['attackers']}: search p50 {search.get('p50_ms')} ms, "
+                f"p95 {search.get('p95_ms')} ms, server {phase['server_cpu_cores']} cores, "
+                f"load {phase['load_average']}"
+            )
+        print(f"  {compare(phases)}")
     print(f"wrote {args.output}")
 
 

@@ -214,7 +214,7 @@ def test_cli_calls_are_audited_and_the_log_filters_by_user_and_time(team: Team) 
 def test_an_audit_failure_is_logged_and_does_not_raise(
     team: Team, caplog: pytest.LogCaptureFixture
 ) -> None:
-    access = AccessControl(team.kb.path / "sourcebook.db")
+    access = AccessControl.sqlite(team.kb.path / "sourcebook.db")
     access.close()  # a connection that can no longer write
     with caplog.at_level(logging.ERROR, logger="sourcebook.store.access"):
         assert access.record("alice", "http", "search", "年终奖") is False

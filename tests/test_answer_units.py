@@ -15,7 +15,7 @@ import pytest
 
 from sourcebook import KnowledgeBase, Settings
 from sourcebook.answer.bilingual import glossary, greek_variants
-from sourcebook.answer.extractive import _parts
+from sourcebook.answer.extractive import _parts, _subject
 from sourcebook.answer.units import AnswerUnit, answer_units, display_length
 from sourcebook.ingest.pipeline import TEXT_VERSION
 
@@ -128,6 +128,48 @@ def test_term_variants_in_the_other_language() -> None:
     assert "gradient" in dictionary.variants("梯度")
 
 
+def test_open_to_dos_are_not_units_and_a_whole_list_leaves_out_empty_bullets() -> None:
+    text = (
+        "待整理：\n- [ ] Mamba 和 attention 的对比\n- [x] 读完 LoRA 论文\n\n"
+        "模型：\n- SD3.5:\n- SDXL：2.6B\n- Flux：12B\n"
+    )
+    units = answer_units(text)
+    every = "\n".join(u.text(text) for u in units)
+    assert "Mamba" not in every and "读完 LoRA 论文" in every
+    whole = [u for u in units if u.kind == "list"]
+    assert [u.text(text) for u in whole] == ["模型：\n- SDXL：2.6B\n- Flux：12B"]
+
+
+def test_an_unfinished_line_right_above_a_list_is_its_lead_in() -> None:
+    text = (
+        "例子：LLaMA-2-7B，fp16（2 字节）\n- 每个 token：0.5 MB\n\n"
+        "冻结的权重不需要梯度。\n- 另一条\n"
+    )
+    items = _texts(answer_units(text), "list_item", text)
+    assert items == ["例子：LLaMA-2-7B，fp16（2 字节）\n- 每个 token：0.5 MB", "- 另一条"]
+
+
+def test_that_is_why_is_a_conclusion() -> None:
+    text = "One scale per tensor destroys small values. That is why outliers stay in fp16."
+    assert [u.conclusion for u in answer_units(text)] == [False, True]
+
+
+def test_the_subject_of_a_definition_question() -> None:
+    assert _subject("What is an IVF index?") == "ivf"
+    assert _subject("HNSW 是什么？") == "hnsw"
+    assert _subject("什么是 KV cache？") == "kv"
+    assert _subject("LoRA 为什么能省显存？") == ""
+
+
+def test_the_notes_vocabulary_comes_before_cc_cedict_both_ways() -> None:
+    dictionary = glossary()
+    assert dictionary is not None
+    assert dictionary.variants("memori")[:2] == ("显存", "内存")  # not 记忆 first
+    assert "memori" in dictionary.variants("显存")
+    assert dictionary.variants("m") == () and dictionary.variants("no") == ()
+    assert all(len(v) >= 2 for v in dictionary.variants("graph"))
+
+
 # --- answers over notes written here (real model) -----------------------------------------
 
 NOTES = {
@@ -152,6 +194,12 @@ LoRA 冻结了原始权重，冻结的参数既不需要梯度，也不需要 op
 只有 A 和 B 需要。
 
 所以 LoRA 省下的主要是梯度和 optimizer state 的显存。
+
+## 常见问题排查
+召回不到：
+1. 先看切块，答案是不是被切到了两个块中间
+2. 再看问题和文档的用词差异，考虑查询改写
+3. 英文问题查中文文档：向量模型要用多语言的
 
 ## 模型列表
 
@@ -212,6 +260,13 @@ def test_quotes_keep_full_width_punctuation(written_kb: tuple[KnowledgeBase, Pat
     assert "HNSW（Hierarchical Navigable Small World）" in text
     shown = kb.document_text(notes / "deploy.md", 13, 13)
     assert shown.startswith("HNSW（Hierarchical") and "：上层节点稀疏，" in shown
+
+
+def test_a_question_about_the_lead_in_gets_the_whole_list(
+    written_kb: tuple[KnowledgeBase, Path],
+) -> None:
+    text = _check_verbatim(written_kb[0], "召回不到的时候怎么排查？")
+    assert "先看切块" in text and "查询改写" in text and "向量模型要用多语言的" in text
 
 
 def test_an_empty_bullet_is_never_the_answer(written_kb: tuple[KnowledgeBase, Path]) -> None:

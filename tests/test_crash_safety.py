@@ -15,7 +15,7 @@ import pytest
 
 from sourcebook import KnowledgeBase, Settings
 from sourcebook.models import ChunkDraft
-from sourcebook.store.embedded import DocumentRecord, EmbeddedStore
+from sourcebook.store.embedded import DocumentRecord, EmbeddedStore, SearchScope
 
 TOPICS = ["注意力机制", "量化", "LoRA 微调", "向量检索", "扩散模型", "优化器"]
 
@@ -64,15 +64,19 @@ def test_sigkill_mid_ingest_then_sync_completes(tmp_path: Path) -> None:
     settings = Settings(kb=kb_path)
     with KnowledgeBase(kb_path, settings) as kb:
         # opening repaired the derived indexes: they hold exactly the committed chunks
+        # (the vector index those already embedded; the others wait for their vector)
         status = kb.status()
         assert status.documents >= interrupted
         assert status.index_consistent
-        assert kb.store.index_sizes() == (status.chunks, status.chunks)
+        embedded, total = kb.embedding_progress()
+        assert total == status.chunks and status.chunks_waiting == total - embedded
+        assert kb.store.index_sizes() == (status.chunks, embedded)
+        assert kb.store.consistency_problems() == []
         report = kb.sync()
         assert report.failed == []
         assert report.unchanged >= interrupted and report.added == 120 - report.unchanged
         status = kb.status()
-        assert status.documents == 120
+        assert status.documents == 120 and status.chunks_waiting == 0
         assert kb.store.index_sizes() == (status.chunks, status.chunks)
         hit = kb.search("marker119", limit=1)[0]
         assert hit.path.endswith("note-119.md")
@@ -147,7 +151,7 @@ def test_a_failed_re_index_leaves_the_document_whole(tmp_path: Path) -> None:
     assert after is not None and after.id == before.id and after.chunks == len(new)
     assert store.index_sizes() == (len(new), len(new))
     for word, expected in (("OSPREY", 1), ("白桦", 1), ("KESTREL", 0), ("青松", 0)):
-        found = store.keyword_search(word, 5, [before.id])
+        found = store.keyword_search(word, 5, SearchScope([before.id]))
         assert len(found) == expected, word
         assert all(hit.doc_id == before.id for hit in store.hits([c for c, _ in found]).values())
     store.close()

@@ -61,7 +61,7 @@ def test_reranked_search_keeps_the_right_note_first(notes_kb: KnowledgeBase) -> 
 def test_stored_tokens_stand_in_for_re_analysis(notes_kb: KnowledgeBase) -> None:
     """The reranker reads the tokens stored at indexing time instead of re-analysing each
     candidate; they must be exactly the tokens of the chunk's text (context line removed)."""
-    ids = [row[0] for row in notes_kb.store._db.execute("SELECT id FROM chunks")]
+    ids = sorted(notes_kb.store.records.chunk_ids())
     hits = notes_kb.store.hits(ids)
     assert len(hits) > 50 and all(hit.index_tokens for hit in hits.values())
     assert sum(hit.heading_path != [] for hit in hits.values()) > 20  # with context lines

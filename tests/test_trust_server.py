@@ -24,9 +24,10 @@ from mcp import Client
 from typer.testing import CliRunner
 
 from sourcebook import KnowledgeBase
-from sourcebook.index.embedders import MAX_EMBEDDED_TOKENS, get_embedder
+from sourcebook.index.embedders import MAX_EMBEDDED_CHARS, get_embedder
 from sourcebook.models import InvalidInput
 from sourcebook.settings import MAX_QUESTION_CHARS
+from sourcebook.store.embedded import Filters
 from sourcebook.surfaces.cli import app as cli_app
 from sourcebook.surfaces.mcp_server import create_mcp_server
 from sourcebook.surfaces.server import Caller, create_app
@@ -224,13 +225,72 @@ def test_a_megabyte_question_is_refused_quickly_on_every_surface(
     assert result.exit_code == 1 and "limit" in result.stderr
 
 
+HUGE_GLOBS = ["a" * 1_000_000, "[!" * 2000]  # 17 s and 3 s to compile before the bound
+
+
+def test_huge_filters_are_refused_before_any_matching(client: TestClient, team: Team) -> None:
+    root = key(team, "root")
+    cpu = time.process_time()
+    for glob in HUGE_GLOBS:
+        for filters in ({"path": glob}, {"exclude": glob}, {"tags": [glob]}):
+            ask = client.post(
+                "/api/ask", json={"question": "LoRA", "filters": filters}, headers=root
+            )
+            assert ask.status_code == 422, ask.text[:300]
+    too_many = client.post(
+        "/api/ask", json={"question": "LoRA", "filters": {"tags": ["t"] * 33}}, headers=root
+    )
+    assert too_many.status_code == 422
+    for params in (
+        {"path": "[!" * 2000},
+        {"tag": ["x" * 600]},
+        {"tag": [str(i) for i in range(40)]},
+    ):
+        search = client.get("/api/search", params={"q": "LoRA", **params}, headers=root)
+        assert search.status_code == 422, (params, search.text[:300])
+    assert time.process_time() - cpu < 5
+    # the facade refuses them too (the CLI's --path, Python callers), and rules
+    for filters in (Filters(path_glob="[!" * 2000), Filters(tags=("x",) * 33)):
+        with pytest.raises(InvalidInput, match="limit"):
+            team.kb.search("LoRA", 3, filters)
+    with pytest.raises(InvalidInput, match="limit"):
+        team.kb.set_access_rule("[!" * 2000, ["hr"])
+    result = CliRunner().invoke(
+        cli_app, ["search", "LoRA", "--path", "[!" * 2000, "--kb", str(team.kb.path)]
+    )
+    assert result.exit_code == 1 and "limit" in result.stderr
+
+    async def mcp_search() -> bool:
+        reader = Caller("bob", can_write=False, groups=frozenset())
+        async with Client(create_mcp_server(team.kb, lambda _: reader)) as mcp:
+            result = await mcp.call_tool("search", {"query": "LoRA", "path": "[!" * 2000})
+            return result.is_error
+
+    assert anyio.run(mcp_search)
+    # an ordinary glob still works
+    ok = client.post(
+        "/api/ask", json={"question": "LoRA", "filters": {"path": "*.md"}}, headers=root
+    )
+    assert ok.status_code == 200
+
+
+def test_a_message_of_many_content_parts_is_refused(client: TestClient, team: Team) -> None:
+    parts = [{"type": "text", "text": "显存"}] * 20_000  # 0.8 MB; each part is valid
+    body = {"model": "sourcebook", "messages": [{"role": "user", "content": parts}]}
+    response = client.post("/v1/chat/completions", json=body, headers=key(team, "root"))
+    assert response.status_code == 422, response.text[:300]
+    few = [{"type": "text", "text": "LoRA 为什么"}, {"type": "text", "text": "能减少显存？"}]
+    body = {"model": "sourcebook", "messages": [{"role": "user", "content": few}]}
+    assert client.post("/v1/chat/completions", json=body, headers=key(team, "root")).is_success
+
+
 def test_what_is_embedded_is_truncated_to_the_model_budget() -> None:
     e5 = get_embedder("multilingual-e5-small")
-    fitted = e5.fit(MEGABYTE_QUESTION)  # type: ignore[attr-defined]
-    assert 0 < e5._model.token_count(fitted) <= MAX_EMBEDDED_TOKENS  # type: ignore[attr-defined]
     started = time.perf_counter()
     vector = e5.embed_query(MEGABYTE_QUESTION)  # was minutes
     assert vector.shape == (e5.dim,) and time.perf_counter() - started < 30
+    # only a prefix within the model's budget is read: the rest changes nothing
+    assert float(vector @ e5.embed_query(MEGABYTE_QUESTION[:MAX_EMBEDDED_CHARS])) > 0.9999
 
 
 def test_a_request_past_its_deadline_gets_503(kb_copy: tuple[KnowledgeBase, Path]) -> None:

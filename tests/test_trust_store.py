@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sourcebook import KnowledgeBase, Settings
-from sourcebook.store.embedded import EmbeddedStore
+from sourcebook.store.sqlite import SQLiteRecords
 
 
 class Crash(BaseException):
@@ -23,11 +23,11 @@ class Crash(BaseException):
 
 @contextmanager
 def dying_at_transaction(n: int) -> Iterator[None]:
-    original = EmbeddedStore._transaction
+    original = SQLiteRecords._transaction
     calls = 0
 
     @contextmanager
-    def transaction(self: EmbeddedStore) -> Iterator[None]:
+    def transaction(self: SQLiteRecords) -> Iterator[None]:
         nonlocal calls
         calls += 1
         if calls == n:
@@ -35,11 +35,11 @@ def dying_at_transaction(n: int) -> Iterator[None]:
         with original(self):
             yield
 
-    EmbeddedStore._transaction = transaction  # type: ignore[method-assign]
+    SQLiteRecords._transaction = transaction  # type: ignore[method-assign]
     try:
         yield
     finally:
-        EmbeddedStore._transaction = original  # type: ignore[method-assign]
+        SQLiteRecords._transaction = original  # type: ignore[method-assign]
 
 
 def chunks_without_vectors(kb_path: Path) -> int:

@@ -9,16 +9,25 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from sourcebook import deadline
 from sourcebook.index.analyzer import analyze
-from sourcebook.index.embedders import EMBEDDERS, CachedEmbedder, Embedder, Vectors, get_embedder
+from sourcebook.index.embedders import (
+    CachedEmbedder,
+    Embedder,
+    EmbedderOptions,
+    Vectors,
+    check_model_name,
+    get_embedder,
+    model_dimension,
+)
 from sourcebook.models import (
     Answer,
     AnswerEvent,
@@ -31,14 +40,15 @@ from sourcebook.models import (
     SyncReport,
 )
 from sourcebook.paths import PathNames, absolute_path
-from sourcebook.settings import DEFAULT_EMBEDDER, Settings
+from sourcebook.settings import DEFAULT_EMBEDDER, MAX_FILTER_CHARS, MAX_FILTER_TAGS, Settings
 from sourcebook.store.access import AccessControl, check_name
-from sourcebook.store.embedded import EmbeddedStore, Filters, StoreError, text_hash
+from sourcebook.store.backends import configured_backends, open_store, record_backends
+from sourcebook.store.embedded import Filters, StoreError, text_hash
 from sourcebook.text import normalize
 
 if TYPE_CHECKING:  # the answer, ingestion and retrieval stages load on first use (start-up)
     from sourcebook.answer.llm import LLM
-    from sourcebook.ingest.pipeline import Ingestor, ProgressCallback
+    from sourcebook.ingest.pipeline import Ingestor, ProgressCallback, Source
     from sourcebook.retrieve.rerank import Reranker
     from sourcebook.retrieve.retriever import HybridRetriever
 
@@ -50,10 +60,23 @@ def _named_hit(hit: SearchHit, names: PathNames) -> SearchHit:
     return hit.model_copy(update={"path": names.as_added(absolute), "absolute_path": absolute})
 
 
+class EmbeddingWork(NamedTuple):
+    """Chunk texts waiting for their vectors: text hash -> the text to embed (chunks
+    sharing a text share its vector), how many chunks, and the last chunk's id."""
+
+    texts: dict[str, str]
+    chunks: int
+    last_chunk: int
+
+
 def _is_under(path: str, root: str) -> bool:
     """Whether a document path is the source `root` or inside it."""
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
+
+# Seconds between index updates while `embed_pending` runs: vectors become searchable in
+# steps, without rewriting the vector file after every batch.
+EMBED_FLUSH_SECONDS = 5.0
 
 # Nice value of the answer threads: under contention the scheduler gives a search thread
 # about three times their CPU share, and an idle machine runs them at full speed.
@@ -96,17 +119,19 @@ class KnowledgeBase:
             model = (embedder.name, embedder.dim)
         elif create or self.settings.embedder:
             name = self.settings.embedder or DEFAULT_EMBEDDER
-            if name not in EMBEDDERS:
-                raise StoreError(
-                    f"unknown embedding model {name!r}; choose one of: {', '.join(EMBEDDERS)}"
-                )
-            model = (name, EMBEDDERS[name].dim)
-        self.store = EmbeddedStore(
+            model = (name, self._model_dimension(name))
+        self.backends = configured_backends(
+            self.path, self.settings.database_url, self.settings.search_uri
+        )
+        self.store = open_store(
             self.path,
+            self.backends,
             model,
             create=create,
             exact_vector_search_below=self.settings.exact_vector_search_below,
         )
+        if create:
+            record_backends(self.path, self.backends)
         self._embedder: Embedder | None = embedder
         self._reranker: Reranker | None = None
         self._cached: CachedEmbedder | None = None
@@ -126,8 +151,28 @@ class KnowledgeBase:
     def embedder(self) -> Embedder:
         """The knowledge base's embedding model, loaded on first use."""
         if self._embedder is None:
-            self._embedder = get_embedder(self.store.embedder_name, self.settings.threads)
+            embedder = self._load_embedder(self.store.embedder_name)
+            if embedder.dim != self.store.dim:
+                raise StoreError(
+                    f"{embedder.name} now makes {embedder.dim}-dimensional vectors but this "
+                    f"knowledge base holds {self.store.dim}-dimensional ones: serve the model "
+                    "it was built with, or rebuild it with `sourcebook reindex --model ...`"
+                )
+            self._embedder = embedder
         return self._embedder
+
+    def _load_embedder(self, name: str) -> Embedder:
+        try:
+            return get_embedder(name, EmbedderOptions.from_settings(self.settings))
+        except (ValueError, RuntimeError) as error:  # unknown name, server down, no cache
+            raise StoreError(str(error)) from error
+
+    def _model_dimension(self, name: str) -> int:
+        try:
+            check_model_name(name)
+            return model_dimension(name, EmbedderOptions.from_settings(self.settings))
+        except (ValueError, RuntimeError) as error:
+            raise StoreError(str(error)) from error
 
     def warm_up(self) -> None:
         """Load the models, and with access rules in use build what a reader's restricted
@@ -162,10 +207,17 @@ class KnowledgeBase:
         exclude: Sequence[str] = (),
         progress: ProgressCallback | None = None,
         keep_unreadable: bool = False,
+        wait: bool = True,
+        embed_progress: ProgressCallback | None = None,
     ) -> SyncReport:
         """Index files and folders and remember them as sources for `sync`. A file that
         cannot be read any more leaves the indexes, unless `keep_unreadable` (the upload
-        route, which puts the indexed version of such a file back)."""
+        route, which puts the indexed version of such a file back).
+
+        Every document is keyword-searchable as soon as it is stored; then, with `wait`
+        (the default), the chunks are embedded before this returns (`embed_progress`
+        follows it). Without it they are embedded later by whichever comes next: a
+        background embedder (`watch`, `serve`), `sync`, `add` or `embed_pending`."""
         from sourcebook.ingest.pipeline import Source
 
         sources = [
@@ -182,7 +234,21 @@ class KnowledgeBase:
                     self.store.add_source(str(source.root), include, exclude, str(given))
             report = self._ingestor().run(sources, True, progress, keep_unreadable)
             report.cached_answers_purged = self.store.purge_cached_answers()
-            return report
+            return self._finish_embedding(report, wait, embed_progress)
+
+    def _finish_embedding(
+        self, report: SyncReport, wait: bool, progress: ProgressCallback | None
+    ) -> SyncReport:
+        """After a run (under the write lock): make what was stored keyword-searchable for
+        every process now, then embed the chunks still without a vector if `wait`."""
+        started = time.perf_counter()
+        self.store.flush()
+        if wait:
+            report.chunks_embedded += self.embed_pending(progress)
+        done, total = self.store.embedding_progress()
+        report.chunks_waiting = total - done
+        report.seconds = round(report.seconds + time.perf_counter() - started, 3)
+        return report
 
     def register_source(self, path: str | Path) -> None:
         """Remember a folder as a source without indexing it now: the upload route does
@@ -191,14 +257,17 @@ class KnowledgeBase:
         with self.store.writing():
             self.store.add_source(str(absolute_path(path)), (), (), str(path))
 
-    def sync(self, progress: ProgressCallback | None = None) -> SyncReport:
-        """Re-read every source: new and changed files are indexed, deleted ones removed."""
-        from sourcebook.ingest.pipeline import TEXT_VERSION, Source
+    def sync(
+        self,
+        progress: ProgressCallback | None = None,
+        wait: bool = True,
+        embed_progress: ProgressCallback | None = None,
+    ) -> SyncReport:
+        """Re-read every source: new and changed files are indexed, deleted ones removed;
+        then (with `wait`) every chunk still without a vector is embedded."""
+        from sourcebook.ingest.pipeline import TEXT_VERSION
 
-        sources = [
-            Source(Path(path), tuple(include), tuple(exclude) + tuple(self.settings.exclude))
-            for path, include, exclude in self.store.sources()
-        ]
+        sources = self._sources()
         with self.store.writing():
             report = self._ingestor().run(
                 [s for s in sources if s.root.exists()], prune=True, progress=progress
@@ -216,7 +285,77 @@ class KnowledgeBase:
                     report.removed += 1
                     report.chunks_removed += document.chunks
             report.cached_answers_purged = self.store.purge_cached_answers()
+            return self._finish_embedding(report, wait, embed_progress)
+
+    def update_paths(self, paths: Collection[str | Path]) -> SyncReport:
+        """Re-read just these files and folders (what a watcher saw change): see
+        `Ingestor.reconcile`. Renamed files keep their documents. Returns once the
+        changes are keyword-searchable; the chunks are embedded later (`embed_pending`,
+        or a background embedder). Vectors of removed text stay cached, so a folder that
+        goes away and comes back is not embedded again (`sync` collects them)."""
+        sources = self._sources()
+        with self.store.writing():
+            report = self._ingestor().reconcile([absolute_path(p) for p in paths], sources)
+            if report.removed or report.updated or report.renamed:
+                report.cached_answers_purged = self.store.purge_cached_answers()
             return report
+
+    def _sources(self) -> list[Source]:
+        from sourcebook.ingest.pipeline import Source
+
+        return [
+            Source(Path(path), tuple(include), tuple(exclude) + tuple(self.settings.exclude))
+            for path, include, exclude in self.store.sources()
+        ]
+
+    # --- embedding: stored chunks get their vectors --------------------------------------
+
+    def embed_pending(self, progress: ProgressCallback | None = None) -> int:
+        """Embed every chunk text that has no vector yet (a run that did not wait, or was
+        killed); returns how many texts were embedded. Vectors become searchable as they
+        are stored (the indexes are brought up to date every few seconds)."""
+        embedded = after = 0
+        with self.store.writing():
+            done, total = self.store.embedding_progress()
+            flushed = time.monotonic()
+            while work := self.texts_to_embed(self.settings.embed_batch, after):
+                if progress:
+                    progress(done, total, "")
+                after = work.last_chunk
+                vectors = self.embedder.embed_passages(list(work.texts.values()))
+                self.store.put_vectors(dict(zip(work.texts, vectors, strict=True)))
+                embedded += len(work.texts)
+                done = min(total, done + work.chunks)
+                if time.monotonic() - flushed > EMBED_FLUSH_SECONDS:
+                    self.store.flush()
+                    flushed = time.monotonic()
+            if progress and embedded:
+                progress(total, total, "")
+        return embedded
+
+    def texts_to_embed(self, limit: int, after: int = 0) -> EmbeddingWork | None:
+        """The texts of up to `limit` chunks without a vector, after chunk id `after`
+        (continue with `last_chunk`; nothing left: None)."""
+        from sourcebook.ingest.chunker import contextual_text
+
+        rows = self.store.texts_to_embed(limit, after)
+        if not rows:
+            return None
+        texts = {
+            digest: contextual_text(title, heading_path, text)
+            for _, digest, title, heading_path, text in rows
+        }
+        return EmbeddingWork(texts, len(rows), rows[-1][0])
+
+    def save_vectors(self, vectors: dict[str, Vectors]) -> None:
+        """Store vectors computed for `texts_to_embed` (by text hash) and make them
+        searchable (a background embedder; takes the write lock for the moment it needs)."""
+        with self.store.writing():
+            self.store.put_vectors(vectors)
+
+    def embedding_progress(self) -> tuple[int, int]:
+        """(chunks with a vector, all chunks): the others are found by keyword only."""
+        return self.store.embedding_progress()
 
     def remove(self, paths: Sequence[str | Path]) -> list[str]:
         """Forget files or whole folders (and stop syncing them). Returns removed paths.
@@ -238,12 +377,9 @@ class KnowledgeBase:
         the old ones until every chunk has a new one."""
         pending = self.store.reembedding()
         name = model or (pending.model if pending else self.store.embedder_name)
-        if name not in EMBEDDERS:
-            raise StoreError(
-                f"unknown embedding model {name!r}; choose one of: {', '.join(EMBEDDERS)}"
-            )
+        dim = self._model_dimension(name)
         with self.store.writing():
-            self.store.begin_reembedding(name, EMBEDDERS[name].dim)
+            self.store.begin_reembedding(name, dim)
             self._reembed(progress)
         return self.store.counts()[1]
 
@@ -254,7 +390,7 @@ class KnowledgeBase:
         state = self.store.reembedding()
         if state is None:
             return
-        embedder = get_embedder(state.model, self.settings.threads)
+        embedder = self._load_embedder(state.model)
         done = state.done
         while part := self.store.pending_contexts(self.settings.embed_batch):
             if progress:
@@ -272,7 +408,7 @@ class KnowledgeBase:
     def _ingestor(self) -> Ingestor:
         from sourcebook.ingest.pipeline import Ingestor
 
-        return Ingestor(self.store, self.embedder, self.settings)
+        return Ingestor(self.store, self.settings)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -281,6 +417,7 @@ class KnowledgeBase:
     ) -> list[SearchHit]:
         """Hybrid (BM25 + dense) search; filters apply before ranking is cut off."""
         self._check_question(query, "query")
+        check_filters(filters)
         vector = self._query_vector(query) if self.settings.retrieval != "bm25" else None
         deadline.check("ranking")
         return self._named(self._retriever().retrieve(query, limit, filters, vector))
@@ -397,6 +534,7 @@ class KnowledgeBase:
 
     def _evidence(self, question: str, filters: Filters | None) -> tuple[list[SearchHit], Vectors]:
         self._check_question(question)
+        check_filters(filters)
         query_vector = self._query_vector(question)
         deadline.check("ranking")
         hits = self._retriever().retrieve(
@@ -581,7 +719,7 @@ class KnowledgeBase:
     def access(self) -> AccessControl:
         """Users, groups, API keys and the audit log (`access.py`), opened on first use."""
         if self._access is None:
-            self._access = AccessControl(self.store.folder / "sourcebook.db")
+            self._access = self.store.access_control()
         return self._access
 
     def set_access_rule(self, pattern: str, groups: Sequence[str]) -> None:
@@ -591,6 +729,7 @@ class KnowledgeBase:
         by the groups of each."""
         if not pattern.strip():
             raise ValueError("the path pattern is empty")
+        check_filters(Filters(path_glob=pattern))
         for group in groups:
             check_name("group", group)
         if not groups and pattern not in self.store.access_rules():
@@ -635,9 +774,10 @@ class KnowledgeBase:
         digest = hashlib.blake2b(data, digest_size=16).hexdigest()  # as the ingestor hashes
         return "indexed" if digest == document.content_hash else "changed"
 
-    def resync(self, path: str | Path) -> SyncReport:
+    def resync(self, path: str | Path, wait: bool = True) -> SyncReport:
         """Re-read one indexed document: re-indexed if its file changed, removed if the
-        file is gone. Unlike `add`, this does not make the file a source of its own."""
+        file is gone. Unlike `add`, this does not make the file a source of its own.
+        `wait`: as for `add`."""
         from sourcebook.ingest.pipeline import Source
 
         key = Path(self.resolve_path(path))
@@ -651,7 +791,7 @@ class KnowledgeBase:
                 self.store.remove_document(document.path)
                 report = SyncReport(removed=1, chunks_removed=document.chunks)
             report.cached_answers_purged = self.store.purge_cached_answers()
-            return report
+            return self._finish_embedding(report, wait, None)
 
     @property
     def can_generate(self) -> bool:
@@ -663,6 +803,7 @@ class KnowledgeBase:
         """The knowledge base's numbers; with `groups`, the documents and chunks count
         only what a reader in them may read (the others' existence is not revealed)."""
         documents, chunks = self.store.counts(groups)
+        embedded, total = self.store.embedding_progress()
         return Status(
             path=str(self.path.resolve()),
             embedder=self.store.embedder_name,
@@ -675,6 +816,14 @@ class KnowledgeBase:
                 f"re-embedding {state.done} of {state.total} with {state.model}"
                 " (`sourcebook reindex` continues it; searches use the current vectors)"
                 if (state := self.store.reembedding())
+                else None
+            ),
+            # a restricted reader is not told about chunks it may not read
+            chunks_waiting=total - embedded if groups is None else 0,
+            embedding=(
+                f"embedding {embedded:,} of {total:,} chunks ({total - embedded:,} waiting: "
+                "found by keyword search only until then)"
+                if embedded < total and groups is None
                 else None
             ),
         )
@@ -718,3 +867,17 @@ class KnowledgeBase:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def check_filters(filters: Filters | None) -> None:
+    """Refuse filters whose matching alone would be costly (see MAX_FILTER_CHARS)."""
+    if filters is None:
+        return
+    if len(filters.tags) > MAX_FILTER_TAGS:
+        raise InvalidInput(f"{len(filters.tags)} tags; the limit is {MAX_FILTER_TAGS}")
+    named = [("path glob", filters.path_glob), ("exclude glob", filters.exclude_glob)]
+    for what, value in [*named, *(("tag", t) for t in filters.tags)]:
+        if value is not None and len(value) > MAX_FILTER_CHARS:
+            raise InvalidInput(
+                f"the {what} is {len(value):,} characters long; the limit is {MAX_FILTER_CHARS}"
+            )

@@ -224,13 +224,15 @@ class SyncReport(BaseModel):
     updated: int = 0
     unchanged: int = 0
     removed: int = 0
+    renamed: int = 0  # moved or renamed with the same content: the document kept its id
     failed: list[FileIssue] = Field(default_factory=list)
     skipped: list[FileIssue] = Field(default_factory=list)
     # indexed, but not all of it (pages without a text layer and no OCR installed, ...)
     partial: list[FileIssue] = Field(default_factory=list)
     chunks_added: int = 0
     chunks_removed: int = 0
-    chunks_embedded: int = 0
+    chunks_embedded: int = 0  # chunk texts embedded by this run (the rest: from the cache)
+    chunks_waiting: int = 0  # chunks still without a vector at the end (keyword search only)
     cached_answers_purged: int = 0  # generated answers built from changed or removed files
     seconds: float = 0.0
 
@@ -245,6 +247,12 @@ class Status(BaseModel):
     index_consistent: bool
     reembedding: str | None = Field(
         None, description="a re-embedding in progress (`sourcebook reindex`) and how far it is"
+    )
+    chunks_waiting: int = Field(
+        0, description="chunks stored but not embedded yet (found by keyword search only)"
+    )
+    embedding: str | None = Field(
+        None, description="embedding in progress: how many chunks have their vector"
     )
 
 

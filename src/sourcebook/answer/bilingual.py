@@ -17,6 +17,7 @@ import re
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -58,10 +59,42 @@ class Glossary:
         return term in self.to_chinese or term in self.to_english
 
     def variants(self, term: str) -> tuple[str, ...]:
-        """The other language's spellings of an analysed term (none when unknown)."""
+        """The other language's spellings of an analysed term (none when unknown): the
+        notes' own vocabulary (`data/tech-terms.tsv`) first, then CC-CEDICT. A latin term
+        of one or two letters ("m", "no") is not translated: too many chance matches."""
+        terms = _tech_terms()
         if _CJK.search(term):
-            return self.to_english.get(term, ())
-        return self.to_chinese.get(term, ())
+            found = terms.to_english.get(term, ()) + self.to_english.get(term, ())
+        elif len(term) < 3:
+            found = terms.to_chinese.get(term, ())
+        else:
+            found = terms.to_chinese.get(term, ()) + self.to_chinese.get(term, ())
+        return tuple(dict.fromkeys(found))[:MAX_VARIANTS]
+
+
+@cache
+def _tech_terms() -> Glossary:
+    """The computing vocabulary CC-CEDICT lacks or ranks low, both ways; Chinese words
+    of one character are left out (they would match inside too many words)."""
+    to_chinese: dict[str, list[str]] = defaultdict(list)
+    to_english: dict[str, list[str]] = defaultdict(list)
+    text = resources.files("sourcebook").joinpath("data/tech-terms.tsv").read_text("utf-8")
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        english, chinese = line.split("\t")
+        stem = stem_word(english.strip())
+        for word in (w.strip() for w in chinese.split(",")):
+            if len(word) < 2 or not _CJK.search(word):
+                continue
+            if word not in to_chinese[stem]:
+                to_chinese[stem].append(word)
+            if stem not in to_english[word]:
+                to_english[word].append(stem)
+    return Glossary(
+        to_chinese={k: tuple(v) for k, v in to_chinese.items()},
+        to_english={k: tuple(v) for k, v in to_english.items()},
+    )
 
 
 def greek_variants(term: str) -> tuple[str, ...]:

@@ -29,7 +29,9 @@ SIGNALS = (
     "sentence_score",  # the best sentence's selection score
     "chunk_coverage",  # ... of question terms in the top chunk (with its headings)
     "missing_term",  # idf of the rarest question term absent from the top chunk / max idf
+    "evidence_missing",  # ... absent from every evidence chunk
     "numbers_found",  # share of the question's numbers found in the top chunk
+    "answer_numbers",  # ... in the best unit
     "rerank",  # reranker score of the top chunk (0 without a reranker)
     "rerank_margin",  # ... minus the second chunk's
     "cross_language",  # 1 when the question and the top chunk are in different languages

@@ -33,8 +33,8 @@ NOT_FOUND = {
 
 # The question asks for several things: a whole short list may be the answer.
 _SEVERAL = re.compile(
-    r"分别|哪些|哪几|几种|几个|有什么|步骤|区别|不同|对比|优缺点|"
-    r"\b(?:what are|which|list|steps|differences?|compare|versus|vs)\b",
+    r"分别|哪些|哪几|哪[两三四五六七八九十]|几种|几个|有什么|步骤|区别|不同|对比|优缺点|"
+    r"\b(?:what are|which|list|steps|differences?|compare|versus|vs|two|three|four|five)\b",
     re.IGNORECASE,
 )
 # "BatchNorm 和 LayerNorm", "beta1 and beta2", "A、B、C", "Q K V": the parts of a question
@@ -42,6 +42,13 @@ _JOINER = r"(?:\s*(?:、|,|，|/|和|与|及|以及|跟|还是|\band\b|\bor\b|\b
 _LATIN_TERM = r"[A-Za-z\u0370-\u03ff][\w\u0370-\u03ff.\-]*"
 _PARTS = re.compile(rf"{_LATIN_TERM}(?:{_JOINER}{_LATIN_TERM})+")
 _LETTER_PARTS = re.compile(r"(?<!\w)[A-Z\u0391-\u03c9]\d?(?:\s+[A-Z\u0391-\u03c9]\d?)+(?!\w)")
+# "What is HNSW?", "HNSW 是什么", "什么是 HNSW": the answer defines the subject
+_DEFINITION = re.compile(
+    r"^\s*(?:what(?:'s|\s+is|\s+are)\s+(?:an?\s+|the\s+)?(?P<en>[^?？]+?)\s*[?？]?\s*$"
+    r"|^\s*(?P<zh>[^？?]+?)\s*(?:是什么|是啥|指的是什么|指什么)"
+    r"|^\s*什么是\s*(?P<zh2>[^？?]+?)\s*[?？]?\s*$)",
+    re.IGNORECASE,
+)
 _CN_JOINERS = frozenset({"、", "和", "与", "及", "以及", "跟", "还是"})
 _CONNECTIVES = {"and", "or", "vs", "vs.", "what", "is", "are", "the", "of", "how", "why"}
 
@@ -67,6 +74,7 @@ class _Question:
     variants: dict[str, tuple[str, ...]]  # term → its spellings in the other language
     parts: list[list[str]]  # terms of each part of a multi-part question
     several: bool  # asks for several things (a list may answer it)
+    subject: str = ""  # what a definition question asks about, lower-cased ("hnsw")
 
 
 class ExtractiveAnswerer:
@@ -128,22 +136,14 @@ class ExtractiveAnswerer:
         `calibration.Judge`); returned with the answer so a refusal can be explained."""
         if not hits or best is None:
             return dict.fromkeys(SIGNALS, 0.0)
-        top = hits[0]
-        context = normalize(" ".join([top.title, *top.heading_path, top.text]))
-        present = frozenset(analyze(context))
         weights = [idf.get(t, 0.0) for t in asked.terms]
         highest = max(weights, default=0.0) or 1.0
-        dictionary = glossary()
+        evidence = _evidence_by_hit(hits, candidates)
+        top_tokens, top_text = evidence.get(0, (frozenset(), ""))
         missing = [
             w
             for t, w in zip(asked.terms, weights, strict=True)
-            if not _matches(t, asked.variants.get(t, ()), present, context)
-        ]
-        # the rarest missing *name*: an ordinary word counts a quarter
-        missing_names = [
-            w * (0.25 if dictionary and dictionary.is_common_word(t) else 1.0)
-            for t, w in zip(asked.terms, weights, strict=True)
-            if not _matches(t, asked.variants.get(t, ()), present, context)
+            if not _matches(t, asked.variants.get(t, ()), top_tokens, top_text)
         ]
         numbers = _NUMBER.findall(asked.text)
         rerank = [hit.scores.get("rerank", 0.0) for hit in hits[:2]]
@@ -153,9 +153,13 @@ class ExtractiveAnswerer:
             "sentence_coverage": best.coverage,
             "sentence_score": best.score,
             "chunk_coverage": 1.0 - sum(missing) / (sum(weights) or 1.0),
-            "missing_term": max(missing_names, default=0.0) / highest,
+            "missing_term": _rarest_missing(asked, weights, [evidence.get(0)]) / highest,
+            "evidence_missing": _rarest_missing(asked, weights, list(evidence.values())) / highest,
             "numbers_found": (
-                sum(1 for n in numbers if n in context) / len(numbers) if numbers else 1.0
+                sum(1 for n in numbers if n in top_text) / len(numbers) if numbers else 1.0
+            ),
+            "answer_numbers": (
+                sum(1 for n in numbers if n in best.text) / len(numbers) if numbers else 1.0
             ),
             "rerank": rerank[0],
             "rerank_margin": rerank[0] - rerank[1] if len(rerank) > 1 else 1.0,
@@ -194,6 +198,8 @@ class ExtractiveAnswerer:
             # slight preference for informative, not overly long units
             length_factor = 1.0 / (1.0 + max(0, len(text) - 200) / 400)
             score = (0.5 * coverage + 0.5 * self.judge.rescale(dense)) * rank_weight * length_factor
+            if asked.subject and _defines(unit, text, asked.subject):
+                score *= 1.3  # "HNSW 是一种…" answers "What is HNSW?" better than its drawbacks
             candidates.append(_Candidate(index, unit, text, tokens, score, coverage, dense))
         return [self._whole_list_score(c, candidates, asked) for c in candidates]
 
@@ -310,6 +316,11 @@ class _Composer:
 
     def compose(self, best: _Candidate) -> list[_Candidate]:
         self.chosen = [best]
+        whole = self._whole_list_of(best)
+        if whole is not None:
+            self.chosen = []
+            if not self._add(whole, stretch=2.0):
+                self.chosen = [best]
         if best.unit.conclusion:
             self._add(self._reason(best))
         self._follow(best)
@@ -323,8 +334,40 @@ class _Composer:
                 break
             if candidate.unit.kind == "list" and not self.asked.several:
                 continue
-            self._add(candidate)
+            whole = self._whole_list_of(candidate)
+            if whole is None or not self._add(whole, stretch=2.0):
+                self._add(candidate)
         return self.chosen
+
+    def _whole_list_of(self, item: _Candidate) -> _Candidate | None:
+        """The whole list an item belongs to, when the question is about what the lead-in
+        says ("召回不到的时候怎么排查" and "召回不到：" above three steps), not about
+        the item itself."""
+        if item.unit.kind != "list_item" or len(item.unit.spans) < 2:
+            return None
+        lists = [
+            c
+            for c in self.candidates
+            if c.hit_index == item.hit_index
+            and c.unit.kind == "list"
+            and c.unit.main == item.unit.spans[0]
+            and item.unit.main in c.unit.spans
+        ]
+        if not lists:
+            return None
+        lead_in = normalize(lists[0].text.split("\n")[0])
+        own = normalize(item.text.split("\n")[-1])
+        if self._matched(lead_in) < max(self._matched(own), 1e-9):
+            return None
+        return lists[0]
+
+    def _matched(self, text: str) -> float:
+        tokens = frozenset(analyze(text))
+        return sum(
+            self.idf.get(t, 0.0)
+            for t in self.asked.terms
+            if _matches(t, self.asked.variants.get(t, ()), tokens, text)
+        )
 
     def _add(self, candidate: _Candidate | None, stretch: float = 1.0) -> bool:
         """Add a unit if it brings something new and the answer stays within budget
@@ -424,7 +467,18 @@ def _understand(question: str, hits: Sequence[SearchHit]) -> _Question:
         variants=variants,
         parts=_parts(normalized),
         several=bool(_SEVERAL.search(normalized)) or len(_parts(normalized)) > 1,
+        subject=_subject(normalized),
     )
+
+
+def _subject(question: str) -> str:
+    """The first word of what a definition question asks about ("IVF index" → "ivf")."""
+    match = _DEFINITION.match(question)
+    if not match:
+        return ""
+    subject = next(g for g in match.groups() if g)
+    words = subject.split()
+    return words[0].lower() if words else ""
 
 
 def _parts(question: str) -> list[list[str]]:
@@ -448,6 +502,67 @@ def _parts(question: str) -> list[list[str]]:
             if terms not in parts:
                 parts.append(terms)
     return parts if len(parts) > 1 else []
+
+
+def _defines(unit: AnswerUnit, text: str, subject: str) -> bool:
+    """Whether a unit starts with the subject (or is the first line under a heading that
+    does), the way a definition does."""
+    if unit.kind not in ("sentence", "heading_line", "key_value", "list_item"):
+        return False
+    if unit.kind == "list_item" and len(unit.spans) > 1:
+        text = text.split("\n")[-1]
+    main = quote_text(text).lower()
+    return main.startswith(subject) or unit.heading.lower().startswith(subject)
+
+
+def _evidence_by_hit(
+    hits: Sequence[SearchHit], candidates: Sequence[_Candidate]
+) -> dict[int, tuple[frozenset[str], str]]:
+    """What each hit says, as the answer could quote it: its title and headings and the
+    text of its units (an empty bullet or an open to-do is not evidence of anything)."""
+    found: dict[int, tuple[set[str], list[str]]] = {}
+    for candidate in candidates:
+        tokens, texts = found.setdefault(candidate.hit_index, (set(), []))
+        tokens.update(candidate.tokens)
+        texts.append(candidate.text)
+    evidence = {}
+    for index, (tokens, texts) in found.items():
+        hit = hits[index]
+        context = normalize(" ".join([hit.title, *hit.heading_path]))
+        evidence[index] = (frozenset(tokens | set(analyze(context))), " ".join([context, *texts]))
+    return evidence
+
+
+def _rarest_missing(
+    asked: _Question,
+    weights: list[float],
+    evidence: Sequence[tuple[frozenset[str], str] | None],
+) -> float:
+    """The idf of the rarest question term found in none of `evidence`; an ordinary
+    dictionary word ("usually", 通常) counts a quarter of a name (Adafactor, GPTQ) unless it
+    is an English word in a Chinese question ("interleaved" there is a term), and a
+    compound ("768-dim") whose own words are question terms is judged by them."""
+    dictionary = glossary()
+    present = [e for e in evidence if e is not None]
+    missing = [
+        (t, w)
+        for t, w in zip(asked.terms, weights, strict=True)
+        if not any(_matches(t, asked.variants.get(t, ()), tokens, text) for tokens, text in present)
+    ]
+
+    def ordinary(term: str) -> bool:
+        # a latin word inside a Chinese question is a term of art ("interleaved")
+        code_switched = asked.language == "zh" and not _CJK.search(term)
+        return bool(dictionary and dictionary.is_common_word(term)) and not code_switched
+
+    return max(
+        (
+            w * (0.25 if ordinary(t) else 1.0)
+            for t, w in missing
+            if not ("-" in t and all(p in asked.terms for p in t.split("-") if p))
+        ),
+        default=0.0,
+    )
 
 
 def _matches(term: str, variants: tuple[str, ...], tokens: frozenset[str], text: str) -> bool:

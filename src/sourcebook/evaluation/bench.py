@@ -42,7 +42,13 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from sourcebook.index.embedders import EMBEDDERS, Embedder, Vectors, get_embedder
+from sourcebook.index.embedders import (
+    EMBEDDERS,
+    Embedder,
+    EmbedderOptions,
+    Vectors,
+    get_embedder,
+)
 from sourcebook.kb import KnowledgeBase
 from sourcebook.settings import DEFAULT_EMBEDDER, Settings
 from sourcebook.store.embedded import Filters
@@ -412,7 +418,7 @@ class StageClock:
     """Times the calls a real `kb.search` makes, by wrapping methods of its store and
     reranker on the instance (so the breakdown follows the product's code as it changes).
 
-    filter = store.allowed_documents; bm25 = store.keyword_search (analysis included);
+    filter = store.search_scope; bm25 = store.keyword_search (analysis included);
     dense = store.vector_search; hits = store.hits (SQL hydration); rerank = reranker.rerank
     plus store.keyword_statistics; embed = the model; other = the rest of the search
     (fusion, near-duplicate removal, building results).
@@ -423,7 +429,7 @@ class StageClock:
         self._embedder = embedder
         store = kb.store
         for method, stage in (
-            ("allowed_documents", "filter"),
+            ("search_scope", "filter"),
             ("keyword_search", "bm25"),
             ("vector_search", "dense"),
             ("hits", "hits"),
@@ -474,7 +480,7 @@ def _measure_queries(
     """
     process = psutil.Process()
     settings = Settings(kb=Path(kb_path))
-    timed = TimedEmbedder(get_embedder(model, threads))
+    timed = TimedEmbedder(get_embedder(model, EmbedderOptions(threads=threads)))
     result: dict[str, Any] = {}
     top: list[list[str]] = []
     peak = rss_ready = 0
@@ -665,7 +671,7 @@ def run_benchmark(
         count = INGEST_SAMPLE.get(name, INGEST_SAMPLE_DEFAULT)
         folder = work / f"corpus-ingest-{count}"
         files = write_corpus(folder, passages[:count])
-        timed = TimedEmbedder(get_embedder(name, threads))
+        timed = TimedEmbedder(get_embedder(name, EmbedderOptions(threads=threads)))
         console.print(f"ingesting {count} passages ({files} files) with {name} ...")
         settings = Settings(kb=work / f"kb-ingest-{name}", embedder=name)
         seconds, chunks, _ = _ingest(settings.kb, folder, settings, timed)
@@ -694,7 +700,7 @@ def run_benchmark(
     measured = mixed_queries(pool, queries + WARMUP_QUERIES)
     warmup, measured = measured[:WARMUP_QUERIES], measured[WARMUP_QUERIES:]
     for name in query_models:
-        real = get_embedder(name, threads)
+        real = get_embedder(name, EmbedderOptions(threads=threads))
         vectors = sentence_vectors(real, pool, work, console)
         results["notes"].append(APPROXIMATION.format(model=name, pool=len(pool.sentences)))
         sizes = sorted(set(chunk_sizes))

@@ -1,8 +1,9 @@
-"""Ingestion: find files, convert, chunk, embed what is new, and store one document at a time.
+"""Ingestion: find files, convert, chunk, and store one document at a time.
 
 Each document is committed on its own, so an interrupted run keeps everything done so far
 and the next `sync` picks up the rest. A file that cannot be read is reported with its
-reason and the batch goes on.
+reason and the batch goes on. Stored chunks are keyword-searchable at once; their vectors
+come from the embedding cache or are computed afterwards (`KnowledgeBase.embed_pending`).
 """
 
 from __future__ import annotations
@@ -11,20 +12,18 @@ import fnmatch
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from sourcebook.index.embedders import Embedder
 from sourcebook.ingest.chunker import ChunkingOptions, chunk_document, contextual_text
 from sourcebook.ingest.converters import ConversionError, kind_of, use_engine
 from sourcebook.ingest.isolation import convert_within
-from sourcebook.models import FileIssue, ParsedDocument, SyncReport
+from sourcebook.models import DocumentInfo, FileIssue, ParsedDocument, SyncReport
 from sourcebook.paths import absolute_path as absolute_path  # its former home: still importable
 from sourcebook.settings import Settings
-from sourcebook.store.embedded import DocumentRecord, EmbeddedStore, text_hash
+from sourcebook.store.composed import KnowledgeStore
+from sourcebook.store.embedded import DocumentRecord
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, current path)
 
@@ -41,6 +40,24 @@ class Source:
     root: Path
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+
+    def selects(self, path: Path) -> bool:
+        """Whether `discover` would yield the file at `path` (which need not exist any
+        more): under the root, no hidden part, not excluded, included, a known type."""
+        if path == self.root:
+            return kind_of(path) is not None
+        try:
+            parts = path.relative_to(self.root).parts
+        except ValueError:
+            return False
+        if any(part.startswith(".") for part in parts):
+            return False
+        folders = [self.root.joinpath(*parts[:i]) for i in range(1, len(parts))]
+        if any(_matches(p, self.root, self.exclude) for p in [*folders, path]):
+            return False
+        if self.include and not _matches(path, self.root, self.include):
+            return False
+        return kind_of(path) is not None
 
 
 def discover(source: Source, skip_folder: Path | None = None) -> Iterator[Path]:
@@ -78,9 +95,8 @@ def _matches(path: Path, root: Path, patterns: Sequence[str]) -> bool:
 
 
 class Ingestor:
-    def __init__(self, store: EmbeddedStore, embedder: Embedder, settings: Settings) -> None:
+    def __init__(self, store: KnowledgeStore, settings: Settings) -> None:
         self._store = store
-        self._embedder = embedder
         self._settings = settings
         self._options = ChunkingOptions(settings.chunk_tokens, settings.chunk_overlap)
         use_engine(settings.ocr)
@@ -141,6 +157,71 @@ class Ingestor:
         report.seconds = round(time.perf_counter() - started, 3)
         return report
 
+    def reconcile(self, paths: Collection[Path], sources: Sequence[Source]) -> SyncReport:
+        """Bring what is indexed at or under `paths` (a watcher's batch of changed files
+        and folders) in line with the file system: new and changed files are indexed,
+        documents whose files are gone are removed, and a file that appears with the
+        content of one that went away in the same batch (a rename or a move) takes over
+        its document, keeping its id. Paths outside `sources` are ignored."""
+        started = time.perf_counter()
+        report = SyncReport()
+        skip = Path(os.path.realpath(self._store.folder))
+        present: list[Path] = []
+        gone: dict[str, DocumentInfo] = {}
+        indexed: list[DocumentInfo] | None = None
+        for path in sorted(set(paths)):
+            source = next((s for s in sources if _is_under(str(path), str(s.root))), None)
+            if source is None or _is_under(os.path.realpath(path), str(skip)):
+                continue
+            if path.is_file():
+                if source.selects(path):
+                    present.append(path)
+                continue
+            # a folder (moved in, or rescanned) or a path that is gone: the documents
+            # under it whose files went away leave the index
+            found = []
+            if path.is_dir():
+                found = [p for p in discover(Source(path), skip) if source.selects(p)]
+                present.extend(found)
+            if indexed is None:
+                indexed = self._store.documents()
+            on_disk = {str(p) for p in found}
+            for document in indexed:
+                if (
+                    _is_under(document.path, str(path))
+                    and document.path not in on_disk
+                    and not os.path.lexists(document.path)
+                ):
+                    gone[document.path] = document
+        self._move_renamed(present, gone, report)
+        for document in gone.values():
+            self._store.remove_document(document.path)
+            report.removed += 1
+            report.chunks_removed += document.chunks
+        for path in dict.fromkeys(present):
+            self._ingest_file(path, report, False)
+        report.seconds = round(time.perf_counter() - started, 3)
+        return report
+
+    def _move_renamed(
+        self, present: list[Path], gone: dict[str, DocumentInfo], report: SyncReport
+    ) -> None:
+        """Give each new file whose content is that of a document whose file went away
+        that document (its id stays; `gone` loses it)."""
+        by_hash = {d.content_hash: d for d in gone.values()}
+        for path in present:
+            if not by_hash or self._store.document(str(path)) is not None:
+                continue
+            try:
+                data = path.read_bytes()
+                modified = path.stat().st_mtime
+            except OSError:
+                continue
+            moved = by_hash.pop(hashlib.blake2b(data, digest_size=16).hexdigest(), None)
+            if moved is not None and self._store.rename_document(moved.path, str(path), modified):
+                del gone[moved.path]
+                report.renamed += 1
+
     def _ingest_file(self, path: Path, report: SyncReport, keep_unreadable: bool) -> None:
         try:
             stat = path.stat()
@@ -175,10 +256,8 @@ class Ingestor:
             report.partial.append(FileIssue(path=str(path), reason=warning))
         chunks = chunk_document(parsed, self._options)
         texts = [contextual_text(parsed.title, c.heading_path, c.text) for c in chunks]
-        vectors, embedded = self._embed(texts)
         record = _record(path, parsed, stat.st_mtime, len(data), content_hash)
-        self._store.replace_document(record, chunks, texts, vectors)
-        report.chunks_embedded += embedded
+        self._store.replace_document(record, chunks, texts)
         report.chunks_added += len(chunks)
         if existing:
             report.updated += 1
@@ -196,25 +275,6 @@ class Ingestor:
             report.chunks_removed += existing.chunks
             reason += "; removed from the index"
         report.failed.append(FileIssue(path=str(path), reason=reason))
-
-    def _embed(self, texts: list[str]) -> tuple[np.ndarray, int]:
-        """Vectors for `texts`, embedding only those not in the cache."""
-        hashes = [text_hash(t) for t in texts]
-        cached = self._store.cached_vectors(hashes)
-        missing = [i for i, h in enumerate(hashes) if h not in cached]
-        batch = self._settings.embed_batch
-        fresh: dict[str, np.ndarray] = {}
-        for start in range(0, len(missing), batch):
-            indices = missing[start : start + batch]
-            for i, vector in zip(
-                indices, self._embedder.embed_passages([texts[i] for i in indices]), strict=True
-            ):
-                fresh[hashes[i]] = vector
-        dim = self._embedder.dim
-        vectors = np.zeros((len(texts), dim), dtype=np.float32)
-        for i, digest in enumerate(hashes):
-            vectors[i] = cached[digest] if digest in cached else fresh[digest]
-        return vectors, len({hashes[i] for i in missing})
 
 
 def _record(
@@ -235,9 +295,10 @@ def _record(
     )
 
 
+def _is_under(path: str, root: str) -> bool:
+    """Whether `path` is `root` or inside it."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
 def _under_any(path: str, sources: Sequence[Source]) -> bool:
-    for source in sources:
-        root = str(source.root)
-        if path == root or path.startswith(root.rstrip(os.sep) + os.sep):
-            return True
-    return False
+    return any(_is_under(path, str(source.root)) for source in sources)

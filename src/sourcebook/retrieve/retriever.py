@@ -10,8 +10,7 @@ from sourcebook.index.embedders import Embedder, Vectors
 from sourcebook.models import SearchHit
 from sourcebook.retrieve.rerank import Reranker, idf_weights
 from sourcebook.settings import Settings
-from sourcebook.store.embedded import Filters, Store
-from sourcebook.store.indexes import ScoredIds
+from sourcebook.store.embedded import Filters, ScoredIds, Store
 
 
 @dataclass(frozen=True)
@@ -70,17 +69,17 @@ class HybridRetriever:
         query_vector: Vectors | None = None,
     ) -> list[SearchHit]:
         settings = self._settings
-        doc_ids = self._store.allowed_documents(filters or Filters())
-        if doc_ids is not None and not doc_ids:
+        scope = self._store.search_scope(filters)
+        if scope.is_nothing():
             return []
         depth = max(settings.candidates, limit)
         lists: dict[str, ScoredIds] = {}
         if settings.retrieval in ("hybrid", "bm25"):
-            lists["bm25"] = self._store.keyword_search(query, depth, doc_ids)
+            lists["bm25"] = self._store.keyword_search(query, depth, scope)
         if settings.retrieval in ("hybrid", "dense"):
             if query_vector is None:
                 query_vector = self._embedder.embed_query(query)
-            lists["dense"] = self._store.vector_search(query_vector, depth, doc_ids)
+            lists["dense"] = self._store.vector_search(query_vector, depth, scope)
         ranked = RankedLists(lists)
         weights = {"bm25": settings.keyword_weight, "dense": settings.dense_weight}
         if settings.fusion == "weighted":

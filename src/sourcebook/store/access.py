@@ -1,4 +1,6 @@
-"""Teams: users, groups, API keys, and the audit log, kept in the knowledge base's SQLite.
+"""Teams: users, groups, API keys, and the audit log, kept in the record store's database
+(SQLite, or PostgreSQL shared by several servers: a key revoked through one is refused by
+the others at once, because every request reads the key table).
 
 Which groups may read which document is part of the store (`EmbeddedStore.set_access_rule`,
 `Filters.groups`), because retrieval applies it; this module answers who a request comes
@@ -14,8 +16,9 @@ from and records what each surface did for whom.
 - The audit log gets one row per call (who, when, surface, action, query, documents
   returned); a failure to write it is logged and never costs the caller the result.
 
-Everything here uses its own connection to the database, with a lock: the server calls it
-from several threads, outside the read/write lock that guards the store's connection.
+Everything here uses its own connection to the database (SQLite: with a lock; PostgreSQL:
+a pool): the server calls it from several threads, outside the read/write lock that
+guards the store's connection. The SQL runs on both engines (`sql.py`).
 """
 
 from __future__ import annotations
@@ -26,8 +29,6 @@ import json
 import logging
 import re
 import secrets
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from pathlib import Path
 
 from sourcebook.faults import crash_point
 from sourcebook.models import Answer, AnswerEvent, ApiKeyInfo, AuditEntry, Surface, User
+from sourcebook.store.sql import Database, SQLiteDatabase
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +63,12 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 CREATE INDEX IF NOT EXISTS api_keys_prefix ON api_keys(prefix);
 CREATE TABLE IF NOT EXISTS audit_log (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, user TEXT NOT NULL,
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, "user" TEXT NOT NULL,
     surface TEXT NOT NULL, action TEXT NOT NULL, query TEXT, documents TEXT NOT NULL,
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit_log(at);
-CREATE INDEX IF NOT EXISTS audit_user ON audit_log(user, at);
+CREATE INDEX IF NOT EXISTS audit_user ON audit_log("user", at);
 """
 
 
@@ -90,29 +92,24 @@ def hash_key(key: str) -> str:
 class AccessControl:
     """Users, groups, API keys and the audit log of one knowledge base database."""
 
-    def __init__(self, db_path: Path) -> None:
-        self._db = sqlite3.connect(
-            db_path, timeout=30.0, isolation_level=None, check_same_thread=False
-        )
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+    def __init__(self, db: Database, schema: str = _SCHEMA) -> None:
+        """Use (creating the tables if missing) the directory in `db`."""
+        self._db = db
+        self._db.executescript(schema)
+
+    @classmethod
+    def sqlite(cls, db_path: Path) -> AccessControl:
+        """The directory in a knowledge base's SQLite file (its own connection)."""
+        return cls(SQLiteDatabase(db_path, lock_threads=True))
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                crash_point("access.commit")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _transaction(self) -> Iterator[Database]:
+        with self._db.transaction():
+            yield self._db
+            crash_point("access.commit")
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
-        with self._lock:
-            return list(self._db.execute(sql, params))
+        return list(self._db.execute(sql, params))
 
     # --- users and groups ----------------------------------------------------------------
 
@@ -127,13 +124,12 @@ class AccessControl:
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
                 raise AccessError(f"a user named {name!r} already exists")
-            cursor = db.execute(
-                "INSERT INTO users (name, admin, created) VALUES (?, ?, ?)",
+            user_id = db.execute(
+                "INSERT INTO users (name, admin, created) VALUES (?, ?, ?) RETURNING id",
                 (name, int(admin), time.time()),
-            )
+            ).fetchone()[0]
             db.executemany(
-                "INSERT INTO memberships VALUES (?, ?)",
-                ((cursor.lastrowid, g) for g in set(groups)),
+                "INSERT INTO memberships VALUES (?, ?)", ((user_id, g) for g in set(groups))
             )
         return self.user(name)
 
@@ -156,22 +152,26 @@ class AccessControl:
     def _users(self, where: str, params: Sequence[object]) -> list[User]:
         rows = self._read(
             "SELECT u.id, u.name, u.admin, u.created,"
-            " (SELECT json_group_array(group_name) FROM"
-            "   (SELECT group_name FROM memberships m WHERE m.user_id = u.id"
-            "    ORDER BY group_name)),"
             " (SELECT COUNT(*) FROM api_keys k WHERE k.user_id = u.id AND k.revoked IS NULL)"
             f" FROM users u {where} ORDER BY u.name",
             params,
         )
+        groups: dict[object, list[str]] = {}
+        for user_id, group in self._read(
+            "SELECT m.user_id, m.group_name FROM memberships m JOIN users u ON u.id = m.user_id"
+            f" {where} ORDER BY m.group_name",
+            params,
+        ):
+            groups.setdefault(user_id, []).append(str(group))
         return [
             User(
                 name=str(name),
                 admin=bool(admin),
-                groups=json.loads(str(groups)),
+                groups=groups.get(user_id, []),
                 created=_time(created),
                 active_keys=int(str(keys)),
             )
-            for _, name, admin, created, groups, keys in rows
+            for user_id, name, admin, created, keys in rows
         ]
 
     def add_to_groups(self, name: str, groups: Sequence[str]) -> User:
@@ -180,7 +180,8 @@ class AccessControl:
         user_id = self._user_id(name)
         with self._transaction() as db:
             db.executemany(
-                "INSERT OR IGNORE INTO memberships VALUES (?, ?)", ((user_id, g) for g in groups)
+                "INSERT INTO memberships VALUES (?, ?) ON CONFLICT DO NOTHING",
+                ((user_id, g) for g in groups),
             )
         return self.user(name)
 
@@ -210,11 +211,13 @@ class AccessControl:
         user_id = self._user_id(name)
         key = KEY_PREFIX + secrets.token_urlsafe(24)
         with self._transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO api_keys (user_id, prefix, hash, created) VALUES (?, ?, ?, ?)",
-                (user_id, key[:SHOWN_PREFIX], hash_key(key), time.time()),
+            key_id = int(
+                db.execute(
+                    "INSERT INTO api_keys (user_id, prefix, hash, created) VALUES (?, ?, ?, ?)"
+                    " RETURNING id",
+                    (user_id, key[:SHOWN_PREFIX], hash_key(key), time.time()),
+                ).fetchone()[0]
             )
-        key_id = int(cursor.lastrowid or 0)
         return next(k for k in self.keys(name) if k.id == key_id), key
 
     def keys(self, name: str | None = None) -> list[ApiKeyInfo]:
@@ -285,21 +288,20 @@ class AccessControl:
         """Append one audit row (a single INSERT). A failure (a read-only or locked
         database) is logged and returns False: the caller still gets its result."""
         try:
-            with self._lock:
-                self._db.execute(
-                    "INSERT INTO audit_log (at, user, surface, action, query, documents, detail)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        time.time(),
-                        user,
-                        surface,
-                        action,
-                        query,
-                        json.dumps(list(dict.fromkeys(documents)), ensure_ascii=False),
-                        detail,
-                    ),
-                )
-        except sqlite3.Error as exc:
+            self._db.execute(
+                'INSERT INTO audit_log (at, "user", surface, action, query, documents, detail)'
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    time.time(),
+                    user,
+                    surface,
+                    action,
+                    query,
+                    json.dumps(list(dict.fromkeys(documents)), ensure_ascii=False),
+                    detail,
+                ),
+            )
+        except self._db.errors as exc:
             logger.error(
                 "could not write the audit log (%s by %s via %s): %s", action, user, surface, exc
             )
@@ -315,11 +317,11 @@ class AccessControl:
         limit: int = 100,
     ) -> list[AuditEntry]:
         """Audit rows, newest first, optionally of one user, action or time range."""
-        sql = "SELECT id, at, user, surface, action, query, documents, detail FROM audit_log"
+        sql = 'SELECT id, at, "user", surface, action, query, documents, detail FROM audit_log'
         conditions: list[str] = []
         params: list[object] = []
         for condition, value in (
-            ("user = ?", user),
+            ('"user" = ?', user),
             ("action = ?", action),
             ("at >= ?", since.timestamp() if since else None),
             ("at <= ?", until.timestamp() if until else None),

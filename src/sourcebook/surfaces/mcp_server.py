@@ -31,7 +31,7 @@ from sourcebook.answer.llm import LLMError
 from sourcebook.deadline import DeadlineExceeded
 from sourcebook.kb import KnowledgeBase
 from sourcebook.models import Answer, Language, SearchHit
-from sourcebook.settings import MAX_QUESTION_CHARS
+from sourcebook.settings import MAX_FILTER_CHARS, MAX_QUESTION_CHARS
 from sourcebook.store.embedded import Filters, StoreError, restricted
 
 HTTP_PATH = "/mcp"
@@ -158,9 +158,16 @@ def create_mcp_server(
         ctx: Context[Any, Any],
         limit: Annotated[int, Field(ge=1, le=50, description="how many passages")] = 5,
         path: Annotated[
-            str | None, Field(description="only documents whose path matches this glob")
+            str | None,
+            Field(
+                max_length=MAX_FILTER_CHARS,
+                description="only documents whose path matches this glob",
+            ),
         ] = None,
-        tag: Annotated[str | None, Field(description="only documents with this tag")] = None,
+        tag: Annotated[
+            str | None,
+            Field(max_length=MAX_FILTER_CHARS, description="only documents with this tag"),
+        ] = None,
     ) -> Passages:
         """Search the user's notes (Chinese and English; a query in one language also finds
         passages in the other). Returns the best-matching passages, best first, each with

@@ -79,8 +79,15 @@ def _walk_html(element: object, out: TextBuilder) -> None:
             out.heading(_HEADING_TAGS[tag], title, line)
         return
     if tag == "pre":
+        # each code line keeps its own source line, so a citation points at it
+        content = element.text_content()
+        first = line + len(content) - len(content.lstrip("\n"))
+        code = content.strip("\n").split("\n")
         out.blank(line)
-        out.add("```\n" + element.text_content().strip("\n") + "\n```", line)
+        out.add("```", line)
+        for offset, code_line in enumerate(code):
+            out.add(code_line, first + offset)
+        out.add("```", first + len(code) - 1)
         out.blank(line)
         return
     if tag == "table":

@@ -8,7 +8,14 @@ local user, who may read and change everything; its calls are recorded in the au
 as user "local", surface "cli".
 """
 
-from sourcebook.surfaces.cli import answers, documents, services, teams  # noqa: F401  (they register the commands)
+from sourcebook.surfaces.cli import (  # noqa: F401  (they register the commands)
+    answers,
+    backends,
+    documents,
+    services,
+    teams,
+    watch,
+)
 from sourcebook.surfaces.cli.common import app
 
 __all__ = ["app", "main"]

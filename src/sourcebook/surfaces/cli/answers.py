@@ -56,7 +56,7 @@ def search(
                 f"[bold cyan]{rank:>2}.[/] [green]{escape(location(hit))}[/]  "
                 f"[dim]{escape(' > '.join(hit.heading_path))}  {ranks}[/]"
             )
-            console.print("    " + escape(snippet(hit)))
+            console.print("    " + escape(snippet(hit, query)))
 
 
 @app.command()

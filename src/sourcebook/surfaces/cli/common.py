@@ -24,7 +24,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from sourcebook.literals import AnswerMode
-from sourcebook.text import markdown_as_text, printable
+from sourcebook.text import as_read, printable
 
 if TYPE_CHECKING:
     from sourcebook.kb import KnowledgeBase
@@ -66,6 +66,26 @@ app = command_group(
     "Sourcebook: ask your own notes (Chinese, English or both), get cited answers.",
     no_args_is_help=True,
 )
+
+
+@app.callback()
+def _everywhere(
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="CPU threads for embedding and reranking [env: SOURCEBOOK_THREADS; "
+            "default: all cores]",
+        ),
+    ] = None,
+) -> None:
+    """Sourcebook: ask your own notes (Chinese, English or both), get cited answers."""
+    if threads is not None:
+        # every command reads its settings from the environment (Settings())
+        os.environ["SOURCEBOOK_THREADS"] = str(threads)
+
+
 # Piped or redirected, lines are not wrapped at all (rich's default is 80 columns, which
 # splits quotes mid-word in a file); in a terminal rich wraps at word boundaries.
 console = Console(soft_wrap=not sys.stdout.isatty())
@@ -122,11 +142,17 @@ def settings_for(kb: Path | None) -> Settings:
     return settings
 
 
+def kb_exists(settings: Settings) -> bool:
+    """Whether the folder holds a knowledge base (its SQLite records, or the backends
+    `init` recorded for it)."""
+    return (settings.kb / "sourcebook.db").exists() or (settings.kb / "backends.json").exists()
+
+
 def open_kb(kb: Path | None, create: bool = False) -> KnowledgeBase:
     from sourcebook.kb import KnowledgeBase
 
     settings = settings_for(kb)
-    exists = (settings.kb / "sourcebook.db").exists()
+    exists = kb_exists(settings)
     if create and not exists:
         console.print(f"Created knowledge base at [bold]{escape(str(settings.kb))}[/]")
     return KnowledgeBase(settings.kb, settings, create=create and not exists)
@@ -222,8 +248,10 @@ ModeOption = Annotated[
 
 
 def with_progress(run: Any, quiet: bool) -> SyncReport:
+    """Run `run(indexing, embedding)` with a progress bar for each phase: files indexed
+    (keyword-searchable from then on), then chunks embedded."""
     if quiet or not console.is_terminal:
-        return run(None)  # type: ignore[no-any-return]
+        return run(None, None)  # type: ignore[no-any-return]
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -233,7 +261,7 @@ def with_progress(run: Any, quiet: bool) -> SyncReport:
     )
 
     with Progress(
-        TextColumn("[bold]indexing"),
+        TextColumn("[bold]{task.fields[phase]}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
@@ -241,17 +269,27 @@ def with_progress(run: Any, quiet: bool) -> SyncReport:
         console=console,
         transient=True,
     ) as progress:
-        task = progress.add_task("", total=None)
+        files = progress.add_task("", total=None, phase="indexing")
+        chunks = progress.add_task("", total=None, phase="embedding", visible=False)
 
-        def update(done: int, total: int, path: str) -> None:
+        def indexing(done: int, total: int, path: str) -> None:
             progress.update(
-                task,
+                files,
                 completed=done,
                 total=total,
                 description=display_path(path)[-50:] if path else "",
             )
 
-        return run(update)  # type: ignore[no-any-return]
+        def embedding(done: int, total: int, _: str) -> None:
+            progress.update(
+                chunks,
+                completed=done,
+                total=total,
+                visible=True,
+                description="chunks (keyword search works meanwhile)",
+            )
+
+        return run(indexing, embedding)  # type: ignore[no-any-return]
 
 
 def finish_report(report: SyncReport, as_json: bool) -> None:
@@ -259,6 +297,11 @@ def finish_report(report: SyncReport, as_json: bool) -> None:
         emit_json(report)
     else:
         console.print(summary(report))
+        if report.chunks_waiting:
+            console.print(
+                f"[yellow]{report.chunks_waiting:,} chunks wait for their vectors[/] (found by "
+                "keyword search until then; embedded by `sourcebook sync`, `watch` or `serve`)"
+            )
         for issue in report.failed:
             errors.print(
                 f"[red]failed[/] {escape(display_path(issue.path))}: "
@@ -289,15 +332,28 @@ def summary(report: SyncReport) -> str:
         + (f", {len(report.skipped)} skipped (unsupported type)" if report.skipped else "")
     )
     embedded = min(report.chunks_embedded, report.chunks_added)
-    cached = report.chunks_added - embedded
+    waiting = min(report.chunks_waiting, report.chunks_added - embedded)
+    cached = report.chunks_added - embedded - waiting
     if not report.chunks_added:
         origin = ""
-    elif not cached:
+    elif embedded == report.chunks_added:
         origin = " (all embedded now)"
-    elif not embedded:
+    elif cached == report.chunks_added:
         origin = " (all from the embedding cache)"
     else:
-        origin = f" ({embedded} embedded now, {cached} from the embedding cache)"
+        origin = (
+            " ("
+            + ", ".join(
+                f"{count} {what}"
+                for count, what in (
+                    (embedded, "embedded now"),
+                    (cached, "from the embedding cache"),
+                    (waiting, "keyword-searchable, waiting for their vectors"),
+                )
+                if count
+            )
+            + ")"
+        )
     chunks = (
         f"[bold]chunks[/]: {report.chunks_added} added{origin}, "
         f"{report.chunks_removed} removed  {seconds}"
@@ -365,10 +421,19 @@ def print_answer(answer: Answer, streamed: str = "") -> None:
             console.print("    " + escape(snippet(hit)))
 
 
-def snippet(hit: SearchHit, width: int = 160) -> str:
-    """The start of a hit's text on one line, Markdown rendered as text."""
-    text = markdown_as_text(hit.text) if hit.kind == "markdown" else hit.text
-    flat = " ".join(text.split())
+def snippet(hit: SearchHit, query: str = "", width: int = 160) -> str:
+    """A hit's text on one line as its document reads rendered, starting at the first line
+    that holds the most query terms (so the words searched for are on screen)."""
+    lines = [line for line in as_read(hit.text, hit.kind).split("\n") if line.strip()]
+    if query and lines:
+        from sourcebook.index.analyzer import analyze  # loaded already by the search
+
+        wanted = set(analyze(query))
+        overlap = [len(wanted & set(analyze(line))) for line in lines]
+        best = max(range(len(lines)), key=lambda i: (overlap[i], -i))
+        if overlap[best]:
+            lines = lines[best:]
+    flat = " ".join(" ".join(lines).split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 

@@ -23,33 +23,67 @@ from sourcebook.surfaces.cli.common import (
     emit_json,
     errors_to_exit,
     finish_report,
+    kb_exists,
     open_kb,
     parse_location,
     settings_for,
     with_progress,
 )
 
+WaitOption = Annotated[
+    bool,
+    typer.Option(
+        "--wait/--no-wait",
+        help="embed every new chunk before returning (--no-wait: return as soon as the "
+        "files are keyword-searchable; `watch`, `serve` or the next `sync` embed the rest)",
+    ),
+]
+
 
 @app.command()
 def init(
     kb: KbOption = None,
     model: Annotated[
-        str | None, typer.Option(help=f"embedding model: {', '.join(EMBEDDER_NAMES)}")
+        str | None,
+        typer.Option(
+            help=f"embedding model: {', '.join(EMBEDDER_NAMES)}, or server:MODEL "
+            "(an OpenAI-compatible endpoint, SOURCEBOOK_EMBED_BASE_URL)"
+        ),
+    ] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            help="PostgreSQL for the records, postgresql://USER@HOST/DB "
+            "[env: SOURCEBOOK_DATABASE_URL; default: SQLite in the folder]"
+        ),
+    ] = None,
+    search: Annotated[
+        str | None,
+        typer.Option(
+            help="Milvus for the search index, milvus://HOST:PORT[/COLLECTION] or a Milvus "
+            "Lite path [env: SOURCEBOOK_SEARCH_URI; default: tantivy + usearch in the folder]"
+        ),
     ] = None,
 ) -> None:
-    """Create an empty knowledge base."""
+    """Create an empty knowledge base (in its folder, or on PostgreSQL and Milvus)."""
     from sourcebook.kb import KnowledgeBase
 
     with errors_to_exit():
         settings = settings_for(kb)
         if model:
             settings.embedder = model
-        if (settings.kb / "sourcebook.db").exists():
+        if database:
+            settings.database_url = database
+        if search:
+            settings.search_uri = search if "://" in search else str(Path(search).resolve())
+        if kb_exists(settings):
             raise CliError(f"a knowledge base already exists at {settings.kb}")
         with KnowledgeBase.create(settings.kb, settings) as base:
+            if base.store.counts()[0]:
+                raise CliError(f"a knowledge base already exists in {base.store.location}")
             console.print(
                 f"Created knowledge base at [bold]{escape(str(base.path))}[/] "
-                f"(embedding model: {base.store.embedder_name})"
+                f"(embedding model: {base.store.embedder_name}; {base.backends.describe()})"
             )
 
 
@@ -67,6 +101,7 @@ def add(
             "--exclude", "-x", help="skip files or folders matching this glob (repeatable)"
         ),
     ] = None,
+    wait: WaitOption = True,
     as_json: JsonOption = False,
 ) -> None:
     """Index files and folders (recursively) and remember them for `sync`."""
@@ -74,7 +109,10 @@ def add(
 
     with errors_to_exit(), open_kb(kb, create=True) as base:
         report = with_progress(
-            lambda cb: base.add(paths, include or [], exclude or [], cb), quiet=as_json
+            lambda files, chunks: base.add(
+                paths, include or [], exclude or [], files, wait=wait, embed_progress=chunks
+            ),
+            quiet=as_json,
         )
         sources = [str(absolute_path(p)) for p in paths]
         audit_log(base, "add", documents=sources, detail=counts(report))
@@ -82,10 +120,13 @@ def add(
 
 
 @app.command()
-def sync(kb: KbOption = None, as_json: JsonOption = False) -> None:
+def sync(kb: KbOption = None, wait: WaitOption = True, as_json: JsonOption = False) -> None:
     """Re-read every source: index new and changed files, drop deleted ones."""
     with errors_to_exit(), open_kb(kb) as base:
-        report = with_progress(base.sync, quiet=as_json)
+        report = with_progress(
+            lambda files, chunks: base.sync(files, wait=wait, embed_progress=chunks),
+            quiet=as_json,
+        )
         audit_log(base, "sync", detail=counts(report))
         finish_report(report, as_json)
 
@@ -162,6 +203,8 @@ def status(kb: KbOption = None, as_json: JsonOption = False) -> None:
         table.add_row("indexes", "up to date" if info.index_consistent else "[yellow]behind[/]")
         if info.reembedding:
             table.add_row("embeddings", f"[yellow]{escape(info.reembedding)}[/]")
+        if info.embedding:
+            table.add_row("embedding", f"[yellow]{escape(info.embedding)}[/]")
         for source in info.sources:
             table.add_row("source", display_path(source))
         console.print(table)

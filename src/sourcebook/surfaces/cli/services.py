@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -67,7 +67,7 @@ def evaluate(
     ),
 ) -> None:
     """Measure retrieval and answers on evaluation data through the real pipeline."""
-    from sourcebook.evaluation.run import run_eval, summarize, write_chart
+    from sourcebook.evaluation.run import run_eval, summarize
     from sourcebook.settings import DEFAULT_EMBEDDER, Settings
 
     with errors_to_exit():
@@ -88,9 +88,29 @@ def evaluate(
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2, ensure_ascii=False))
         console.print(summarize(results), markup=False)
+        console.print(f"results: {escape(str(output))}")
         # --chart "" turns the chart off
-        if chart is not None and chart != Path() and write_chart(results, chart):
-            console.print(f"chart: {chart}")
+        if chart is not None and chart != Path():
+            draw_chart(results, chart)
+
+
+def draw_chart(results: dict[str, Any], chart: Path) -> None:
+    """The chart, or, without the optional matplotlib, how to get it (the table and the
+    JSON are written before: a missing extra never loses a long evaluation)."""
+    from sourcebook.evaluation.run import write_chart
+
+    try:
+        drawn = write_chart(results, chart)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "matplotlib":
+            raise
+        console.print(
+            "chart: not drawn, matplotlib is not installed; "
+            "`pip install 'sourcebook\\[eval]'` adds it",
+        )
+        return
+    if drawn:
+        console.print(f"chart: {escape(str(chart))}")
 
 
 @app.command()
@@ -104,8 +124,13 @@ def serve(
         ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8321,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", help="keep every source in sync as its files change (see `watch`)"),
+    ] = False,
 ) -> None:
-    """Serve the HTTP API (/api, docs at /docs) and an OpenAI-compatible endpoint (/v1)."""
+    """Serve the HTTP API (/api, docs at /docs) and an OpenAI-compatible endpoint (/v1).
+    Chunks not embedded yet are embedded in the background."""
     # imported here: the web stack is not needed by the other commands
     from sourcebook.surfaces.server import check_host, run_server
 
@@ -118,8 +143,9 @@ def serve(
             f"(API docs: http://{where}:{port}/docs, OpenAI base URL: "
             f"http://{where}:{port}/v1, MCP: http://{where}:{port}/mcp)"
             + ("; every request needs an API key" if authenticated else "")
+            + ("; watching every source for changes" if watch else "")
         )
-        run_server(base, host, port)
+        run_server(base, host, port, watch)
 
 
 @app.command()

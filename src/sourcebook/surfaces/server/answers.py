@@ -21,12 +21,13 @@ from sourcebook.models import (
     SearchHit,
     Status,
 )
-from sourcebook.settings import MAX_QUESTION_CHARS
+from sourcebook.settings import MAX_FILTER_CHARS, MAX_FILTER_TAGS, MAX_QUESTION_CHARS
 from sourcebook.store.access import audited
+from sourcebook.store.embedded import Filters
 from sourcebook.surfaces.server.auth import CallerDep, answer_detail, audit, cited, current_caller
 from sourcebook.surfaces.server.errors import BAD_INPUT, EVENT_STREAM, NO_MODEL, as_json, kb_errors
 from sourcebook.surfaces.server.locking import ReadWriteLock
-from sourcebook.surfaces.server.schemas import AskRequest, FilterSpec, Health
+from sourcebook.surfaces.server.schemas import AskRequest, Health
 from sourcebook.surfaces.server.streaming import EventStream, answer_stream, sse
 
 
@@ -58,15 +59,24 @@ def routes(kb: KnowledgeBase, lock: ReadWriteLock) -> APIRouter:
             str, Query(min_length=1, max_length=MAX_QUESTION_CHARS, description="what to look for")
         ],
         limit: Annotated[int, Query(ge=1, le=1000)] = 10,
-        path: Annotated[str | None, Query(description="only paths matching this glob")] = None,
-        tag: Annotated[list[str] | None, Query(description="only with this tag")] = None,
+        path: Annotated[
+            str | None,
+            Query(max_length=MAX_FILTER_CHARS, description="only paths matching this glob"),
+        ] = None,
+        tag: Annotated[
+            list[str] | None,
+            Query(max_length=MAX_FILTER_TAGS, description="only with this tag (repeatable)"),
+        ] = None,
         after: Annotated[datetime | None, Query(description="modified on or after")] = None,
         before: Annotated[datetime | None, Query(description="modified on or before")] = None,
     ) -> list[SearchHit]:
         """Hybrid (BM25 + dense) search over the chunks, best first."""
-        filters = FilterSpec(path=path, tags=tag or [], after=after, before=before)
+        # the facade checks each glob's and tag's length (422)
+        filters = Filters(
+            path_glob=path, tags=tuple(tag or ()), modified_after=after, modified_before=before
+        )
         with lock.reading(), kb_errors():
-            hits = kb.search(q, limit, caller.restrict(filters.to_filters()))
+            hits = kb.search(q, limit, caller.restrict(filters))
         audit(kb, caller, "http", "search", q, [h.absolute_path for h in hits])
         return hits
 

@@ -19,6 +19,7 @@ from sourcebook.paths import absolute_path
 from sourcebook.surfaces.mcp_server import mount_http
 from sourcebook.surfaces.server import answers, documents, openai
 from sourcebook.surfaces.server.auth import check_host, current_caller, is_loopback
+from sourcebook.surfaces.server.background import BackgroundWork
 from sourcebook.surfaces.server.errors import OpenAIError
 from sourcebook.surfaces.server.guard import LOOPBACK_NAMES, RequestGuard, host_name
 from sourcebook.surfaces.server.locking import ReadWriteLock
@@ -32,15 +33,22 @@ SHUTDOWN_SECONDS = 5
 
 
 def create_app(
-    kb: KnowledgeBase, require_auth: bool = False, hosts: Collection[str] = ()
+    kb: KnowledgeBase,
+    require_auth: bool = False,
+    hosts: Collection[str] = (),
+    watch: bool = False,
 ) -> FastAPI:
     """The API over one open knowledge base (which the caller closes after serving).
 
     `require_auth`: the server listens on a public address, so a request is refused
     when the knowledge base has no users (rather than served as the local user), and any
     Host header is accepted (every request needs a key). Otherwise only requests for a
-    loopback name or one of `hosts` (the address it is bound to) are answered."""
+    loopback name or one of `hosts` (the address it is bound to) are answered.
+
+    In the background, chunks stored without a vector (by `add --no-wait`, a watcher, a
+    killed run) are embedded; with `watch`, every source is watched for changes."""
     lock = ReadWriteLock()
+    background = BackgroundWork(kb, lock, watch)
     uploads = absolute_path(kb.path / UPLOADS)
 
     @asynccontextmanager
@@ -48,8 +56,12 @@ def create_app(
         # load the models now rather than in the first request (a first search would take
         # seconds, and two of them at once would load the models twice)
         await run_in_threadpool(kb.warm_up)
-        async with mcp.session_manager.run():  # the MCP endpoint's sessions
-            yield
+        background.start()
+        try:
+            async with mcp.session_manager.run():  # the MCP endpoint's sessions
+                yield
+        finally:
+            await run_in_threadpool(background.stop)
 
     app = FastAPI(
         title="Sourcebook",
@@ -85,10 +97,12 @@ def create_app(
     return app
 
 
-def run_server(kb: KnowledgeBase, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
-    """Serve until interrupted (Ctrl-C)."""
+def run_server(
+    kb: KnowledgeBase, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, watch: bool = False
+) -> None:
+    """Serve until interrupted (Ctrl-C); with `watch`, keep every source in sync."""
     check_host(host, kb.access.has_users())
-    app = create_app(kb, require_auth=not is_loopback(host), hosts=[host])
+    app = create_app(kb, require_auth=not is_loopback(host), hosts=[host], watch=watch)
     # on SIGTERM or Ctrl-C: stop accepting, let requests in flight finish (each is
     # bounded), then close what is still open after this many seconds
     uvicorn.run(

@@ -14,7 +14,7 @@ from sourcebook.models import (
     DocumentInfo,
     SyncReport,
 )
-from sourcebook.settings import MAX_QUESTION_CHARS
+from sourcebook.settings import MAX_FILTER_CHARS, MAX_FILTER_TAGS, MAX_QUESTION_CHARS
 from sourcebook.store.embedded import Filters
 
 
@@ -46,9 +46,15 @@ class FilterSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str | None = Field(None, description="only documents whose path matches this glob")
-    exclude: str | None = Field(None, description="leave out documents matching this glob")
-    tags: list[str] = Field(default_factory=list, description="only documents with all tags")
+    path: str | None = Field(
+        None, max_length=MAX_FILTER_CHARS, description="only documents whose path matches this glob"
+    )
+    exclude: str | None = Field(
+        None, max_length=MAX_FILTER_CHARS, description="leave out documents matching this glob"
+    )
+    tags: list[Annotated[str, Field(max_length=MAX_FILTER_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_FILTER_TAGS, description="only documents with all tags"
+    )
     after: datetime | None = Field(None, description="modified on or after")
     before: datetime | None = Field(None, description="modified on or before")
 
@@ -126,6 +132,9 @@ class Collection(BaseModel):
 
 # a conversation replayed to the server: its last turns are read, so more is only cost
 MAX_MESSAGES = 100
+# a message's content as parts (text, images): a handful in practice; 100,000 one-letter
+# parts in a 4 MB body took seconds to validate
+MAX_CONTENT_PARTS = 16
 Question = Annotated[str, Field(max_length=MAX_QUESTION_CHARS)]
 
 
@@ -140,7 +149,9 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: str
-    content: Question | list[ContentPart] | None = None
+    content: Question | Annotated[list[ContentPart], Field(max_length=MAX_CONTENT_PARTS)] | None = (
+        None
+    )
 
     def text(self) -> str:
         if isinstance(self.content, list):

@@ -427,10 +427,28 @@ const STATES = {
   unsupported: "不支持 unsupported",
 };
 
+// Chunks stored but not embedded yet are found by keyword only: say so, and follow the
+// background embedder until it is done.
+async function showEmbeddingStatus() {
+  const line = $("#embedding-status");
+  if (!line) return;
+  try {
+    const status = await getJson("/api/status");
+    line.hidden = !status.embedding;
+    if (status.embedding) {
+      line.textContent = `向量化中，其余块暂仅按关键词检索 · ${status.embedding}`;
+      setTimeout(showEmbeddingStatus, 3000);
+    }
+  } catch {
+    line.hidden = true;
+  }
+}
+
 function initDocuments() {
   const form = $("#upload-form");
   const results = $("#upload-results");
   loadDocuments();
+  showEmbeddingStatus();
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const files = $("#files").files;
@@ -500,6 +518,7 @@ function initSearch() {
   const form = $("#search-form");
   const input = $("#q");
   loadRoots();
+  showEmbeddingStatus();
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const query = input.value.trim();

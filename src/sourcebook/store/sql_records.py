@@ -1,0 +1,800 @@
+"""The record store in SQL, written once for SQLite (`sqlite.py`) and PostgreSQL
+(`postgres.py`): sources, documents, chunks, the embedding cache, the change log, access
+rules and grants, and the answer cache. The SQL is what both engines run (`sql.py`).
+
+Every change to chunks is written together with change-log rows in one transaction that
+also bumps the generation; the search index applies the log later (`composed.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
+
+import numpy as np
+
+from sourcebook.faults import crash_point
+from sourcebook.index.analyzer import analyze
+from sourcebook.index.embedders import Vectors
+from sourcebook.models import Box, ChunkDraft, DocumentInfo, SearchHit
+from sourcebook.store.access import AccessControl
+from sourcebook.store.base import (
+    SCHEMA_VERSION,
+    Change,
+    ChunkLayout,
+    DocumentRecord,
+    Filters,
+    IndexEntry,
+    Reembedding,
+    StoreError,
+    batched,
+    glob_match,
+    page_range,
+    text_hash,
+)
+from sourcebook.store.sql import Database
+
+
+class SQLRecords(ABC):
+    """The record store in a SQL database (see the module docstring); subclasses give
+    the database, its schema, how writers exclude each other and where users live."""
+
+    def __init__(
+        self, db: Database, schema: str, location: str, model: tuple[str, int] | None
+    ) -> None:
+        """Use the records in `db` (creating its tables if missing). `model` is the (name,
+        dimension) of the embedder the caller wants; None: whatever the knowledge base was
+        built with. `location` names the knowledge base in messages."""
+        self._db = self.db = db
+        self.location = location
+        # set by a search index that stores who may read each chunk (Milvus): a change of
+        # a document's groups is then logged for its chunks ('grp')
+        self.log_group_changes = False
+        # derived from the tables and kept until they change (see `generation`): which
+        # document each chunk belongs to, and who may not read what
+        self._layout: ChunkLayout | None = None
+        self._unreadable: dict[frozenset[str], tuple[int, set[int]]] = {}
+        self._progress: tuple[int, int, int] | None = None  # (generation, embedded, chunks)
+        self._db.executescript(schema)
+        self.embedder_name, self.dim = self._check_model(model)
+        self._unreadable_sql = _UNREADABLE.format(
+            group_in=db.dialect.group_in.format(column="g.group_name")
+        )
+
+    # --- identity and locking ------------------------------------------------------------
+
+    def _check_model(self, model: tuple[str, int] | None) -> tuple[str, int]:
+        rows: dict[str, str] = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if "embedder" not in rows:
+            if model is None:
+                raise StoreError(
+                    f"{self.location} has no embedding model recorded; run `sourcebook init`"
+                )
+            with self._transaction():
+                for key, value in (
+                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("embedder", model[0]),
+                    ("dim", str(model[1])),
+                    ("created", str(time.time())),
+                ):
+                    self._db.execute(_SET_META, (key, value))
+            return model
+        stored = (str(rows["embedder"]), int(rows["dim"]))
+        if model is not None and model[0] != stored[0]:
+            raise StoreError(
+                f"the knowledge base at {self.location} was built with embedding model "
+                f"{stored[0]!r}, not {model[0]!r}; to switch models, re-index it with "
+                f"`sourcebook reindex --model {model[0]}`"
+            )
+        return stored
+
+    def meta_value(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta_value(self, key: str, value: str) -> None:
+        with self._transaction():
+            self._db.execute(_SET_META, (key, value))
+
+    @abstractmethod
+    def write_lock(self, wait: bool = True) -> AbstractContextManager[None]:
+        """Held by the one process that writes (re-entrant); a second writer waits for it
+        where the engine can (`wait`), else gets a StoreError."""
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._db.transaction():
+            yield
+            self._db.execute(self._db.dialect.bump_generation)
+            crash_point("store.commit")  # killed here: the transaction never happened
+        crash_point("store.committed")
+
+    def generation(self) -> int:
+        """A number every write transaction of any process changes (documents, chunks,
+        access rules); the audit log, written on every request through another connection,
+        does not, so it does not empty the caches that depend on it."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        return int(row[0]) if row else 0
+
+    # --- re-embedding (reindex), resumable -------------------------------------------------
+
+    def reembedding(self) -> Reembedding | None:
+        """The re-embedding in progress, if any: its model and how far it has got."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'reembedding'").fetchone()
+        if row is None:
+            return None
+        target = json.loads(row[0])
+        done, total = self._db.execute(
+            "SELECT COUNT(p.text_hash), COUNT(*) FROM (SELECT DISTINCT text_hash FROM chunks) c"
+            " LEFT JOIN pending_vectors p ON p.text_hash = c.text_hash"
+        ).fetchone()
+        return Reembedding(str(target["model"]), int(target["dim"]), int(done), int(total))
+
+    def begin_reembedding(self, name: str, dim: int) -> None:
+        """Start (or resume) re-embedding every chunk text with model `name`. Searches keep
+        the current model's vectors until `finish_reembedding`."""
+        current = self.reembedding()
+        with self._transaction():
+            if current is None or current.model != name:
+                self._db.execute("DELETE FROM pending_vectors")
+            self._db.execute(_SET_META, ("reembedding", json.dumps({"model": name, "dim": dim})))
+
+    def pending_contexts(self, limit: int) -> list[tuple[str, str, list[str], str]]:
+        """Up to `limit` (text hash, title, heading path, text) still to re-embed."""
+        rows = self._db.execute(
+            "SELECT c.text_hash, MIN(d.title), MIN(c.heading_path), MIN(c.text) FROM chunks c"
+            " JOIN documents d ON d.id = c.doc_id"
+            " WHERE c.text_hash NOT IN (SELECT text_hash FROM pending_vectors)"
+            " GROUP BY c.text_hash ORDER BY c.text_hash LIMIT ?",
+            (limit,),
+        )
+        return [(h, t, json.loads(p), x) for h, t, p, x in rows]
+
+    def put_pending_vectors(self, vectors: dict[str, Vectors]) -> None:
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO pending_vectors VALUES (?, ?)"
+                " ON CONFLICT (text_hash) DO UPDATE SET vector = excluded.vector",
+                ((h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()),
+            )
+
+    def finish_reembedding(self) -> Reembedding:
+        """Swap the new vectors in and record the new model, in one transaction that
+        also logs every chunk for the search index (so a process killed before it is
+        rebuilt has it rebuilt by the next writer). Returns the finished re-embedding."""
+        state = self.reembedding()
+        if state is None or state.done < state.total:
+            raise StoreError("the re-embedding is not complete: run `sourcebook reindex`")
+        with self._transaction():
+            self._db.execute("DELETE FROM vectors")
+            self._db.execute("INSERT INTO vectors SELECT text_hash, vector FROM pending_vectors")
+            self._db.execute("DELETE FROM pending_vectors")
+            self._db.execute("DELETE FROM meta WHERE key = 'reembedding'")
+            self._db.execute(_SET_META, ("embedder", state.model))
+            self._db.execute(_SET_META, ("dim", str(state.dim)))
+            self._db.execute("INSERT INTO change_log (chunk_id, op) SELECT id, 'add' FROM chunks")
+        self.embedder_name, self.dim = state.model, state.dim
+        return state
+
+    # --- sources (the roots `sync` re-reads) ------------------------------------------------
+
+    def add_source(
+        self, path: str, include: Sequence[str], exclude: Sequence[str], given: str | None = None
+    ) -> None:
+        """Remember an absolute source path; `given` is how the user wrote it."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO sources (path, include, exclude, added, given)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE"
+                " SET include = excluded.include, exclude = excluded.exclude,"
+                " added = excluded.added, given = excluded.given",
+                (path, json.dumps(list(include)), json.dumps(list(exclude)), time.time(), given),
+            )
+
+    def source_names(self) -> dict[str, str]:
+        """Absolute source path -> the path as the user gave it (when it was recorded)."""
+        rows = self._db.execute("SELECT path, given FROM sources WHERE given IS NOT NULL")
+        return {str(path): str(given) for path, given in rows}
+
+    def remove_source(self, path: str) -> bool:
+        with self._transaction():
+            cursor = self._db.execute("DELETE FROM sources WHERE path = ?", (path,))
+        return cursor.rowcount > 0
+
+    def sources(self) -> list[tuple[str, list[str], list[str]]]:
+        rows = self._db.execute("SELECT path, include, exclude FROM sources ORDER BY path")
+        return [(p, json.loads(i), json.loads(e)) for p, i, e in rows]
+
+    # --- documents -----------------------------------------------------------------------
+
+    _DOC_COLUMNS = """d.id, d.path, d.title, d.kind, d.tags, d.modified, d.content_hash, d.size,
+        (SELECT COUNT(*) FROM chunks c WHERE c.doc_id = d.id)"""
+
+    def document(self, path: str) -> DocumentInfo | None:
+        row = self._db.execute(
+            f"SELECT {self._DOC_COLUMNS} FROM documents d WHERE d.path = ?", (path,)
+        ).fetchone()
+        return document_info(row) if row else None
+
+    def documents(self) -> list[DocumentInfo]:
+        rows = self._db.execute(f"SELECT {self._DOC_COLUMNS} FROM documents d ORDER BY d.path")
+        return [document_info(row) for row in rows]
+
+    def document_text(self, path: str) -> str | None:
+        row = self._db.execute("SELECT text FROM documents WHERE path = ?", (path,)).fetchone()
+        return str(row[0]) if row else None
+
+    def document_layout(self, path: str) -> tuple[list[int] | None, list[Box | None] | None]:
+        """Per line of a document's text: its page, and its box on that page (None for
+        formats without pages, or lines without a box)."""
+        row = self._db.execute(
+            "SELECT pages, boxes FROM documents WHERE path = ?", (path,)
+        ).fetchone()
+        if row is None:
+            return None, None
+        pages = json.loads(row[0]) if row[0] else None
+        boxes = [tuple(b) if b else None for b in json.loads(row[1])] if row[1] else None
+        return pages, boxes
+
+    def replace_document(
+        self,
+        record: DocumentRecord,
+        chunks: Sequence[ChunkDraft],
+        index_texts: Sequence[str],
+        vectors: Vectors | None = None,
+    ) -> None:
+        """Insert or replace a document and all its chunks atomically.
+
+        A document already indexed under `record.path` keeps its id (links to it stay
+        valid after an edit); its chunks are replaced and get new ids. A path removed and
+        indexed again later gets a new id: ids are never reused (AUTOINCREMENT), so an
+        old link to a removed document is a 404, never another document.
+
+        `index_texts[i]` is what is embedded and keyword-indexed for chunk i (the chunk
+        with its heading path); `vectors[i]` is its embedding. Without `vectors` the chunks
+        are keyword-searchable at the next flush and get their vectors from the embedding
+        cache, or later from `put_vectors` (see "Vectors filled in later").
+        """
+        given: Sequence[Vectors | None] = [None] * len(chunks) if vectors is None else list(vectors)
+        hashes = [text_hash(t) for t in index_texts]
+        values = (
+            record.title,
+            record.kind,
+            json.dumps(record.tags, ensure_ascii=False),
+            record.modified,
+            record.size,
+            record.content_hash,
+            record.text,
+            json.dumps(record.pages) if record.pages else None,
+            json.dumps(record.boxes) if record.boxes else None,
+            time.time(),
+            record.path,
+        )
+        with self._transaction():
+            doc_id = self._delete_chunk_rows(record.path)
+            if doc_id is None:
+                inserted = self._db.execute(
+                    "INSERT INTO documents (title, kind, tags, modified, size, content_hash,"
+                    " text, pages, boxes, indexed, path)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " RETURNING id",
+                    values,
+                ).fetchone()
+                assert inserted is not None
+                doc_id = int(inserted[0])
+            else:
+                self._db.execute(
+                    "UPDATE documents SET title = ?, kind = ?, tags = ?, modified = ?, size = ?,"
+                    " content_hash = ?, text = ?, pages = ?, boxes = ?, indexed = ?"
+                    " WHERE path = ?",
+                    values,
+                )
+            # in the same transaction: a document is never visible without its groups
+            self._derive_groups([record.path])
+            for chunk, index_text, digest, vector in zip(
+                chunks, index_texts, hashes, given, strict=True
+            ):
+                pages = page_range(record.pages, chunk)
+                self._db.execute(
+                    "INSERT INTO chunks (doc_id, ordinal, text, heading_path, char_start, char_end,"
+                    " line_start, line_end, page_start, page_end, text_hash, tokens)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        doc_id,
+                        chunk.ordinal,
+                        chunk.text,
+                        json.dumps(chunk.heading_path, ensure_ascii=False),
+                        chunk.char_start,
+                        chunk.char_end,
+                        chunk.line_start,
+                        chunk.line_end,
+                        pages[0],
+                        pages[1],
+                        digest,
+                        " ".join(analyze(index_text)),
+                    ),
+                )
+                if vector is not None:
+                    self._db.execute(
+                        "INSERT INTO vectors VALUES (?, ?) ON CONFLICT (text_hash) DO NOTHING",
+                        (digest, np.asarray(vector, dtype=np.float32).tobytes()),
+                    )
+            # every chunk of the document is new: one statement logs them all
+            self._db.execute(
+                "INSERT INTO change_log (chunk_id, op) SELECT id, 'add' FROM chunks"
+                " WHERE doc_id = ? ORDER BY id",
+                (doc_id,),
+            )
+
+    def remove_document(self, path: str) -> bool:
+        with self._transaction():
+            removed = self._delete_document_rows(path)
+            # a file indexed again later under this path must not inherit its groups
+            self._db.execute("DELETE FROM document_grants WHERE path = ?", (path,))
+            self._db.execute("DELETE FROM document_groups WHERE path = ?", (path,))
+        return removed
+
+    def rename_document(self, old: str, new: str, modified: float) -> bool:
+        """A file moved with its content unchanged: the document takes its new path and
+        keeps its id, chunks (and their ids) and vectors. Its groups are derived again for
+        the new path (rules are path globs); an upload's own groups move with it. Cached
+        answers citing it are dropped (they name the old path). A document already at
+        `new` is replaced. Returns False when nothing is indexed at `old`."""
+        with self._transaction():
+            row = self._db.execute(
+                "SELECT id, content_hash FROM documents WHERE path = ?", (old,)
+            ).fetchone()
+            if row is None:
+                return False
+            if new != old:
+                self._delete_document_rows(new)
+            self._db.execute(
+                "UPDATE documents SET path = ?, modified = ?, indexed = ? WHERE id = ?",
+                (new, modified, time.time(), row[0]),
+            )
+            self._db.execute("DELETE FROM document_grants WHERE path = ?", (new,))
+            self._db.execute("UPDATE document_grants SET path = ? WHERE path = ?", (new, old))
+            self._db.execute("DELETE FROM document_groups WHERE path = ?", (old,))
+            self._derive_groups([new])
+            self._db.execute(
+                "DELETE FROM answer_cache WHERE content_hashes LIKE ?", (f'%"{row[1]}"%',)
+            )
+        return True
+
+    def remove_source_and_documents(self, root: str, paths: Sequence[str]) -> None:
+        """Forget a source and the documents under it in one transaction: a process
+        killed during a `remove FOLDER` leaves either all of them or none, never
+        documents whose source is gone (which no `sync` would look at again)."""
+        with self._transaction():
+            self._db.execute("DELETE FROM sources WHERE path = ?", (root,))
+            for path in paths:
+                self._delete_document_rows(path)
+                self._db.execute("DELETE FROM document_grants WHERE path = ?", (path,))
+                self._db.execute("DELETE FROM document_groups WHERE path = ?", (path,))
+
+    def _delete_document_rows(self, path: str) -> bool:
+        doc_id = self._delete_chunk_rows(path)
+        if doc_id is None:
+            return False
+        self._db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
+        return True
+
+    def _delete_chunk_rows(self, path: str) -> int | None:
+        """Delete the chunks of the document at `path` (logged for the search index),
+        inside the caller's transaction; returns the document's id, None if not indexed."""
+        row = self._db.execute("SELECT id FROM documents WHERE path = ?", (path,)).fetchone()
+        if row is None:
+            return None
+        self._db.execute(
+            "INSERT INTO change_log (chunk_id, op) SELECT id, 'del' FROM chunks WHERE doc_id = ?",
+            (row[0],),
+        )
+        self._db.execute("DELETE FROM chunks WHERE doc_id = ?", (row[0],))
+        return int(row[0])
+
+    def cached_vectors(self, text_hashes: Sequence[str]) -> dict[str, Vectors]:
+        found: dict[str, Vectors] = {}
+        unique = list(dict.fromkeys(text_hashes))
+        for start in range(0, len(unique), 500):
+            batch = unique[start : start + 500]
+            marks = ",".join("?" * len(batch))
+            for digest, blob in self._db.execute(
+                f"SELECT text_hash, vector FROM vectors WHERE text_hash IN ({marks})", batch
+            ):
+                found[digest] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def collect_garbage(self) -> int:
+        """Drop cached vectors no chunk uses any more."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "DELETE FROM vectors WHERE text_hash NOT IN (SELECT text_hash FROM chunks)"
+            )
+        return cursor.rowcount
+
+    # --- vectors filled in later ----------------------------------------------------------
+    # A document is stored (and keyword-searchable after the next flush) before its chunks
+    # are embedded: a chunk whose text has no row in `vectors` is found by BM25 alone until
+    # `put_vectors` gives it one, which logs a 'vec' entry so the flush adds it to the
+    # vector index. A process killed in between leaves chunks without vectors, which the
+    # next writer embeds (`KnowledgeBase.embed_pending`).
+
+    def texts_to_embed(
+        self, limit: int, after: int = 0
+    ) -> list[tuple[int, str, str, list[str], str]]:
+        """Up to `limit` chunks after chunk id `after` whose text has no vector, in id
+        order (a caller that stores what it gets continues after the last id; chunk ids
+        only grow): (chunk id, text hash, document title, heading path, chunk text)."""
+        rows = self._db.execute(
+            "SELECT c.id, c.text_hash, d.title, c.heading_path, c.text FROM chunks c"
+            " JOIN documents d ON d.id = c.doc_id WHERE c.id > ?"
+            " AND NOT EXISTS (SELECT 1 FROM vectors v WHERE v.text_hash = c.text_hash)"
+            " ORDER BY c.id LIMIT ?",
+            (after, limit),
+        )
+        return [(int(i), h, t, json.loads(p), x) for i, h, t, p, x in rows]
+
+    def put_vectors(self, vectors: dict[str, Vectors]) -> None:
+        """Store the vectors of chunk texts (by text hash) and log every chunk using them
+        for the vector index, in one transaction. A text no chunk uses any more (edited
+        meanwhile) stays in the cache until `collect_garbage`."""
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO vectors VALUES (?, ?) ON CONFLICT (text_hash) DO NOTHING",
+                ((h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()),
+            )
+            hashes = list(vectors)
+            for start in range(0, len(hashes), 500):
+                batch = hashes[start : start + 500]
+                self._db.execute(
+                    "INSERT INTO change_log (chunk_id, op) SELECT id, 'vec' FROM chunks"
+                    f" WHERE text_hash IN ({','.join('?' * len(batch))})",
+                    batch,
+                )
+
+    def embedding_progress(self) -> tuple[int, int]:
+        """(chunks with a vector, all chunks); counted again only after a write."""
+        generation = self.generation()
+        if self._progress is None or self._progress[0] != generation:
+            total, waiting = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM vectors v"
+                " WHERE v.text_hash = c.text_hash) THEN 0 ELSE 1 END), 0) FROM chunks c"
+            ).fetchone()
+            self._progress = (generation, int(total) - int(waiting), int(total))
+        return self._progress[1], self._progress[2]
+
+    def embedded_chunk_ids(self) -> set[int]:
+        """Chunks whose text has its vector (the vector index holds exactly these)."""
+        rows = self._db.execute(
+            "SELECT c.id FROM chunks c JOIN vectors v ON v.text_hash = c.text_hash"
+        )
+        return {int(row[0]) for row in rows}
+
+    # --- change log ----------------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        row = self._db.execute(self._db.dialect.last_seq).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def changes_since(self, seq: int) -> list[Change]:
+        rows = self._db.execute(
+            "SELECT seq, chunk_id, op FROM change_log WHERE seq > ? ORDER BY seq", (seq,)
+        )
+        return [Change(int(s), int(c), str(o)) for s, c, o in rows]
+
+    def index_entries(self, chunk_ids: Sequence[int]) -> list[IndexEntry]:
+        """What the search index holds for these chunks (those that still exist)."""
+        entries: list[IndexEntry] = []
+        for batch in batched(chunk_ids, 900):
+            marks = ",".join("?" * len(batch))
+            rows = self._db.execute(
+                "SELECT c.id, c.doc_id, c.tokens, v.vector, d.path FROM chunks c"
+                " LEFT JOIN vectors v ON v.text_hash = c.text_hash"
+                f" JOIN documents d ON d.id = c.doc_id WHERE c.id IN ({marks})",
+                list(batch),
+            ).fetchall()
+            groups = self._groups_of({str(row[4]) for row in rows})
+            entries.extend(
+                IndexEntry(
+                    int(chunk_id),
+                    int(doc_id),
+                    str(tokens),
+                    None if blob is None else np.frombuffer(blob, dtype=np.float32),
+                    tuple(groups.get(str(path), ())),
+                )
+                for chunk_id, doc_id, tokens, blob, path in rows
+            )
+        return entries
+
+    def _groups_of(self, paths: set[str]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        listed = sorted(paths)
+        for start in range(0, len(listed), 900):
+            batch = listed[start : start + 900]
+            marks = ",".join("?" * len(batch))
+            for path, group in self._db.execute(
+                "SELECT path, group_name FROM document_groups"
+                f" WHERE path IN ({marks}) ORDER BY group_name",
+                batch,
+            ):
+                found.setdefault(str(path), []).append(str(group))
+        return found
+
+    def trim_log(self, seq: int) -> None:
+        """Forget the log up to `seq` (the search index has durably applied it)."""
+        with self._transaction():
+            self._db.execute("DELETE FROM change_log WHERE seq <= ?", (seq,))
+
+    def chunk_ids(self) -> set[int]:
+        return {int(r[0]) for r in self._db.execute("SELECT id FROM chunks")}
+
+    def chunk_layout(self) -> ChunkLayout:
+        """Which document each chunk belongs to, rebuilt after a change (~50 ms at 100k
+        chunks; looking the chunks of the allowed documents up in SQLite instead cost
+        ~40 ms per filtered search)."""
+        generation = self.generation()
+        if self._layout is None or self._layout.generation != generation:
+            rows = self._db.execute("SELECT id, doc_id FROM chunks").fetchall()
+            pairs = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+            self._layout = ChunkLayout(
+                generation, pairs[:, 0].copy(), pairs[:, 1].copy(), np.unique(pairs[:, 1])
+            )
+        return self._layout
+
+    # --- retrieval -----------------------------------------------------------------------
+
+    def allowed_documents(self, filters: Filters, include_groups: bool = True) -> list[int] | None:
+        """Document ids passing the filters, or None when nothing is excluded. Without
+        `include_groups`, the reader's groups are left to the search index."""
+        denied: set[int] = set()
+        if include_groups and filters.groups is not None:
+            denied = self.unreadable_documents(filters.groups)
+        if not denied and not filters.has_metadata():
+            return None  # a reader who may read everything searches the whole index
+        if not filters.has_metadata():  # groups only: every document but the denied ones
+            documents = self.chunk_layout().documents
+            allowed: list[int] = documents[~np.isin(documents, list(denied))].tolist()
+            return allowed
+        sql = "SELECT id, path, tags FROM documents WHERE 1=1"
+        params: list[object] = []
+        if filters.modified_after:
+            sql += " AND modified >= ?"
+            params.append(filters.modified_after.timestamp())
+        if filters.modified_before:
+            sql += " AND modified <= ?"
+            params.append(filters.modified_before.timestamp())
+        wanted = {t.lower() for t in filters.tags}
+        allowed = []
+        for doc_id, path, tags in self._db.execute(sql, params):
+            if filters.path_glob and not glob_match(path, filters.path_glob):
+                continue
+            if filters.exclude_glob and glob_match(path, filters.exclude_glob):
+                continue
+            if wanted and not wanted <= {t.lower() for t in json.loads(tags)}:
+                continue
+            if doc_id in denied:
+                continue
+            allowed.append(int(doc_id))
+        return allowed
+
+    def hits(self, chunk_ids: Sequence[int]) -> dict[int, SearchHit]:
+        """Chunk rows with their document, for ids that still exist."""
+        found: dict[int, SearchHit] = {}
+        for batch in batched(list(dict.fromkeys(chunk_ids))):
+            marks = ",".join("?" * len(batch))
+            rows = self._db.execute(
+                "SELECT c.id, c.doc_id, d.path, d.title, d.kind, c.heading_path, c.line_start,"
+                " c.line_end, c.page_start, c.page_end, c.text, c.tokens FROM chunks c"
+                f" JOIN documents d ON d.id = c.doc_id WHERE c.id IN ({marks})",
+                list(batch),
+            )
+            for row in rows:
+                found[row[0]] = search_hit(row)
+        return found
+
+    # --- access control ------------------------------------------------------------------
+
+    @abstractmethod
+    def access_control(self) -> AccessControl:
+        """Users, groups, API keys and the audit log of this knowledge base."""
+
+    def unreadable_documents(self, groups: frozenset[str]) -> set[int]:
+        """Ids of the documents a reader in `groups` may not read: those that have groups,
+        none of which is one of the reader's."""
+        generation = self.generation()
+        cached = self._unreadable.get(groups)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        rows = self._db.execute(
+            f"SELECT d.id FROM documents d WHERE {self._unreadable_sql}",
+            (self._db.dialect.group_parameter(groups),),
+        )
+        unreadable = {int(row[0]) for row in rows}
+        if len(self._unreadable) >= 64:  # a few groups sets are in use at a time
+            self._unreadable.clear()
+        self._unreadable[groups] = (generation, unreadable)
+        return unreadable
+
+    def document_groups(self) -> dict[str, list[str]]:
+        """The groups that may read each restricted document (path -> groups); a document
+        not listed is readable by everyone."""
+        found: dict[str, list[str]] = {}
+        for path, group in self._db.execute(
+            "SELECT g.path, g.group_name FROM document_groups g"
+            " JOIN documents d ON d.path = g.path ORDER BY g.path, g.group_name"
+        ):
+            found.setdefault(path, []).append(group)
+        return found
+
+    def access_rules(self) -> dict[str, list[str]]:
+        """Path glob -> the groups that may read the documents it matches."""
+        found: dict[str, list[str]] = {}
+        for pattern, group in self._db.execute(
+            "SELECT pattern, group_name FROM access_rules ORDER BY pattern, group_name"
+        ):
+            found.setdefault(pattern, []).append(group)
+        return found
+
+    def set_access_rule(self, pattern: str, groups: Sequence[str]) -> None:
+        """Let only `groups` read documents matching `pattern` (no groups: drop the rule),
+        and re-derive every document's groups in the same transaction."""
+        with self._transaction():
+            self._db.execute("DELETE FROM access_rules WHERE pattern = ?", (pattern,))
+            self._db.executemany(
+                "INSERT INTO access_rules VALUES (?, ?)", ((pattern, g) for g in set(groups))
+            )
+            self._derive_groups(None)
+
+    def document_grants(self, path: str) -> list[str]:
+        rows = self._db.execute(
+            "SELECT group_name FROM document_grants WHERE path = ? ORDER BY group_name", (path,)
+        )
+        return [row[0] for row in rows]
+
+    def set_document_grants(self, path: str, groups: Sequence[str]) -> None:
+        """Give the document at `path` (indexed or about to be) its own groups, which
+        replace the rules for it; no groups: the rules apply again."""
+        with self._transaction():
+            self._db.execute("DELETE FROM document_grants WHERE path = ?", (path,))
+            self._db.executemany(
+                "INSERT INTO document_grants VALUES (?, ?)", ((path, g) for g in set(groups))
+            )
+            self._derive_groups([path])
+
+    def _derive_groups(self, paths: Sequence[str] | None) -> None:
+        """Recompute `document_groups` for `paths` (None: every document), inside the
+        caller's transaction: a document's own grants if it has any, else the union of
+        the groups of every rule whose glob matches its path."""
+        if paths is None:
+            paths = [row[0] for row in self._db.execute("SELECT path FROM documents")]
+            before = self._groups_of(set(paths)) if self.log_group_changes else {}
+            self._db.execute("DELETE FROM document_groups")
+        else:
+            before = self._groups_of(set(paths)) if self.log_group_changes else {}
+            self._db.executemany(
+                "DELETE FROM document_groups WHERE path = ?", ((p,) for p in paths)
+            )
+        rules = self.access_rules()
+        rows: list[tuple[str, str]] = []
+        for path in paths:
+            groups = set(self.document_grants(path))
+            if not groups:
+                for pattern, allowed in rules.items():
+                    if glob_match(path, pattern):
+                        groups.update(allowed)
+            rows.extend((path, group) for group in sorted(groups))
+        self._db.executemany("INSERT INTO document_groups VALUES (?, ?)", rows)
+        if self.log_group_changes:  # the index keeps each chunk's readers: re-write them
+            after = self._groups_of(set(paths))
+            self._db.executemany(
+                "INSERT INTO change_log (chunk_id, op) SELECT c.id, 'grp' FROM chunks c"
+                " JOIN documents d ON d.id = c.doc_id WHERE d.path = ?",
+                ((p,) for p in paths if before.get(p, []) != after.get(p, [])),
+            )
+
+    # --- answer cache --------------------------------------------------------------------
+
+    def cached_answer(self, key: str) -> str | None:
+        """A cached answer (JSON) by its key; the caller builds keys that change whenever
+        the evidence or the answer settings do."""
+        row = self._db.execute("SELECT answer FROM answer_cache WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def put_cached_answer(self, key: str, answer: str, content_hashes: Sequence[str]) -> None:
+        """Remember an answer with the content hashes of the documents it was built from."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO answer_cache VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE"
+                " SET answer = excluded.answer, content_hashes = excluded.content_hashes,"
+                " created = excluded.created",
+                (key, answer, json.dumps(sorted(set(content_hashes))), time.time()),
+            )
+
+    def purge_cached_answers(self) -> int:
+        """Drop cached answers built from a document version that is no longer indexed
+        (the document changed or was removed); returns how many."""
+        current = {row[0] for row in self._db.execute("SELECT content_hash FROM documents")}
+        stale = [
+            key
+            for key, hashes in self._db.execute("SELECT key, content_hashes FROM answer_cache")
+            if not set(json.loads(hashes)) <= current
+        ]
+        with self._transaction():
+            self._db.executemany("DELETE FROM answer_cache WHERE key = ?", ((k,) for k in stale))
+        return len(stale)
+
+    # --- status --------------------------------------------------------------------------
+
+    def counts(self, groups: frozenset[str] | None = None) -> tuple[int, int]:
+        """Documents and chunks; with `groups`, only those a reader in them may read."""
+        if groups is None:
+            documents = self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+            chunks = self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+            return int(documents), int(chunks)
+        documents, chunks = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM((SELECT COUNT(*) FROM chunks c"
+            f" WHERE c.doc_id = d.id)), 0) FROM documents d WHERE NOT ({self._unreadable_sql})",
+            (self._db.dialect.group_parameter(groups),),
+        ).fetchone()
+        return int(documents), int(chunks)
+
+    @abstractmethod
+    def size_bytes(self) -> int:
+        """Bytes the records take."""
+
+    @abstractmethod
+    def restart_identities(self) -> None:
+        """After rows were copied with their ids (a migration), new rows must continue
+        after the highest (ids are never reused)."""
+
+    def close(self) -> None:
+        self._db.close()
+
+
+# A document `d` a reader may not read: it has groups, none of which is one of the
+# reader's (the one parameter: the reader's groups as a JSON list, `_group_list`).
+_UNREADABLE = (
+    "EXISTS (SELECT 1 FROM document_groups g WHERE g.path = d.path)"
+    " AND NOT EXISTS (SELECT 1 FROM document_groups g WHERE g.path = d.path"
+    "  AND {group_in})"
+)
+_SET_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+
+
+def document_info(row: Sequence[object]) -> DocumentInfo:
+    doc_id, path, title, kind, tags, modified, content_hash, size, chunks = row
+    return DocumentInfo(
+        id=int(str(doc_id)),
+        path=str(path),
+        title=str(title),
+        kind=str(kind),
+        tags=json.loads(str(tags)),
+        modified=datetime.fromtimestamp(float(str(modified)), UTC),
+        content_hash=str(content_hash),
+        size=int(str(size)),
+        chunks=int(str(chunks)),
+    )
+
+
+def search_hit(row: Sequence[object]) -> SearchHit:
+    """A `hits` row (chunk joined with its document) as a SearchHit."""
+    tokens = str(row[11] or "")
+    return SearchHit(
+        chunk_id=int(str(row[0])),
+        doc_id=int(str(row[1])),
+        path=str(row[2]),
+        title=str(row[3]),
+        kind=str(row[4]),
+        heading_path=json.loads(str(row[5])),
+        line_start=int(str(row[6])),
+        line_end=int(str(row[7])),
+        page_start=None if row[8] is None else int(str(row[8])),
+        page_end=None if row[9] is None else int(str(row[9])),
+        text=str(row[10]),
+        score=0.0,
+        index_tokens=tokens.split(" ") if tokens else [],
+    )
