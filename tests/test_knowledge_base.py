@@ -167,13 +167,15 @@ def test_bad_files_are_reported_and_the_rest_is_indexed(
     (bad / "empty.md").write_text("")
     (bad / "corrupt.pdf").write_bytes(b"%PDF-1.4\n%garbage without objects")
     (bad / "binary.txt").write_bytes(bytes(range(256)) * 4)
-    (bad / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0")
+    (bad / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0")  # an image, cut short
+    (bad / "archive.7z").write_bytes(b"7z\xbc\xaf\x27\x1c")
     (bad / "good.md").write_text("# 新笔记\n\nSpeculative decoding 用小模型起草、大模型验证。\n")
     report = kb.sync()
     reasons = {Path(f.path).name: f.reason for f in report.failed}
-    assert set(reasons) == {"empty.md", "corrupt.pdf", "binary.txt"}
+    assert set(reasons) == {"empty.md", "corrupt.pdf", "binary.txt", "photo.jpg"}
     assert "corrupt PDF" in reasons["corrupt.pdf"] and "binary" in reasons["binary.txt"]
-    assert [Path(s.path).name for s in report.skipped] == ["photo.jpg"]
+    assert "unreadable image" in reasons["photo.jpg"]
+    assert [Path(s.path).name for s in report.skipped] == ["archive.7z"]
     assert report.added == 1
     assert kb.search("Speculative decoding 起草", limit=1)[0].path.endswith("good.md")
 
