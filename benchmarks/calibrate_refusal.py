@@ -5,11 +5,13 @@ question's own paragraph indexed (answerable) and with it excluded from retrieva
 (unanswerable: the rest of the article is still there, which makes this hard). The
 evidence signals of each answer (calibration.SIGNALS) are labelled 1/0 and a logistic
 judge is fit; the threshold is the one that refuses the most unanswerable questions while
-refusing at most `--max-answerable-refusals` of the answerable ones on the tuning split.
+refusing at most `--max-answerable-refusals` of CMRC's answerable tuning rows and at most
+`--max-notes-answerable-refusals` of the notes' (below).
 The held-out *test* split is then measured once with the chosen judge and reported; it is
 not used for any choice.
 
     python benchmarks/calibrate_refusal.py [--tune-limit 400] [--test-limit 400]
+    python benchmarks/calibrate_refusal.py --indexed-only --tune-limit 200 --test-limit 100
 
 Notes as people write them, with questions in the other language, are added to the
 fitting rows (each counted `--notes-weight` times, as there are far fewer of them):
@@ -138,8 +140,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "eval")
     parser.add_argument("--tune-limit", type=int, default=400)
     parser.add_argument("--test-limit", type=int, default=400)
-    parser.add_argument("--max-answerable-refusals", type=float, default=0.03)
-    parser.add_argument("--notes-weight", type=int, default=1)
+    parser.add_argument("--max-answerable-refusals", type=float, default=0.04)
+    parser.add_argument(
+        "--max-notes-answerable-refusals",
+        type=float,
+        default=0.08,
+        help="cap on the answerable notes rows refused (the issue's target is 10%%; a margin "
+        "for the held-out half)",
+    )
+    parser.add_argument("--notes-weight", type=int, default=2)
     parser.add_argument(
         "--indexed-only",
         action="store_true",
@@ -151,8 +160,7 @@ def main() -> None:
         "--min-unanswerable-refusals",
         type=float,
         default=0.805,
-        help="raise the threshold until this share of CMRC's unanswerable tuning rows is "
-        "refused (the notes rows pull the fitted judge towards answering)",
+        help="warn when fewer of CMRC's unanswerable tuning rows are refused",
     )
     args = parser.parse_args()
 
@@ -177,13 +185,18 @@ def main() -> None:
     fitted = fit_judge(
         rule, [[r[s] for s in SIGNALS] for r in fitting], [r["label"] for r in fitting]
     )
-    judge = choose_threshold(fitted, fitting, args.max_answerable_refusals)
+    # the highest threshold that keeps answerable refusals within both caps on the tuning
+    # rows: CMRC's, and the notes' (pooled)
+    notes_pooled = [r for rows in notes.values() for r in rows]
+    on_cmrc = choose_threshold(fitted, tune, args.max_answerable_refusals)
+    on_notes = choose_threshold(fitted, notes_pooled, args.max_notes_answerable_refusals)
+    judge = fitted.with_threshold(min(on_cmrc.threshold, on_notes.threshold))
     negatives = sorted(judge.confidence(r) for r in tune if r["label"] == 0)
-    if negatives:
-        needed = negatives[
-            min(len(negatives) - 1, int(args.min_unanswerable_refusals * len(negatives)))
-        ]
-        judge = judge.with_threshold(max(judge.threshold, needed))
+    if negatives and rates(judge, tune)[1] < args.min_unanswerable_refusals:
+        print(
+            f"warning: CMRC unanswerable tuning rows refused {rates(judge, tune)[1]:.1%}, "
+            f"below {args.min_unanswerable_refusals:.1%}"
+        )
 
     weights = zip(SIGNALS, judge.weights, strict=True)
     print("signal weights: " + ", ".join(f"{s} {w:+.2f}" for s, w in weights))

@@ -34,7 +34,7 @@ import numpy as np
 import psutil
 from numpy.typing import NDArray
 
-from sourcebook.index.embedders import EMBEDDERS, Embedder, Vectors, get_embedder
+from sourcebook.index.embedders import EMBEDDERS, Embedder, EmbedderOptions, Vectors, get_embedder
 
 DATA = Path(os.environ.get("SOURCEBOOK_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
 HERE = Path(__file__).resolve().parent
@@ -168,7 +168,7 @@ def calibration(scores: NDArray[np.float32], own: NDArray[np.int64]) -> dict[str
 
 def run_model(name: str, threads: int, cache: bool, data: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    model = get_embedder(name, threads=threads)
+    model = get_embedder(name, EmbedderOptions(threads=threads))
     model.embed_query("warm-up")  # both backends load their weights lazily
     res: dict[str, Any] = {"dim": model.dim, "load_s": round(time.perf_counter() - t0, 2)}
 

@@ -17,6 +17,16 @@ if [ "$(id -u)" -ne 0 ]; then
     }
     SUDO="sudo"
 fi
-echo "install-fonts: installing ${missing[*]} with apt-get..." >&2
-$SUDO apt-get update -q >/dev/null
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+LOG="${TMPDIR:-/tmp}/sourcebook-install-fonts.log"
+started=$SECONDS
+echo "install-fonts: installing ${missing[*]} with apt-get (log: $LOG)..." >&2
+# the package lists install-browser.sh just fetched are reused (fresher than an hour)
+fresh=$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -60 2>/dev/null | head -n 1)
+if ! { { [ -n "$fresh" ] || $SUDO apt-get update -q; } &&
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
+            "${missing[@]}"; } >"$LOG" 2>&1; then
+    tail -n 20 "$LOG" >&2
+    echo "install-fonts: apt-get failed; the whole output is in $LOG" >&2
+    exit 1
+fi
+echo "install-fonts: ${missing[*]} installed in $((SECONDS - started)) s" >&2

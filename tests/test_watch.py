@@ -37,7 +37,7 @@ LORA_ZH = "# LoRA 笔记\n\nLoRA 通过低秩分解减少显存占用，暗号�
 ADAM_EN = "# Adam notes\n\nAdam keeps running averages of gradients; codename KESTREL.\n"
 
 
-def eventually(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+def eventually(predicate: Callable[[], bool], timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "the condition did not hold in time"
@@ -273,7 +273,7 @@ def test_a_sigkilled_background_embedder_leaves_a_store_the_next_one_completes(
     """`sourcebook watch` (default model) killed with SIGKILL while it embeds."""
     notes, kb_path = tmp_path / "notes", tmp_path / "kb"
     notes.mkdir()
-    for i in range(60):  # 240 chunks: several rounds of the embedder (each ~2 s)
+    for i in range(100):  # 400 chunks: several rounds of the embedder (each ~2 s)
         sections = "\n\n".join(
             f"## 第 {j} 节 section {j}\n\n第 {i} 篇笔记第 {j} 节讲量化与显存 {i * 13 + j}。"
             f"Note {i} section {j} is about memory {i * 7 + j}."
@@ -301,7 +301,7 @@ def test_a_sigkilled_background_embedder_leaves_a_store_the_next_one_completes(
         status = kb.status()
         assert status.index_consistent and kb.store.consistency_problems() == []
         assert 0 < status.chunks_waiting < status.chunks  # killed in the middle
-        assert kb.search("marker59", 1)[0].path == str(notes / "note-59.md")
+        assert kb.search("marker99", 1)[0].path == str(notes / "note-99.md")
         report = kb.sync()
         assert report.chunks_embedded > 0 and report.chunks_waiting == 0
         assert kb.status().embedding is None
@@ -366,3 +366,34 @@ def test_editing_renaming_and_deleting_while_searching_loses_no_update(tmp_path:
     assert result["search_errors"] == [] and result["searches"] > 0
     assert result["operations"]["rename"] == 30 and result["operations"]["delete"] > 0
     assert result["renamed_documents_indexed"] > 0 and result["watcher_alive"]
+
+
+def test_the_add_summary_counts_chunks_waiting_for_vectors() -> None:
+    from rich.text import Text
+
+    from sourcebook.models import SyncReport
+    from sourcebook.surfaces.cli.common import summary
+
+    waiting = SyncReport(added=2, chunks_added=5, chunks_embedded=0, chunks_waiting=5)
+    assert "5 added (5 keyword-searchable, waiting for their vectors)" in (
+        Text.from_markup(summary(waiting)).plain
+    )
+    mixed = SyncReport(added=2, chunks_added=5, chunks_embedded=1, chunks_waiting=2)
+    assert "(1 embedded now, 2 from the embedding cache, 2 keyword-searchable" in (
+        Text.from_markup(summary(mixed)).plain
+    )
+
+
+def test_the_watch_command_says_what_is_wrong(tmp_path: Path) -> None:
+    env = {**os.environ, "SOURCEBOOK_KB": str(tmp_path / "kb"), "SOURCEBOOK_EMBEDDER": FAST_MODEL}
+    command = [sys.executable, "-m", "sourcebook.surfaces.cli"]
+    subprocess.run([*command, "init"], env=env, check=True, capture_output=True)
+    nothing = subprocess.run([*command, "watch"], env=env, capture_output=True, text=True)
+    assert nothing.returncode == 1 and "nothing to watch" in nothing.stderr
+    missing = subprocess.run(
+        [*command, "watch", str(tmp_path / "no-such-folder")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1 and "no such file or folder" in missing.stderr

@@ -396,3 +396,40 @@ def test_a_pdf_citation_opens_its_page_with_the_quote_marked(page: Page, live: s
     page.click("#viewer-open")
     expect(page).to_have_url(re.compile(rf"/documents/{doc_id}\?.*&page=1"))
     expect(page.locator("#document-page .page-region").first).to_be_visible()
+
+
+def test_the_pages_say_what_waits_for_vectors_and_follow_a_watched_folder(
+    page: Page, tmp_path: Path
+) -> None:
+    """`serve --watch`: while chunks wait for their vectors the documents and search pages
+    say so (here another process holds the write lock, so the server's embedder cannot
+    store them); a file deleted from a watched folder leaves the documents page."""
+    notes, kb_path = tmp_path / "notes", tmp_path / "kb"
+    notes.mkdir()
+    (notes / "kv.md").write_text("# KV cache\n\nKV cache 缓存键和值，省去重复计算。\n")
+    (notes / "beam.md").write_text("# Beam search\n\nBeam search keeps the k best prefixes.\n")
+    settings = Settings(kb=kb_path, embedder="use-multilingual")
+    with KnowledgeBase.create(kb_path, settings) as kb:
+        kb.add([notes], wait=False)
+        blocker = KnowledgeBase(kb_path, Settings(kb=kb_path))
+        with LiveServer(create_app(kb, watch=True)) as server:
+            with blocker.store.writing():  # another process writing: nothing can be stored
+                page.goto(f"{server.url}/documents")
+                status = page.locator("#embedding-status")
+                expect(status).to_be_visible()
+                expect(status).to_contain_text("embedding 0 of 2 chunks")
+                page.goto(f"{server.url}/search?q=KV%20cache")
+                expect(page.locator("#embedding-status")).to_contain_text("2 waiting")
+                expect(page.locator("#results .result").first).to_contain_text("kv.md")
+            # the lock is free: the embedder stores the vectors and the line goes away
+            expect(page.locator("#embedding-status")).to_be_hidden()
+            (notes / "beam.md").unlink()
+            for _ in range(100):  # the list is read when the page loads
+                page.goto(f"{server.url}/documents")
+                expect(page.locator("#documents-summary")).to_contain_text("documents")
+                if page.locator("#documents tbody tr").count() == 1:
+                    break
+                page.wait_for_timeout(200)
+            expect(page.locator("#documents tbody tr")).to_have_count(1)
+            expect(page.locator("#documents tbody")).to_contain_text("kv.md")
+        blocker.close()

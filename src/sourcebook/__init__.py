@@ -10,6 +10,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from sourcebook import _cxx_runtime  # noqa: F401  (first, and cheap: see its docstring)
+
 if TYPE_CHECKING:
     from sourcebook.kb import KnowledgeBase
     from sourcebook.models import Answer, Citation, SearchHit, SyncReport

@@ -241,11 +241,13 @@ class KnowledgeBase:
     ) -> SyncReport:
         """After a run (under the write lock): make what was stored keyword-searchable for
         every process now, then embed the chunks still without a vector if `wait`."""
+        started = time.perf_counter()
         self.store.flush()
         if wait:
             report.chunks_embedded += self.embed_pending(progress)
         done, total = self.store.embedding_progress()
         report.chunks_waiting = total - done
+        report.seconds = round(report.seconds + time.perf_counter() - started, 3)
         return report
 
     def register_source(self, path: str | Path) -> None:

@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     max_file_mb: float = Field(50.0, gt=0)
     exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     embed_batch: int = Field(32, ge=1)
-    ocr: Literal["auto", "rapidocr", "tesseract", "none"] = Field(
+    ocr: Literal["auto", "rapidocr", "none"] = Field(
         "auto",
         description="OCR engine for scanned pages and images (extra sourcebook[ocr]); "
         "'auto': the first installed, 'none': report such files instead",

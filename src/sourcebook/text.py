@@ -159,3 +159,25 @@ def markdown_as_text(text: str) -> str:
                 parts[i] = pattern.sub(replacement, parts[i])
         lines.append("".join(parts))
     return "\n".join(lines).strip("\n")
+
+
+_RST_ADORNMENT = re.compile(r"^\s*([=\-~^\"'`#*+.:_])\1{2,}\s*$")
+_RST_LITERAL = re.compile(r"``([^`\n]+)``")
+# kinds whose stored text is not Markdown-shaped; every other converter writes headings,
+# fences or table pipes into the text
+_PLAIN_KINDS = frozenset({"text", "code"})
+
+
+def as_read(text: str, kind: str) -> str:
+    """A chunk's text as a reader sees its document rendered: Markdown-like text through
+    `markdown_as_text`; reStructuredText without section underlines, ``literals`` as
+    `code`; plain text and source code unchanged."""
+    if kind in _PLAIN_KINDS:
+        return text
+    if kind == "rst":  # section titles (a line over an underline) are shown beside a hit
+        lines = text.split("\n")
+        adorned = {i for i, line in enumerate(lines) if _RST_ADORNMENT.match(line)}
+        titles = {i - 1 for i in adorned if i > 0 and lines[i - 1].strip()}
+        kept = [line for i, line in enumerate(lines) if i not in adorned | titles]
+        return _RST_LITERAL.sub(r"`\1`", "\n".join(kept)).strip("\n")
+    return markdown_as_text(text)

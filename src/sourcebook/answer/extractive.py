@@ -539,7 +539,8 @@ def _rarest_missing(
     evidence: Sequence[tuple[frozenset[str], str] | None],
 ) -> float:
     """The idf of the rarest question term found in none of `evidence`; an ordinary
-    dictionary word ("usually", 通常) counts a quarter of a name (Adafactor, GPTQ), and a
+    dictionary word ("usually", 通常) counts a quarter of a name (Adafactor, GPTQ) unless it
+    is an English word in a Chinese question ("interleaved" there is a term), and a
     compound ("768-dim") whose own words are question terms is judged by them."""
     dictionary = glossary()
     present = [e for e in evidence if e is not None]
@@ -548,9 +549,15 @@ def _rarest_missing(
         for t, w in zip(asked.terms, weights, strict=True)
         if not any(_matches(t, asked.variants.get(t, ()), tokens, text) for tokens, text in present)
     ]
+
+    def ordinary(term: str) -> bool:
+        # a latin word inside a Chinese question is a term of art ("interleaved")
+        code_switched = asked.language == "zh" and not _CJK.search(term)
+        return bool(dictionary and dictionary.is_common_word(term)) and not code_switched
+
     return max(
         (
-            w * (0.25 if dictionary and dictionary.is_common_word(t) else 1.0)
+            w * (0.25 if ordinary(t) else 1.0)
             for t, w in missing
             if not ("-" in t and all(p in asked.terms for p in t.split("-") if p))
         ),

@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import numpy as np
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:
+    import httpx
+
     from sourcebook.settings import Settings
 
 SERVER_PREFIX = "server:"
@@ -89,6 +90,8 @@ class ServerEmbedder:
         headers = {"Content-Type": "application/json"}
         if key := os.environ.get(config.api_key_env):
             headers["Authorization"] = f"Bearer {key}"
+        import httpx  # here: opening a local knowledge base (`status`) must not load it
+
         self._client = httpx.Client(
             headers=headers,
             timeout=httpx.Timeout(config.timeout, connect=min(config.timeout, 10.0)),
@@ -126,6 +129,8 @@ class ServerEmbedder:
         return self._vectors(response, len(texts))
 
     def _post(self, body: dict[str, Any]) -> httpx.Response:
+        import httpx
+
         for attempt in range(self.config.retries + 1):
             last = attempt == self.config.retries
             try:

@@ -10,10 +10,7 @@ stored without vectors, and the next embedder (or `sync`, `add`) takes them up.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,9 +28,11 @@ log = logging.getLogger(__name__)
 
 LockFactory = Callable[[], AbstractContextManager[Any]]
 
-# The embedding thread runs at a lower CPU priority, so that searches and answers in the
-# same process (a server) keep their share of the cores while it catches up.
-EMBEDDER_NICENESS = 10
+# The embedding thread keeps the normal CPU priority: a lower one made it hold Python's
+# interpreter lock for seconds on a loaded machine (descheduled in the middle of its
+# Python work), stalling the watcher and the requests of the same process. The model's
+# own threads do the heavy work without that lock.
+BACKGROUND_BATCH = 8  # texts embedded at a time
 
 
 @dataclass(frozen=True)
@@ -83,6 +82,8 @@ class BackgroundEmbedder:
         self._on_progress = on_progress
         self._poll_seconds = poll_seconds
         self._save_seconds = save_seconds  # vectors are stored in rounds of about this long
+        # small batches: a stop (Ctrl-C, SIGTERM, server shutdown) waits for one of them
+        self._batch = min(kb.settings.embed_batch, BACKGROUND_BATCH)
         self._stopping = threading.Event()
         self._wakeup = threading.Event()
         self._thread: threading.Thread | None = None
@@ -110,9 +111,6 @@ class BackgroundEmbedder:
             self._thread = None
 
     def _run(self) -> None:
-        if sys.platform == "linux":
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), EMBEDDER_NICENESS)
         while not self._stopping.is_set():
             try:
                 worked = self.run_once()
@@ -129,11 +127,15 @@ class BackgroundEmbedder:
     def run_once(self) -> bool:
         """Embed waiting texts for about `save_seconds` and store their vectors; returns
         whether there was anything to do."""
+        with self._locks.reading():
+            done, total = self._kb.embedding_progress()  # counted again only after a write
+        if done == total:
+            return False
         computed: dict[str, Vectors] = {}
         started = time.monotonic()
         while not self._stopping.is_set() and time.monotonic() - started < self._save_seconds:
             with self._locks.reading():
-                work = self._kb.texts_to_embed(self._kb.settings.embed_batch, self._after)
+                work = self._kb.texts_to_embed(self._batch, self._after)
             if work is None:
                 if self._after == 0:
                     break

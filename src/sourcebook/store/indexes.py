@@ -16,20 +16,47 @@ import os
 import threading
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tantivy
 from numpy.typing import NDArray
 
-# isort: off
-from sourcebook import _cxx_runtime  # noqa: F401  (before usearch: see its docstring)
-from usearch.index import Index
-
-# isort: on
+# the system libstdc++ must be loaded before usearch is (see its docstring); an import
+# inside `_usearch_index` would be sorted after usearch's by the import sorter
+from sourcebook import _cxx_runtime  # noqa: F401
 from sourcebook.faults import crash_point
 from sourcebook.index.embedders import Vectors
 
+if TYPE_CHECKING:
+    from usearch.index import Index
+
 ScoredIds = list[tuple[int, float]]
+
+
+def _usearch_index() -> type[Index]:
+    """usearch's Index class, imported on first use (a command that only reads the
+    store's records, such as `status`, never loads it)."""
+    from usearch.index import Index
+
+    return Index
+
+
+def keyword_watermark(folder: Path) -> int:
+    """The last change the keyword index in `folder` holds, without opening it."""
+    return _read_watermark(folder / KEYWORD_STATE)
+
+
+def vector_watermark(path: Path) -> int:
+    """The last change the vector index file holds, without opening it."""
+    return _read_watermark(_vector_state(path)) if path.exists() else 0
+
+
+KEYWORD_STATE = "sourcebook-state.json"
+
+
+def _vector_state(path: Path) -> Path:
+    return path.with_name(path.name + ".state.json")
 
 
 def _read_watermark(path: Path) -> int:
@@ -56,7 +83,7 @@ class KeywordIndex:
         builder.add_text_field("tokens", tokenizer_name="whitespace", index_option="freq")
         self._schema = builder.build()
         self._index = tantivy.Index(self._schema, path=str(folder), reuse=True)
-        self._state = folder / "sourcebook-state.json"
+        self._state = folder / KEYWORD_STATE
         self._writer: tantivy.IndexWriter | None = None
 
     @property
@@ -162,7 +189,7 @@ class VectorIndex:
         self, path: Path, dim: int, exact_below: int = 20_000, matrix_max: int = MATRIX_MAX
     ) -> None:
         self._path = path
-        self._state = path.with_name(path.name + ".state.json")
+        self._state = _vector_state(path)
         self._dim = dim
         self._exact_below = exact_below
         self._matrix_max = matrix_max
@@ -198,11 +225,11 @@ class VectorIndex:
     def _open(self, view: bool) -> Index:
         self._opened = self._file_identity()
         if self._path.exists():
-            restored = Index.restore(str(self._path), view=view)
+            restored = _usearch_index().restore(str(self._path), view=view)
             if restored is not None and restored.ndim == self._dim:
                 return restored
         self._writable = True
-        return Index(
+        return _usearch_index()(
             ndim=self._dim,
             metric="cos",
             dtype="f16",
@@ -237,7 +264,7 @@ class VectorIndex:
 
     def clear(self) -> None:
         self._matrix = None
-        self._index = Index(
+        self._index = _usearch_index()(
             ndim=self._dim,
             metric="cos",
             dtype="f16",

@@ -12,6 +12,7 @@ tantivy term-set clause; the vector search scores only the chunks of those docum
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,7 +21,12 @@ import numpy as np
 from sourcebook.faults import crash_point
 from sourcebook.index.embedders import Vectors
 from sourcebook.store.base import ChunkLayout, IndexEntry, ScoredIds, SearchScope
-from sourcebook.store.indexes import KeywordIndex, VectorIndex
+from sourcebook.store.indexes import (
+    KeywordIndex,
+    VectorIndex,
+    keyword_watermark,
+    vector_watermark,
+)
 
 
 class LocalSearchIndex:
@@ -42,13 +48,42 @@ class LocalSearchIndex:
         documents scores the chunks of those."""
         self.folder = folder
         self._layout = layout
+        self._dim = dim
         self._exact_below = exact_vector_search_below
-        self._keyword = KeywordIndex(folder / "bm25")
-        self._vectors = VectorIndex(folder / "vectors.usearch", dim, exact_vector_search_below)
+        # the indexes open on first use: reading records and counts (`status`) needs
+        # neither; until then their watermarks are read from their state files
+        self._keyword_index: KeywordIndex | None = None
+        self._vector_index: VectorIndex | None = None
+        self._opening = threading.Lock()
+
+    @property
+    def _keyword(self) -> KeywordIndex:
+        with self._opening:
+            if self._keyword_index is None:
+                self._keyword_index = KeywordIndex(self.folder / "bm25")
+            return self._keyword_index
+
+    @property
+    def _vectors(self) -> VectorIndex:
+        with self._opening:
+            if self._vector_index is None:
+                path = self.folder / "vectors.usearch"
+                self._vector_index = VectorIndex(path, self._dim, self._exact_below)
+            return self._vector_index
 
     def watermark(self) -> int:
         """The change-log position both indexes have durably applied."""
-        return min(self._keyword.watermark, self._vectors.watermark)
+        keyword = (
+            self._keyword_index.watermark
+            if self._keyword_index is not None
+            else keyword_watermark(self.folder / "bm25")
+        )
+        vector = (
+            self._vector_index.watermark
+            if self._vector_index is not None
+            else vector_watermark(self.folder / "vectors.usearch")
+        )
+        return min(keyword, vector)
 
     def upsert(self, entries: Sequence[IndexEntry]) -> None:
         for entry in entries:
@@ -74,13 +109,19 @@ class LocalSearchIndex:
     def reset_vectors(self, dim: int) -> None:
         """A new embedding model: an empty vector index of its dimension (refilled from
         the change log by the flush that follows)."""
-        self._vectors = VectorIndex(self.folder / "vectors.usearch", dim, self._exact_below)
-        self._vectors.clear()
+        self._dim = dim
+        with self._opening:
+            path = self.folder / "vectors.usearch"
+            self._vector_index = VectorIndex(path, dim, self._exact_below)
+        self._vector_index.clear()
 
     def follow(self) -> None:
-        """See what another process committed (its generation moved)."""
-        self._keyword.reload()
-        self._vectors.follow()
+        """See what another process committed (its generation moved); an index not
+        opened yet opens the newest files when it is."""
+        if self._keyword_index is not None:
+            self._keyword_index.reload()
+        if self._vector_index is not None:
+            self._vector_index.follow()
 
     def keyword_search(
         self, tokens: Sequence[str], limit: int, scope: SearchScope | None = None

@@ -299,10 +299,10 @@ class SQLRecords(ABC):
                 chunks, index_texts, hashes, given, strict=True
             ):
                 pages = page_range(record.pages, chunk)
-                chunk_row = self._db.execute(
+                self._db.execute(
                     "INSERT INTO chunks (doc_id, ordinal, text, heading_path, char_start, char_end,"
                     " line_start, line_end, page_start, page_end, text_hash, tokens)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         doc_id,
                         chunk.ordinal,
@@ -317,16 +317,18 @@ class SQLRecords(ABC):
                         digest,
                         " ".join(analyze(index_text)),
                     ),
-                ).fetchone()
-                assert chunk_row is not None
+                )
                 if vector is not None:
                     self._db.execute(
                         "INSERT INTO vectors VALUES (?, ?) ON CONFLICT (text_hash) DO NOTHING",
                         (digest, np.asarray(vector, dtype=np.float32).tobytes()),
                     )
-                self._db.execute(
-                    "INSERT INTO change_log (chunk_id, op) VALUES (?, 'add')", (chunk_row[0],)
-                )
+            # every chunk of the document is new: one statement logs them all
+            self._db.execute(
+                "INSERT INTO change_log (chunk_id, op) SELECT id, 'add' FROM chunks"
+                " WHERE doc_id = ? ORDER BY id",
+                (doc_id,),
+            )
 
     def remove_document(self, path: str) -> bool:
         with self._transaction():

@@ -1,17 +1,15 @@
 """Offline OCR behind one protocol: an image in, lines of text with their boxes out.
 
-Two engines were compared on rendered Chinese and English pages (benchmarks/RESULTS.md,
-"Issue 14"): RapidOCR (PP-OCRv4 on ONNX Runtime, models inside the `rapidocr-onnxruntime`
-wheel, extra `sourcebook[ocr]`) is the default; Tesseract (Debian `tesseract-ocr` with
-`chi_sim`, through `pytesseract`) is used when it is the one installed or when
-`SOURCEBOOK_OCR=tesseract`. Without either, files that need OCR are reported, not indexed
-empty.
+RapidOCR (PP-OCRv4 on ONNX Runtime, its models inside the `rapidocr-onnxruntime` wheel,
+extra `sourcebook[ocr]`) was chosen over Tesseract 5 with `chi_sim` by measurement on
+rendered Chinese, English and mixed pages (benchmarks/RESULTS.md, "Issue 14": more accurate
+on Chinese and mixed text, faster, and a pip install with nothing from Debian). Without it,
+files that need OCR are reported, not indexed empty.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -46,9 +44,6 @@ class OcrEngine(Protocol):
         ...
 
 
-_CJK_SPACE = re.compile(r"(?<=[\u3000-\u9fff\uff00-\uffef]) +(?=[\u3000-\u9fff\uff00-\uffef])")
-
-
 class RapidOcrEngine:
     """PP-OCRv4 detection + recognition (Chinese and English in one model)."""
 
@@ -77,45 +72,6 @@ class RapidOcrEngine:
         return _in_reading_order([line for line in lines if line.text])
 
 
-class TesseractEngine:
-    """Tesseract 5 with the simplified-Chinese and English models."""
-
-    name = "tesseract"
-
-    def __init__(self) -> None:
-        import pytesseract
-
-        try:
-            languages = set(pytesseract.get_languages())
-        except (pytesseract.TesseractNotFoundError, OSError) as exc:
-            raise unavailable() from exc
-        self._lang = "+".join(lang for lang in ("chi_sim", "eng") if lang in languages) or "eng"
-
-    def read(self, image: Any) -> list[OcrLine]:
-        import pytesseract
-
-        data = pytesseract.image_to_data(
-            image, lang=self._lang, output_type=pytesseract.Output.DICT
-        )
-        width, height = image.size
-        grouped: dict[tuple[int, int, int], list[int]] = {}
-        for i, word in enumerate(data["text"]):
-            if str(word).strip():
-                key = (data["block_num"][i], data["par_num"][i], data["line_num"][i])
-                grouped.setdefault(key, []).append(i)
-        lines = []
-        for indices in grouped.values():
-            text = _CJK_SPACE.sub("", " ".join(str(data["text"][i]) for i in indices))
-            x0 = min(data["left"][i] for i in indices)
-            top = min(data["top"][i] for i in indices)
-            x1 = max(data["left"][i] + data["width"][i] for i in indices)
-            bottom = max(data["top"][i] + data["height"][i] for i in indices)
-            confidence = sum(float(data["conf"][i]) for i in indices) / len(indices) / 100
-            box = (x0 / width, top / height, x1 / width, bottom / height)
-            lines.append(OcrLine(text, _rounded(box), confidence))
-        return _in_reading_order(lines)
-
-
 def _rounded(box: tuple[float, float, float, float]) -> Box:
     x0, top, x1, bottom = box
     return (round(x0, 4), round(top, 4), round(x1, 4), round(bottom, 4))
@@ -134,7 +90,7 @@ def _in_reading_order(lines: list[OcrLine]) -> list[OcrLine]:
     return [line for row in rows for line in sorted(row, key=lambda line: line.box[0])]
 
 
-ENGINES = ("rapidocr", "tesseract")
+ENGINES = ("rapidocr",)
 
 
 @lru_cache(maxsize=4)
@@ -144,11 +100,6 @@ def _load(name: str) -> OcrEngine:
             return RapidOcrEngine()
         except ImportError as exc:
             raise unavailable() from exc
-    if name == "tesseract":
-        try:
-            return TesseractEngine()
-        except ImportError as exc:
-            raise unavailable() from exc
     raise OcrUnavailable(f"unknown OCR engine {name!r} (choose one of {', '.join(ENGINES)})")
 
 
@@ -156,14 +107,14 @@ _choice = "auto"
 
 
 def use_engine(name: str) -> None:
-    """Choose the engine (`Settings.ocr`: auto, rapidocr, tesseract or none)."""
+    """Choose the engine (`Settings.ocr`: auto, rapidocr or none)."""
     global _choice
     _choice = name.strip().lower()
 
 
 def ocr_engine() -> OcrEngine:
-    """The OCR engine in use: the one chosen (rapidocr, tesseract, or none), or with "auto"
-    the first one installed. Raises OcrUnavailable when there is none."""
+    """The OCR engine in use: the one chosen (rapidocr or none), or with "auto" the first
+    one installed. Raises OcrUnavailable when there is none."""
     choice = _choice
     if choice == "none":
         raise unavailable()

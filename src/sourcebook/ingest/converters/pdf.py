@@ -57,6 +57,7 @@ class _Item:
 
 def pdf(path: Path, data: bytes) -> ParsedDocument:
     import pdfplumber
+    import pypdfium2 as pdfium
     from pdfplumber.utils.exceptions import PdfminerException
 
     try:
@@ -70,6 +71,8 @@ def pdf(path: Path, data: bytes) -> ParsedDocument:
             items, reading = _read_pages(document, data)
         except PdfminerException as exc:
             raise _read_error(exc) from exc
+        except pdfium.PdfiumError as exc:  # PDFium refuses what pdfminer let through
+            raise ConversionError(f"corrupt PDF: {exc}") from exc
         metadata_title = document.metadata.get("Title")
     toc = _outline(data)
     parsed = _assemble(items, reading.sizes, toc, path.stem)
@@ -422,15 +425,7 @@ def _assemble(
     body = max(sizes, key=lambda s: sizes[s]) if sizes else 0.0
     levels = _heading_levels(items, body)
     toc_titles = {(page, _key(title)): level for level, title, page in toc}
-    kept = [
-        item
-        for item in items
-        if item.rows is not None
-        or (
-            item.text.strip()
-            and not (item.margin and (_key(item.text) in running or _PAGE_NUMBER.match(item.text)))
-        )
-    ]
+    kept = [item for item in items if item.rows is not None or _kept(item, running, body)]
     builder = TextBuilder()
     for item in _join_across_pages(kept, body):
         if item.rows is not None:
@@ -453,6 +448,17 @@ def _assemble(
             builder.add(item.text, item.page, item.page, item.box)
     parsed = builder.build(fallback, with_pages=True, with_sources=False)
     return parsed
+
+
+def _kept(item: _Item, running: set[str], body: float) -> bool:
+    """Not empty, not a page number, not a running header or footer. A margin line set
+    larger than the body ("第 3 节 Section 3" atop each page) is a heading, even repeated."""
+    text = item.text.strip()
+    if not text:
+        return False
+    if not item.margin or item.size >= body * 1.15:
+        return True
+    return _key(text) not in running and not _PAGE_NUMBER.match(text)
 
 
 def _join_across_pages(items: list[_Item], body: float) -> list[_Item]:

@@ -24,7 +24,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from sourcebook.literals import AnswerMode
-from sourcebook.text import markdown_as_text, printable
+from sourcebook.text import as_read, printable
 
 if TYPE_CHECKING:
     from sourcebook.kb import KnowledgeBase
@@ -66,6 +66,26 @@ app = command_group(
     "Sourcebook: ask your own notes (Chinese, English or both), get cited answers.",
     no_args_is_help=True,
 )
+
+
+@app.callback()
+def _everywhere(
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="CPU threads for embedding and reranking [env: SOURCEBOOK_THREADS; "
+            "default: all cores]",
+        ),
+    ] = None,
+) -> None:
+    """Sourcebook: ask your own notes (Chinese, English or both), get cited answers."""
+    if threads is not None:
+        # every command reads its settings from the environment (Settings())
+        os.environ["SOURCEBOOK_THREADS"] = str(threads)
+
+
 # Piped or redirected, lines are not wrapped at all (rich's default is 80 columns, which
 # splits quotes mid-word in a file); in a terminal rich wraps at word boundaries.
 console = Console(soft_wrap=not sys.stdout.isatty())
@@ -312,15 +332,28 @@ def summary(report: SyncReport) -> str:
         + (f", {len(report.skipped)} skipped (unsupported type)" if report.skipped else "")
     )
     embedded = min(report.chunks_embedded, report.chunks_added)
-    cached = report.chunks_added - embedded
+    waiting = min(report.chunks_waiting, report.chunks_added - embedded)
+    cached = report.chunks_added - embedded - waiting
     if not report.chunks_added:
         origin = ""
-    elif not cached:
+    elif embedded == report.chunks_added:
         origin = " (all embedded now)"
-    elif not embedded:
+    elif cached == report.chunks_added:
         origin = " (all from the embedding cache)"
     else:
-        origin = f" ({embedded} embedded now, {cached} from the embedding cache)"
+        origin = (
+            " ("
+            + ", ".join(
+                f"{count} {what}"
+                for count, what in (
+                    (embedded, "embedded now"),
+                    (cached, "from the embedding cache"),
+                    (waiting, "keyword-searchable, waiting for their vectors"),
+                )
+                if count
+            )
+            + ")"
+        )
     chunks = (
         f"[bold]chunks[/]: {report.chunks_added} added{origin}, "
         f"{report.chunks_removed} removed  {seconds}"
@@ -388,15 +421,10 @@ def print_answer(answer: Answer, streamed: str = "") -> None:
             console.print("    " + escape(snippet(hit)))
 
 
-# converters that write Markdown structure (headings, fences, table pipes) into the text
-_MARKDOWN_SHAPED = {"markdown", "pdf", "html", "docx", "pptx", "notebook", "epub", "sheet"}
-
-
 def snippet(hit: SearchHit, query: str = "", width: int = 160) -> str:
-    """A hit's text on one line, Markdown rendered as text, starting at the first line that
-    holds the most query terms (so the words searched for are on screen)."""
-    text = markdown_as_text(hit.text) if hit.kind in _MARKDOWN_SHAPED else hit.text
-    lines = [line for line in text.split("\n") if line.strip()]
+    """A hit's text on one line as its document reads rendered, starting at the first line
+    that holds the most query terms (so the words searched for are on screen)."""
+    lines = [line for line in as_read(hit.text, hit.kind).split("\n") if line.strip()]
     if query and lines:
         from sourcebook.index.analyzer import analyze  # loaded already by the search
 

@@ -44,7 +44,11 @@ WaitOption = Annotated[
 def init(
     kb: KbOption = None,
     model: Annotated[
-        str | None, typer.Option(help=f"embedding model: {', '.join(EMBEDDER_NAMES)}")
+        str | None,
+        typer.Option(
+            help=f"embedding model: {', '.join(EMBEDDER_NAMES)}, or server:MODEL "
+            "(an OpenAI-compatible endpoint, SOURCEBOOK_EMBED_BASE_URL)"
+        ),
     ] = None,
     database: Annotated[
         str | None,

@@ -222,7 +222,14 @@ def routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRouter:
         "/documents/{doc_id}/pages/{page}",
         response_class=Response,
         tags=["documents"],
-        responses={200: {"content": {"image/png": {}}}, **NOT_FOUND, **BAD_INPUT},
+        responses={
+            200: {
+                "description": "the page as a PNG image",
+                "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+            },
+            **NOT_FOUND,
+            **BAD_INPUT,
+        },
     )
     def document_page(
         doc_id: int,
