@@ -24,9 +24,9 @@ def open_image(data: bytes) -> object:
     except UnidentifiedImageError:
         raise ConversionError("unreadable image: truncated, corrupt or not an image") from None
     except Image.DecompressionBombError as exc:
-        raise ConversionError(f"image too large: {exc}") from None
+        raise ConversionError(f"unreadable image (too large): {exc}") from None
     except (OSError, ValueError) as exc:  # truncated or corrupt data
-        raise ConversionError(f"corrupt or truncated image: {exc}") from None
+        raise ConversionError(f"unreadable image (corrupt or truncated): {exc}") from None
     return image
 
 
