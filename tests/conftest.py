@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from kb_copy import copy_knowledge_base
 from sourcebook import KnowledgeBase, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ def kb_copy(notes_kb: KnowledgeBase, tmp_path: Path) -> Iterator[tuple[Knowledge
     """
     notes = tmp_path / "notes"
     shutil.copytree(NOTES, notes)
-    shutil.copytree(notes_kb.path, tmp_path / "kb", ignore=shutil.ignore_patterns("write.lock"))
+    copy_knowledge_base(notes_kb.path, tmp_path / "kb")
     kb = KnowledgeBase(tmp_path / "kb", Settings(kb=tmp_path / "kb"))
     for source in kb.status().sources:
         kb.remove([source])

@@ -9,6 +9,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from kb_copy import copy_knowledge_base
 from sourcebook import KnowledgeBase, Settings
 
 NOTES = Path(__file__).resolve().parents[1] / "examples" / "notes"
@@ -56,7 +57,7 @@ def build_team(base: Path, notes_kb: KnowledgeBase) -> Team:
     (notes / "hr" / "salary.md").write_text(HR_NOTE, encoding="utf-8")
     (notes / "finance").mkdir()
     (notes / "finance" / "budget.md").write_text(FINANCE_NOTE, encoding="utf-8")
-    shutil.copytree(notes_kb.path, base / "kb", ignore=shutil.ignore_patterns("write.lock"))
+    copy_knowledge_base(notes_kb.path, base / "kb")
     kb = KnowledgeBase(base / "kb", Settings(kb=base / "kb"))
     for source in kb.status().sources:
         kb.remove([source])
