@@ -17,6 +17,7 @@ from sourcebook import KnowledgeBase, Settings
 from sourcebook.answer.bilingual import glossary, greek_variants
 from sourcebook.answer.extractive import _parts, _subject
 from sourcebook.answer.units import AnswerUnit, answer_units, display_length
+from sourcebook.evaluation.datasets import load_named
 from sourcebook.ingest.pipeline import TEXT_VERSION
 
 NOTE = """## 版本对应
@@ -272,6 +273,38 @@ def test_a_question_about_the_lead_in_gets_the_whole_list(
 def test_an_empty_bullet_is_never_the_answer(written_kb: tuple[KnowledgeBase, Path]) -> None:
     answer = written_kb[0].ask("SD3.5 是什么？")
     assert all("SD3.5" not in q for c in answer.citations for q in c.quotes)
+
+
+# --- encyclopaedia paragraphs (CMRC 2018): the fact is rarely in the first sentence ---------
+
+
+@pytest.fixture(scope="module")
+def encyclopaedia_kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KnowledgeBase]:
+    base = tmp_path_factory.mktemp("cmrc")
+    folder = base / "paragraphs"
+    folder.mkdir()
+    titles = {"海宁西站", "波斯黇鹿", "鑫诺一号通信卫星", "底特律圣公会三一堂"}
+    for document in load_named("cmrc2018").documents:
+        if document.title in titles:
+            path = folder / f"{document.id}.md"
+            path.write_text(f"# {document.title}\n\n{document.text}\n", encoding="utf-8")
+    kb = KnowledgeBase.create(base / "kb", Settings(kb=base / "kb"))
+    kb.add([folder])
+    yield kb
+    kb.close()
+
+
+@pytest.mark.parametrize(
+    ("question", "fact"),
+    [("海宁西站哪一年启用？", "2010年"), ("波斯黇鹿现存多少头？", "650头")],
+)
+def test_a_later_sentence_reads_under_its_heading(
+    encyclopaedia_kb: KnowledgeBase, question: str, fact: str
+) -> None:
+    # "牠们…只余下650头" does not name the deer: the heading does, for every sentence of the
+    # paragraph, not only for the definition on its first line
+    answer = encyclopaedia_kb.ask(question)
+    assert answer.found and fact in answer.text, answer.text
 
 
 # --- cross-language questions over the bundled notes (real model) ---------------------------

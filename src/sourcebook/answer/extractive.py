@@ -180,7 +180,10 @@ class ExtractiveAnswerer:
         for index, hit in enumerate(hits):
             for unit in answer_units(hit.text):
                 text = normalize(unit.text(hit.text))
-                matched = f"{unit.heading}\n{text}" if unit.heading else text
+                # every unit of a section reads in the context of its heading, not only the
+                # first line under it ("普朗特生于…" and "他卒于1953年" are both about him)
+                section = unit.section or (hit.heading_path[-1] if hit.heading_path else "")
+                matched = f"{normalize(section)}\n{text}" if section else text
                 tokens = frozenset(analyze(matched))
                 coverage = (
                     sum(

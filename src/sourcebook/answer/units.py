@@ -61,7 +61,8 @@ class AnswerUnit:
     are quoted; `main` is the span that carries the answer, the others give its context
     (table header, list lead-in, code comment). `block` numbers the paragraph, list,
     table or code block the unit belongs to, `position` orders units in the text.
-    `heading` is the heading right above a unit that is the first line under it."""
+    `heading` is the heading right above a unit that is the first line under it;
+    `section` the heading of the section the unit is in, as far as the chunk shows it."""
 
     kind: UnitKind
     spans: tuple[tuple[int, int], ...]
@@ -69,6 +70,7 @@ class AnswerUnit:
     block: int
     position: int
     heading: str = ""
+    section: str = ""
     conclusion: bool = False  # starts with 所以/因此/so: its reason is worth quoting too
     open_clause: bool = False  # ends with "；"/";": the next clause continues the point
     introduces: bool = False  # ends with "：/:": what follows (a list, a formula) is the point
@@ -94,7 +96,7 @@ def answer_units(text: str) -> list[AnswerUnit]:
     while i < len(lines):
         line = lines[i]
         if line.kind == "heading":
-            builder.heading = _heading_title(text[line.start : line.end])
+            builder.heading = builder.section = _heading_title(text[line.start : line.end])
             builder.last_sentence = None
             i += 1
         elif line.kind == "blank":
@@ -148,6 +150,7 @@ class _UnitBuilder:
         self.text = text
         self.units: list[AnswerUnit] = []
         self.heading = ""  # heading whose first line has not been seen yet
+        self.section = ""  # heading of the section being read
         self.blocks = 0
         # the last sentence of the paragraph just before a list: the list's lead-in
         self.last_sentence: tuple[int, int] | None = None
@@ -165,6 +168,7 @@ class _UnitBuilder:
                 block=self.blocks,
                 position=main[0],
                 heading=self.heading,
+                section=self.section,
                 conclusion=bool(_CONCLUSION.match(main_text.lstrip())),
                 open_clause=main_text.endswith(("；", ";")),
                 introduces=_ends_lead_in(main_text) and kind in ("sentence", "heading_line"),
