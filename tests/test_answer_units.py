@@ -15,7 +15,7 @@ import pytest
 
 from sourcebook import KnowledgeBase, Settings
 from sourcebook.answer.bilingual import glossary, greek_variants
-from sourcebook.answer.extractive import _parts, _subject
+from sourcebook.answer.extractive import _parts, _subject, _understand, _unknown_name
 from sourcebook.answer.units import AnswerUnit, answer_units, display_length
 from sourcebook.evaluation.datasets import load_named
 from sourcebook.ingest.pipeline import TEXT_VERSION
@@ -155,6 +155,23 @@ def test_that_is_why_is_a_conclusion() -> None:
     assert [u.conclusion for u in answer_units(text)] == [False, True]
 
 
+@pytest.mark.parametrize(
+    ("question", "absent", "unknown"),
+    [
+        ("OpenVINO 怎么配置？", {"openvino", "配置"}, "OpenVINO"),
+        ("How do I configure OpenVINO?", {"openvino"}, "OpenVINO"),
+        ("How do I configure Openvino?", {"openvino", "configur"}, ""),  # not written as a name
+        ("How much VRAM does LoRA save?", {"vram"}, ""),  # translated: 显存
+        ("What is the default beta2 of Adam?", {"beta2"}, ""),  # notes write β2
+        ("512x512 的图 latent 多大？", {"512x512"}, ""),  # one letter: not a name
+    ],
+)
+def test_a_name_is_unknown_only_without_any_spelling_in_the_notes(
+    question: str, absent: set[str], unknown: str
+) -> None:
+    assert _unknown_name(question, frozenset(absent), _understand(question, [])) == unknown
+
+
 def test_the_subject_of_a_definition_question() -> None:
     assert _subject("What is an IVF index?") == "ivf"
     assert _subject("HNSW 是什么？") == "hnsw"
@@ -268,6 +285,15 @@ def test_a_question_about_the_lead_in_gets_the_whole_list(
 ) -> None:
     text = _check_verbatim(written_kb[0], "召回不到的时候怎么排查？")
     assert "先看切块" in text and "查询改写" in text and "向量模型要用多语言的" in text
+
+
+def test_a_name_the_notes_never_mention_is_refused(
+    written_kb: tuple[KnowledgeBase, Path],
+) -> None:
+    # the table answers "which CUDA for onnxruntime", not for OpenVINO, which no note names
+    answer = written_kb[0].ask("OpenVINO 要哪个版本的 CUDA 和 cuDNN？")
+    assert not answer.found and answer.signals.get("unknown_name") == 1.0
+    assert written_kb[0].ask("onnxruntime 1.17.0 要哪个版本的 CUDA？").found
 
 
 def test_an_empty_bullet_is_never_the_answer(written_kb: tuple[KnowledgeBase, Path]) -> None:

@@ -560,7 +560,10 @@ class KnowledgeBase:
         )
         idf = idf_weights(total, frequencies)
         deadline.check("answering")
-        future = self._answer_workers().submit(answerer.answer, question, query_vector, hits, idf)
+        absent = frozenset(term for term, count in frequencies.items() if count == 0)
+        future = self._answer_workers().submit(
+            answerer.answer, question, query_vector, hits, idf, absent
+        )
         try:
             return future.result(timeout=deadline.remaining())
         except FutureTimeout:

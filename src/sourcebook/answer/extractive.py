@@ -49,6 +49,9 @@ _DEFINITION = re.compile(
     r"|^\s*什么是\s*(?P<zh2>[^？?]+?)\s*[?？]?\s*$)",
     re.IGNORECASE,
 )
+# A name as people write one: "OpenVINO", "SGLang", "HQQ", "GPT4o" (a capital after the
+# first letter, or letters and digits together), at least two letters.
+_WORD_PIECE = re.compile(r"[A-Za-z0-9+]+")
 _CN_JOINERS = frozenset({"、", "和", "与", "及", "以及", "跟", "还是"})
 _CONNECTIVES = {"and", "or", "vs", "vs.", "what", "is", "are", "the", "of", "how", "why"}
 
@@ -109,8 +112,15 @@ class ExtractiveAnswerer:
         query_vector: Vectors,
         hits: Sequence[SearchHit],
         idf: dict[str, float],
+        absent: frozenset[str] = frozenset(),
     ) -> Answer:
+        """`absent`: question terms the knowledge base holds nowhere (document frequency
+        0): a question about a name the notes never mention is refused outright."""
         asked = _understand(question, hits)
+        unknown = _unknown_name(question, absent, asked)
+        if unknown:
+            signals = {**dict.fromkeys(SIGNALS, 0.0), "unknown_name": 1.0}
+            return self._not_found(question, asked.language, hits, 0.0, signals)
         candidates = self._candidates(asked, query_vector, hits, idf)
         best = max(
             (c for c in candidates if c.unit.kind != "list" or asked.several),
@@ -472,6 +482,35 @@ def _understand(question: str, hits: Sequence[SearchHit]) -> _Question:
         several=bool(_SEVERAL.search(normalized)) or len(_parts(normalized)) > 1,
         subject=_subject(normalized),
     )
+
+
+def _unknown_name(question: str, absent: frozenset[str], asked: _Question) -> str:
+    """A name in the question ("OpenVINO") that no note contains in any spelling, or "".
+
+    Ordinary words are left to the judge (a paraphrase or the other language may say
+    them), and so are names with a known translation ("VRAM" is 显存 in Chinese notes,
+    beta2 is β2)."""
+    if not absent:
+        return ""
+    dictionary = glossary()
+    pieces: list[str] = _WORD_PIECE.findall(question)
+    for piece in pieces:
+        letters = sum(c.isalpha() for c in piece)
+        named = any(c.isupper() for c in piece[1:]) or (
+            any(c.isdigit() for c in piece) and letters > 0
+        )
+        if letters < 2 or not named:
+            continue
+        terms = analyze(piece)
+        if not terms or not all(t in absent for t in terms):
+            continue
+        if any(
+            greek_variants(t) or asked.variants.get(t) or (dictionary and dictionary.variants(t))
+            for t in terms
+        ):
+            continue
+        return piece
+    return ""
 
 
 def _subject(question: str) -> str:
