@@ -162,6 +162,7 @@ def test_that_is_why_is_a_conclusion() -> None:
         ("How do I configure OpenVINO?", {"openvino"}, "OpenVINO"),
         ("How do I configure Openvino?", {"openvino", "configur"}, ""),  # not written as a name
         ("How much VRAM does LoRA save?", {"vram"}, ""),  # translated: 显存
+        ("How does DDP sync GPUs?", {"gpus"}, ""),  # GPU: 显卡
         ("What is the default beta2 of Adam?", {"beta2"}, ""),  # notes write β2
         ("512x512 的图 latent 多大？", {"512x512"}, ""),  # one letter: not a name
     ],

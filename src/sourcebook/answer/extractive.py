@@ -52,6 +52,7 @@ _DEFINITION = re.compile(
 # A name as people write one: "OpenVINO", "SGLang", "HQQ", "GPT4o" (a capital after the
 # first letter, or letters and digits together), at least two letters.
 _WORD_PIECE = re.compile(r"[A-Za-z0-9+]+")
+_PLURAL_ACRONYM = re.compile(r"^[A-Z0-9]{2,}s$")
 _CN_JOINERS = frozenset({"、", "和", "与", "及", "以及", "跟", "还是"})
 _CONNECTIVES = {"and", "or", "vs", "vs.", "what", "is", "are", "the", "of", "how", "why"}
 
@@ -501,7 +502,9 @@ def _unknown_name(question: str, absent: frozenset[str], asked: _Question) -> st
         )
         if letters < 2 or not named:
             continue
-        terms = analyze(piece)
+        # "GPUs" is the plural of a word the notes may hold ("GPU" → 显卡)
+        singular = piece[:-1] if _PLURAL_ACRONYM.match(piece) else piece
+        terms = analyze(piece) + analyze(singular)
         if not terms or not all(t in absent for t in terms):
             continue
         if any(
