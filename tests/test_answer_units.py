@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from sourcebook import KnowledgeBase, Settings
-from sourcebook.answer.bilingual import glossary, greek_variants
 from sourcebook.answer.extractive import _parts, _subject, _understand, _unknown_name
 from sourcebook.answer.units import AnswerUnit, answer_units, display_length
 from sourcebook.evaluation.datasets import load_named
+from sourcebook.index.bilingual import glossary, greek_variants
 from sourcebook.ingest.pipeline import TEXT_VERSION
 
 NOTE = """## 版本对应

@@ -47,6 +47,18 @@ def test_features_see_coverage_numbers_and_headings() -> None:
     assert rows[0, column["heading_coverage"]] > 0
 
 
+def test_coverage_counts_a_question_term_found_in_the_other_language() -> None:
+    # "memory" is 显存 in Chinese notes: without it both chunks cover only "LoRA"
+    hits = [
+        hit(1, "LoRA 冻结了原始权重，所以省下了梯度和优化器状态的显存。", 1.0, 0.8),
+        hit(2, "LoRA 的秩 r 一般取 8 或 16。", 1.0, 0.8),
+    ]
+    idf = {"much": 0.5, "memori": 2.0, "lora": 1.0, "save": 1.0}
+    rows = feature_matrix("How much memory does LoRA save?", hits, idf)
+    column = FEATURES.index("coverage")
+    assert rows[0, column] > rows[1, column]
+
+
 def test_reranked_search_keeps_the_right_note_first(notes_kb: KnowledgeBase) -> None:
     base = notes_kb.settings
     notes_kb.settings = base.model_copy(update={"reranker": "learned"})

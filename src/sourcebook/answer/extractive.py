@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 
 import rjieba
 
-from sourcebook.answer.bilingual import glossary, greek_variants
 from sourcebook.answer.calibration import SIGNALS, Judge
 from sourcebook.answer.units import AnswerUnit, answer_units, display_length, quote_text
 from sourcebook.index.analyzer import analyze
+from sourcebook.index.bilingual import glossary, greek_variants
 from sourcebook.index.embedders import Embedder, Vectors
 from sourcebook.models import Answer, Citation, Language, SearchHit
 from sourcebook.text import is_chinese, normalize

@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sourcebook.index.analyzer import analyze
+from sourcebook.index.bilingual import term_variants
 from sourcebook.ingest.chunker import chunk_context
 from sourcebook.models import SearchHit
 from sourcebook.text import normalize
@@ -63,6 +64,9 @@ class QueryFeatures:
     terms: list[str]
     bigrams: set[tuple[str, str]]
     numbers: set[str]
+    # each term's tokens in the other language ("global" → 全局): an English question
+    # over Chinese notes finds its terms there too
+    variants: dict[str, set[str]]
 
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -70,10 +74,13 @@ _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 def query_features(question: str) -> QueryFeatures:
     tokens = analyze(question)
+    terms = list(dict.fromkeys(tokens))
+    variants = {t: {x for w in term_variants(t) for x in analyze(w)} for t in terms}
     return QueryFeatures(
-        terms=list(dict.fromkeys(tokens)),
+        terms=terms,
         bigrams=set(itertools.pairwise(tokens)),
         numbers=set(_NUMBER.findall(question)),
+        variants={t: v for t, v in variants.items() if v},
     )
 
 
@@ -89,6 +96,7 @@ def feature_matrix(
     for i, hit in enumerate(hits):
         tokens = text_tokens(hit)
         present = set(tokens)
+        present |= {t for t, other in query.variants.items() if other & present}
         heading = set(analyze(" ".join([hit.title, *hit.heading_path])))
         pairs = set(itertools.pairwise(tokens))
         dense = hit.scores.get("dense", 0.0)

@@ -97,6 +97,16 @@ def _tech_terms() -> Glossary:
     )
 
 
+def term_variants(term: str, most: int = 2) -> tuple[str, ...]:
+    """A term's first `most` spellings in the other language (Greek letters, then the
+    dictionaries; none without them): few, because each further one is less often what
+    the notes mean and more often a chance match."""
+    found = greek_variants(term)
+    if not found and (dictionary := glossary()) is not None:
+        found = dictionary.variants(term)
+    return found[:most]
+
+
 def greek_variants(term: str) -> tuple[str, ...]:
     """beta2 ↔ β2, lambda ↔ λ: notes write the letter, questions often spell it."""
     match = _GREEK_TERM.match(term)
