@@ -39,3 +39,9 @@ def test_analyzer_segments_stems_and_drops_stop_words() -> None:
     assert "lora" in tokens and "显存" in tokens and "减少" in tokens
     assert "embed" in tokens and "normal" in tokens  # Snowball stems
     assert "the" not in tokens and "为什么" not in tokens
+
+
+def test_the_plural_of_an_acronym_is_the_acronym() -> None:
+    # a question about "GPUs" finds the note that says "GPU" (the stemmer keeps "gpus")
+    assert analyze("How many GPUs? LLMs and CPUs") == ["mani", "gpu", "llm", "cpu"]
+    assert analyze("Ms Smith uses 2s") == ["ms", "smith", "use", "2s"]

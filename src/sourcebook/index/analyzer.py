@@ -20,6 +20,8 @@ _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 # indexed whole as well as by their parts, so an exact mention ranks first.
 _COMPOUND = re.compile(r"^[^\W_]+(?:[._\-][^\W_]+)+$", re.UNICODE)
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+# "GPUs", "LLMs": the plural of an acronym is the acronym (the stemmer keeps "gpus")
+_PLURAL_ACRONYM = re.compile(r"^[A-Z][A-Z0-9]+s$")
 
 # Short lists on purpose: common function words only, so that queries such as
 # "what is the KV cache" keep their content words and nothing else.
@@ -71,6 +73,8 @@ def stem_word(word: str) -> str:
 def _normalize_word(word: str) -> str:
     if _CJK.search(word):
         return "" if word in CHINESE_STOPWORDS else word
+    if _PLURAL_ACRONYM.match(word):
+        word = word[:-1]
     lower = word.lower()
     if lower in ENGLISH_STOPWORDS:
         return ""

@@ -27,10 +27,11 @@ from sourcebook.store.embedded import DocumentRecord
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, current path)
 
-# What converters store: "2" = the file's own characters (NFKC only for matching); a store
-# written before holds NFKC text, so its documents are converted again by the next `sync`
-# even where the file did not change.
-TEXT_VERSION = "2"
+# What converters and the analyzer store: "2" = the file's own characters (NFKC only for
+# matching); "3" = keyword tokens with plural acronyms as the acronym ("GPUs" → gpu). A
+# store written before is converted and tokenised again by the next `sync` even where the
+# file did not change (vectors come from the embedding cache).
+TEXT_VERSION = "3"
 
 
 @dataclass(frozen=True)
