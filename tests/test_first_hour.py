@@ -203,9 +203,12 @@ HEAVY = {
     "matplotlib", "xllamacpp",
 }  # fmt: skip
 # (pydantic is not among them: typer itself uses it to read the options)
-# what `status` needs to open the store and read its numbers (the indexes are not opened:
-# their watermarks are read from their state files)
-STATUS_NEEDS = {"numpy", "pydantic_settings", "tantivy"}
+# what `status` needs to open the store and read its numbers: the settings and the SQLite
+# records (the indexes are not opened: their watermarks are read from their state files,
+# so neither tantivy, usearch nor numpy is loaded)
+STATUS_NEEDS = {"pydantic_settings"}
+# `init` also checks the model's name and dimension in the embedders' registry (numpy)
+INIT_NEEDS = STATUS_NEEDS | {"numpy"}
 
 
 def loaded_by(*args: str) -> set[str]:
@@ -223,7 +226,7 @@ def test_help_imports_nothing_heavy() -> None:
 
 def test_status_imports_only_the_store(tmp_path: Path) -> None:
     kb = str(tmp_path / "kb")
-    assert loaded_by("init", "--kb", kb, "--model", "use-multilingual") <= STATUS_NEEDS
+    assert loaded_by("init", "--kb", kb, "--model", "use-multilingual") <= INIT_NEEDS
     loaded = loaded_by("status", "--kb", kb)
     assert loaded <= STATUS_NEEDS, loaded - STATUS_NEEDS
 

@@ -18,16 +18,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from sourcebook import deadline
-from sourcebook.index.analyzer import analyze
-from sourcebook.index.embedders import (
-    CachedEmbedder,
-    Embedder,
-    EmbedderOptions,
-    Vectors,
-    check_model_name,
-    get_embedder,
-    model_dimension,
-)
 from sourcebook.models import (
     Answer,
     AnswerEvent,
@@ -46,8 +36,9 @@ from sourcebook.store.backends import configured_backends, open_store, record_ba
 from sourcebook.store.embedded import Filters, StoreError, text_hash
 from sourcebook.text import normalize
 
-if TYPE_CHECKING:  # the answer, ingestion and retrieval stages load on first use (start-up)
+if TYPE_CHECKING:  # the models, answer, ingestion and retrieval stages load on first use
     from sourcebook.answer.llm import LLM
+    from sourcebook.index.embedders import CachedEmbedder, Embedder, Vectors
     from sourcebook.ingest.pipeline import Ingestor, ProgressCallback, Source
     from sourcebook.retrieve.rerank import Reranker
     from sourcebook.retrieve.retriever import HybridRetriever
@@ -162,12 +153,16 @@ class KnowledgeBase:
         return self._embedder
 
     def _load_embedder(self, name: str) -> Embedder:
+        from sourcebook.index.embedders import EmbedderOptions, get_embedder
+
         try:
             return get_embedder(name, EmbedderOptions.from_settings(self.settings))
         except (ValueError, RuntimeError) as error:  # unknown name, server down, no cache
             raise StoreError(str(error)) from error
 
     def _model_dimension(self, name: str) -> int:
+        from sourcebook.index.embedders import EmbedderOptions, check_model_name, model_dimension
+
         try:
             check_model_name(name)
             return model_dimension(name, EmbedderOptions.from_settings(self.settings))
@@ -185,6 +180,8 @@ class KnowledgeBase:
     def cached_embedder(self) -> CachedEmbedder:
         """The embedding model behind a cache of question and answer-sentence vectors
         (what every search and answer uses; ingestion uses `embedder`)."""
+        from sourcebook.index.embedders import CachedEmbedder
+
         if self._cached is None or self._cached.inner is not self.embedder:
             self._cached = CachedEmbedder(self.embedder)
         return self._cached
@@ -545,6 +542,7 @@ class KnowledgeBase:
     def _extractive(self, question: str, query_vector: Vectors, hits: list[SearchHit]) -> Answer:
         from sourcebook.answer.calibration import judge_for
         from sourcebook.answer.extractive import ExtractiveAnswerer
+        from sourcebook.index.analyzer import analyze
         from sourcebook.retrieve.rerank import idf_weights
 
         total, frequencies = self.store.keyword_statistics(analyze(question))

@@ -24,13 +24,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-import numpy as np
-from numpy.typing import NDArray
-
-from sourcebook.index.embedders import Vectors
 from sourcebook.models import Box, ChunkDraft, DocumentInfo, SearchHit
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy is loaded by the code that makes vectors, not by reading records
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from sourcebook.index.embedders import Vectors
     from sourcebook.store.access import AccessControl
 
 SCHEMA_VERSION = 1

@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sourcebook.faults import crash_point
-from sourcebook.index.analyzer import analyze
-from sourcebook.index.embedders import Vectors
 from sourcebook.models import Box, ChunkDraft, DocumentInfo, SearchHit
 from sourcebook.store.access import AccessControl
 from sourcebook.store.base import (
@@ -28,6 +27,9 @@ from sourcebook.store.base import (
     SearchScope,
     StoreError,
 )
+
+if TYPE_CHECKING:
+    from sourcebook.index.embedders import Vectors
 
 # changes written between two flushes during a long ingest: keeps the index from falling
 # far behind (and a crash from costing a long replay)
@@ -328,6 +330,8 @@ class KnowledgeStore:
 
     def keyword_search(self, query: str, limit: int, scope: SearchScope | None = None) -> ScoredIds:
         self.follow_writers()
+        from sourcebook.index.analyzer import analyze  # Stemmer: for searches only
+
         return self.index.keyword_search(analyze(query), limit, scope)
 
     def vector_search(

@@ -12,7 +12,6 @@ changes an index has not seen. Every operation here is idempotent for that reaso
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import threading
 from collections.abc import Collection, Sequence
@@ -28,6 +27,12 @@ from numpy.typing import NDArray
 from sourcebook import _cxx_runtime  # noqa: F401
 from sourcebook.faults import crash_point
 from sourcebook.index.embedders import Vectors
+from sourcebook.store.watermarks import (
+    KEYWORD_STATE,
+    read_watermark,
+    vector_state,
+    write_watermark,
+)
 
 if TYPE_CHECKING:
     from usearch.index import Index
@@ -47,36 +52,6 @@ def _usearch_index() -> type[Index]:
     return Index
 
 
-def keyword_watermark(folder: Path) -> int:
-    """The last change the keyword index in `folder` holds, without opening it."""
-    return _read_watermark(folder / KEYWORD_STATE)
-
-
-def vector_watermark(path: Path) -> int:
-    """The last change the vector index file holds, without opening it."""
-    return _read_watermark(_vector_state(path)) if path.exists() else 0
-
-
-KEYWORD_STATE = "sourcebook-state.json"
-
-
-def _vector_state(path: Path) -> Path:
-    return path.with_name(path.name + ".state.json")
-
-
-def _read_watermark(path: Path) -> int:
-    try:
-        return int(json.loads(path.read_text())["watermark"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def _write_watermark(path: Path, watermark: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"watermark": watermark}))
-    os.replace(tmp, path)
-
-
 class KeywordIndex:
     """BM25 (tantivy's Okapi, k1=1.2, b=0.75) over whitespace-joined analysed tokens."""
 
@@ -93,7 +68,7 @@ class KeywordIndex:
 
     @property
     def watermark(self) -> int:
-        return _read_watermark(self._state)
+        return read_watermark(self._state)
 
     def upsert(self, chunk_id: int, doc_id: int, tokens: str) -> None:
         self.delete(chunk_id)
@@ -119,7 +94,7 @@ class KeywordIndex:
             self._writer.wait_merging_threads()
             self._writer = None
             crash_point("keyword.committed")
-        _write_watermark(self._state, watermark)
+        write_watermark(self._state, watermark)
         self._index.reload()
 
     def clear(self) -> None:
@@ -194,7 +169,7 @@ class VectorIndex:
         self, path: Path, dim: int, exact_below: int = 20_000, matrix_max: int = MATRIX_MAX
     ) -> None:
         self._path = path
-        self._state = _vector_state(path)
+        self._state = vector_state(path)
         self._dim = dim
         self._exact_below = exact_below
         self._matrix_max = matrix_max
@@ -208,7 +183,7 @@ class VectorIndex:
 
     @property
     def watermark(self) -> int:
-        return _read_watermark(self._state) if self._path.exists() else 0
+        return read_watermark(self._state) if self._path.exists() else 0
 
     def _file_identity(self) -> tuple[int, int] | None:
         try:
@@ -288,7 +263,7 @@ class VectorIndex:
             crash_point("vectors.saved")
             os.replace(tmp, self._path)
             self._dirty = False
-        _write_watermark(self._state, watermark)
+        write_watermark(self._state, watermark)
 
     def search(self, query: Vectors, limit: int, keys: Keys | None = None) -> ScoredIds:
         """Top `limit` by cosine; with `keys`, only among those chunks (scored exactly)."""

@@ -15,18 +15,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from sourcebook.faults import crash_point
-from sourcebook.index.embedders import Vectors
 from sourcebook.store.base import ChunkLayout, IndexEntry, ScoredIds, SearchScope
-from sourcebook.store.indexes import (
-    KeywordIndex,
-    VectorIndex,
-    keyword_watermark,
-    vector_watermark,
-)
+from sourcebook.store.watermarks import keyword_watermark, vector_watermark
+
+if TYPE_CHECKING:  # tantivy, usearch and numpy load when an index is opened (`indexes.py`)
+    from sourcebook.index.embedders import Vectors
+    from sourcebook.store.indexes import KeywordIndex, VectorIndex
 
 
 class LocalSearchIndex:
@@ -60,6 +57,8 @@ class LocalSearchIndex:
     def _keyword(self) -> KeywordIndex:
         with self._opening:
             if self._keyword_index is None:
+                from sourcebook.store.indexes import KeywordIndex
+
                 self._keyword_index = KeywordIndex(self.folder / "bm25")
             return self._keyword_index
 
@@ -67,6 +66,8 @@ class LocalSearchIndex:
     def _vectors(self) -> VectorIndex:
         with self._opening:
             if self._vector_index is None:
+                from sourcebook.store.indexes import VectorIndex
+
                 path = self.folder / "vectors.usearch"
                 self._vector_index = VectorIndex(path, self._dim, self._exact_below)
             return self._vector_index
@@ -86,6 +87,8 @@ class LocalSearchIndex:
         return min(keyword, vector)
 
     def upsert(self, entries: Sequence[IndexEntry]) -> None:
+        import numpy as np
+
         for entry in entries:
             self._keyword.upsert(entry.chunk_id, entry.doc_id, entry.tokens)
         embedded = [e for e in entries if e.vector is not None]
@@ -109,6 +112,8 @@ class LocalSearchIndex:
     def reset_vectors(self, dim: int) -> None:
         """A new embedding model: an empty vector index of its dimension (refilled from
         the change log by the flush that follows)."""
+        from sourcebook.store.indexes import VectorIndex
+
         self._dim = dim
         with self._opening:
             path = self.folder / "vectors.usearch"
@@ -134,6 +139,8 @@ class LocalSearchIndex:
     ) -> ScoredIds:
         if scope is None or scope.documents is None:
             return self._vectors.search(vector, limit)
+        import numpy as np
+
         layout = self._layout()
         wanted = np.asarray(scope.documents, dtype=np.int64)
         keys = layout.chunks[np.isin(layout.chunk_documents, wanted)]

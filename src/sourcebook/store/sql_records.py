@@ -14,12 +14,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from sourcebook.faults import crash_point
-from sourcebook.index.analyzer import analyze
-from sourcebook.index.embedders import Vectors
 from sourcebook.models import Box, ChunkDraft, DocumentInfo, SearchHit
 from sourcebook.store.access import AccessControl
 from sourcebook.store.base import (
@@ -37,6 +34,12 @@ from sourcebook.store.base import (
     text_hash,
 )
 from sourcebook.store.sql import Database
+
+if TYPE_CHECKING:
+    from sourcebook.index.embedders import Vectors
+
+# numpy (vectors, chunk layouts) and the analyzer (tokens) are imported by the methods
+# that use them: opening the records and reading counts (`status`) needs neither
 
 
 class SQLRecords(ABC):
@@ -155,6 +158,8 @@ class SQLRecords(ABC):
         return [(h, t, json.loads(p), x) for h, t, p, x in rows]
 
     def put_pending_vectors(self, vectors: dict[str, Vectors]) -> None:
+        import numpy as np
+
         with self._transaction():
             self._db.executemany(
                 "INSERT INTO pending_vectors VALUES (?, ?)"
@@ -259,6 +264,10 @@ class SQLRecords(ABC):
         are keyword-searchable at the next flush and get their vectors from the embedding
         cache, or later from `put_vectors` (see "Vectors filled in later").
         """
+        import numpy as np
+
+        from sourcebook.index.analyzer import analyze
+
         given: Sequence[Vectors | None] = [None] * len(chunks) if vectors is None else list(vectors)
         hashes = [text_hash(t) for t in index_texts]
         values = (
@@ -397,6 +406,8 @@ class SQLRecords(ABC):
         return int(row[0])
 
     def cached_vectors(self, text_hashes: Sequence[str]) -> dict[str, Vectors]:
+        import numpy as np
+
         found: dict[str, Vectors] = {}
         unique = list(dict.fromkeys(text_hashes))
         for start in range(0, len(unique), 500):
@@ -442,6 +453,8 @@ class SQLRecords(ABC):
         """Store the vectors of chunk texts (by text hash) and log every chunk using them
         for the vector index, in one transaction. A text no chunk uses any more (edited
         meanwhile) stays in the cache until `collect_garbage`."""
+        import numpy as np
+
         with self._transaction():
             self._db.executemany(
                 "INSERT INTO vectors VALUES (?, ?) ON CONFLICT (text_hash) DO NOTHING",
@@ -488,6 +501,8 @@ class SQLRecords(ABC):
 
     def index_entries(self, chunk_ids: Sequence[int]) -> list[IndexEntry]:
         """What the search index holds for these chunks (those that still exist)."""
+        import numpy as np
+
         entries: list[IndexEntry] = []
         for batch in batched(chunk_ids, 900):
             marks = ",".join("?" * len(batch))
@@ -536,6 +551,8 @@ class SQLRecords(ABC):
         """Which document each chunk belongs to, rebuilt after a change (~50 ms at 100k
         chunks; looking the chunks of the allowed documents up in SQLite instead cost
         ~40 ms per filtered search)."""
+        import numpy as np
+
         generation = self.generation()
         if self._layout is None or self._layout.generation != generation:
             rows = self._db.execute("SELECT id, doc_id FROM chunks").fetchall()
@@ -556,6 +573,8 @@ class SQLRecords(ABC):
         if not denied and not filters.has_metadata():
             return None  # a reader who may read everything searches the whole index
         if not filters.has_metadata():  # groups only: every document but the denied ones
+            import numpy as np
+
             documents = self.chunk_layout().documents
             allowed: list[int] = documents[~np.isin(documents, list(denied))].tolist()
             return allowed
