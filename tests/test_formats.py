@@ -13,6 +13,7 @@ import pytest
 
 from documents import ebook, notebook, scanned_pdf, slides, text_image, workbook
 from sourcebook.ingest.converters import ConversionError, convert, use_engine
+from sourcebook.retrieve.links import wiki_links
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +87,10 @@ def test_markdown_wiki_links_tags_and_footnotes() -> None:
     )
     doc = convert(Path("n.md"), note.encode())
     assert doc.tags == ["rag", "向量检索", "ml/rag"]
-    assert doc.links == ["LoRA 笔记", "KV Cache"]
+    assert [(t, shown) for _, t, shown, _ in wiki_links(doc.text)] == [
+        ("LoRA 笔记", "LoRA"),
+        ("KV Cache", "KV Cache"),
+    ]
     assert [(h.level, h.title) for h in doc.headings] == [(1, "检索"), (1, "Footnotes")]
     assert doc.text == note  # the note's own characters, unchanged
 

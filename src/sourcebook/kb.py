@@ -23,6 +23,7 @@ from sourcebook.models import (
     AnswerEvent,
     AnswerMode,
     DocumentInfo,
+    DocumentLink,
     InvalidInput,
     PageRegion,
     SearchHit,
@@ -676,6 +677,15 @@ class KnowledgeBase:
         start = max(1, line_start or 1)
         end = min(len(lines), line_end or len(lines))
         return "\n".join(lines[start - 1 : end])
+
+    def links(self, path: str | Path, groups: frozenset[str] | None = None) -> list[DocumentLink]:
+        """The wiki-links (`[[note]]`) of a document, each with the document it names, if
+        one is indexed (and, with `groups`, readable: a note the reader may not read is
+        not named either). `path` as added or absolute."""
+        from sourcebook.retrieve.links import resolve_links
+
+        text = self.document_text(path, groups=groups)  # KeyError when absent or unreadable
+        return resolve_links(text, self.resolve_path(path), self.documents(groups))
 
     def page_regions(
         self,

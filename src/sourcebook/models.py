@@ -51,7 +51,6 @@ class ParsedDocument:
     pages: list[int] | None = None  # per line of `text`, for PDFs
     boxes: list[Box | None] | None = None  # per line: where on its page it was read
     body_start: int = 0  # offset after front matter; nothing before it is chunked
-    links: list[str] = field(default_factory=list)  # wiki-links ([[note]]) to other notes
     images: list[str] = field(default_factory=list)  # images the document refers to
     # what was indexed only in part (pages without a text layer and no OCR installed, ...)
     warnings: list[str] = field(default_factory=list)
@@ -83,6 +82,19 @@ class DocumentInfo(BaseModel):
     content_hash: str
     size: int
     chunks: int
+
+
+class DocumentLink(BaseModel):
+    """A wiki-link (`[[note]]`) in a note, and the document it names if one is indexed
+    (and readable): `path` as added, `absolute_path`, `doc_id`; None when none is."""
+
+    line: int
+    target: str
+    text: str  # what the link shows: its alias, else the target
+    written: str  # the link as written in the note, "[[note|alias]]"
+    doc_id: int | None = None
+    path: str | None = None
+    absolute_path: str | None = None
 
 
 class SearchHit(BaseModel):

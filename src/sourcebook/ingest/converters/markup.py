@@ -1,5 +1,6 @@
 """Plain-text formats whose characters are the document: Markdown (front matter, Obsidian
-tags, wiki-links, footnotes), plain text and code, reStructuredText."""
+tags, footnotes; wiki-links are resolved when a note is read, `retrieve/links.py`), plain
+text and code, reStructuredText."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ _FENCE = re.compile(r"^[ \t]*(```|~~~)")
 # Obsidian inline tags: #tag or #nested/tag, not a heading ("# x"), not a colour (#fff in
 # code is skipped with the fences), not inside a word (C#)
 _INLINE_TAG = re.compile(r"(?<![\w#&/])#([A-Za-z_\u4e00-\u9fff][\w/\-\u4e00-\u9fff]*)")
-_WIKI_LINK = re.compile(r"!?\[\[([^\]|#]+)(?:#[^\]|]*)?(?:\|([^\]]+))?\]\]")
 _IMAGE = re.compile(
     r"!\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)"  # ![alt](path "title")
     r"|!\[\[([^\]|]+\.(?:png|jpe?g|webp|bmp|tiff?))(?:\|[^\]]*)?\]\]",  # ![[path.png]]
@@ -51,7 +51,6 @@ def markdown(path: Path, data: bytes) -> ParsedDocument:
         headings=headings,
         tags=tags,
         body_start=body_start,
-        links=[m.group(1).strip() for m in _WIKI_LINK.finditer(text, body_start)],
         images=[m.group(1) or m.group(2) for m in _IMAGE.finditer(text, body_start)],
     )
 

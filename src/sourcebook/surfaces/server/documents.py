@@ -25,7 +25,7 @@ from sourcebook.faults import crash_point
 from sourcebook.ingest.converters import kind_of
 from sourcebook.ingest.pages import PageError
 from sourcebook.kb import KnowledgeBase
-from sourcebook.models import DocumentInfo, PageRegion, SyncReport
+from sourcebook.models import DocumentInfo, DocumentLink, PageRegion, SyncReport
 from sourcebook.settings import Settings
 from sourcebook.store.access import AccessError, check_name
 from sourcebook.surfaces.server.auth import (
@@ -196,6 +196,19 @@ def routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRouter:
             line_end=first + text.count("\n"),
             text=text,
         )
+
+    @api.get(
+        "/documents/{doc_id}/links",
+        response_model=list[DocumentLink],
+        tags=["documents"],
+        responses=NOT_FOUND,
+    )
+    def document_links(doc_id: int, caller: CallerDep) -> list[DocumentLink]:
+        """The document's wiki-links (`[[note]]`), each with the id and path of the note it
+        names when one is indexed and the caller may read it (else null)."""
+        with lock.reading():
+            document = find(doc_id, caller)
+            return kb.links(document.absolute_path, caller.groups)
 
     @api.get(
         "/documents/{doc_id}/regions",
