@@ -235,6 +235,13 @@ def term_counts_after_each_step(kb: KnowledgeBase, notes: Path) -> list[dict[str
     assert kb.store.keyword_statistics(["osprey", "番茄"])[1] == {"osprey": 0, "番茄": 0}
     kb.add([notes / "garden.md"])
     check()
+    # a move onto an indexed path replaces the document there (records alone)
+    with kb.store.writing():
+        assert kb.store.rename_document(
+            str(notes / "garden.md"), str(notes / "hr" / "pay.md"), time.time()
+        )
+    assert [Path(d.path).name for d in kb.documents()] == ["pay.md"]
+    check()
     kb.remove([notes])  # the source and every document under it
     check()
     assert snapshots[-1] == {}
