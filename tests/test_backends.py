@@ -204,6 +204,127 @@ def test_sigkill_between_records_and_index_is_repaired(settings: Settings, tmp_p
         assert names(kb, "KESTREL")[0] == "garden.md"
 
 
+def term_counts_after_each_step(kb: KnowledgeBase, notes: Path) -> list[dict[str, int]]:
+    """The stored document frequencies after an add, a sync with an edited, a moved and
+    a deleted file, a removal and a removed source; each equal to a recount."""
+    records = kb.store.records
+    snapshots = []
+
+    def check() -> None:
+        stored = records.term_counts()
+        assert stored == dict(records.recount_terms())
+        assert kb.store.consistency_problems() == []
+        total, frequencies = kb.store.keyword_statistics(["kestrel", "osprey", "adamw", "番茄"])
+        assert total == kb.status().chunks == stored.get("", 0)
+        assert frequencies == {t: stored.get(t, 0) for t in ("kestrel", "osprey", "adamw", "番茄")}
+        snapshots.append(stored)
+
+    kb.add([notes])
+    check()
+    assert kb.store.keyword_statistics(["kestrel"])[1]["kestrel"] > 0
+    (notes / "garden.md").write_text(GARDEN.replace("KESTREL", "OSPREY"), encoding="utf-8")
+    (notes / "training.md").unlink()
+    (notes / "hr" / "salary.md").rename(notes / "hr" / "pay.md")
+    kb.sync()
+    assert sorted(Path(d.path).name for d in kb.documents()) == ["garden.md", "pay.md"]
+    check()
+    assert kb.store.keyword_statistics(["kestrel", "adamw"])[1] == {"kestrel": 0, "adamw": 0}
+    assert kb.store.keyword_statistics(["osprey"])[1]["osprey"] > 0
+    kb.remove([notes / "garden.md"])
+    check()
+    assert kb.store.keyword_statistics(["osprey", "番茄"])[1] == {"osprey": 0, "番茄": 0}
+    kb.add([notes / "garden.md"])
+    check()
+    # a move onto an indexed path replaces the document there (records alone)
+    with kb.store.writing():
+        assert kb.store.rename_document(
+            str(notes / "garden.md"), str(notes / "hr" / "pay.md"), time.time()
+        )
+    assert [Path(d.path).name for d in kb.documents()] == ["pay.md"]
+    check()
+    kb.remove([notes])  # the source and every document under it
+    check()
+    assert snapshots[-1] == {}
+    return snapshots
+
+
+def test_document_frequencies_follow_every_change(settings: Settings, tmp_path: Path) -> None:
+    """The idf weights' document frequencies are kept by the records with the chunks:
+    equal to a recount after every kind of change, and read without asking the search
+    index (Milvus answered them with one count query per term)."""
+    with KnowledgeBase.create(settings.kb, settings) as kb:
+        term_counts_after_each_step(kb, write_notes(tmp_path / "notes"))
+        kb.add([write_notes(tmp_path / "again")])
+        index = kb.store.index
+        asked: list[str] = []
+        client = getattr(index, "_client", None)
+        if client is not None:  # Milvus: no query (count) besides the searches themselves
+            original = client.query
+            client.query = lambda *a, **k: asked.append("query") or original(*a, **k)
+        kb.settings = kb.settings.model_copy(update={"retrieval": "hybrid", "reranker": "learned"})
+        assert names(kb, "when are tomatoes watered")[0] == "garden.md"
+        assert asked == []
+        assert not hasattr(index, "keyword_statistics")
+
+
+def test_document_frequencies_are_equal_on_both_backends(
+    postgres: PostgresServer, milvus: MilvusLiteServer, tmp_path: Path
+) -> None:
+    found = []
+    for name, settings in (
+        ("embedded", Settings(kb=tmp_path / "embedded")),
+        (
+            "postgres+milvus",
+            Settings(
+                kb=tmp_path / "remote",
+                database_url=postgres.new_database(),
+                search_uri=milvus.new_collection(),
+            ),
+        ),
+    ):
+        with KnowledgeBase.create(settings.kb, settings) as kb:
+            found.append(term_counts_after_each_step(kb, write_notes(tmp_path / f"{name}-notes")))
+    assert found[0] == found[1]
+    assert len(found[0][0]) > 20
+
+
+def test_an_older_store_gets_its_document_frequencies_counted(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A knowledge base made before `term_counts` existed has them counted from its
+    chunks' tokens when first opened; a process killed while counting leaves them
+    uncounted, and the next opening counts them."""
+    notes = write_notes(tmp_path / "notes")
+    with KnowledgeBase.create(settings.kb, settings) as kb:
+        kb.add([notes])
+        expected = kb.store.records.term_counts()
+        db = kb.store.records.db
+        with db.transaction():  # what an older version left: no table, no meta row
+            db.execute("DROP TABLE term_counts")
+            db.execute("DELETE FROM meta WHERE key = 'term_counts'")
+    env = {**environment(settings), "SOURCEBOOK_CRASH_AT": "store.terms_counted:1"}
+    killed = subprocess.run(
+        [sys.executable, "-m", "sourcebook.surfaces.cli", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with KnowledgeBase(settings.kb, settings) as kb:
+        records = kb.store.records
+        assert records.term_counts() == expected and records.term_count_problems() == []
+        assert records.meta_value("term_counts") == "1"
+        # counted differently before (another version of the counts): counted again
+        with records.db.transaction():
+            records.db.execute("UPDATE term_counts SET chunks = chunks + 5")
+            records.db.execute("UPDATE meta SET value = '0' WHERE key = 'term_counts'")
+        assert records.term_count_problems() != []
+    with KnowledgeBase(settings.kb, settings) as kb:
+        assert kb.store.records.term_counts() == expected
+        assert kb.store.consistency_problems() == []
+
+
 def test_migrate_there_and_back_keeps_ids_and_answers(
     postgres: PostgresServer, milvus: MilvusLiteServer, tmp_path: Path
 ) -> None:
@@ -215,6 +336,8 @@ def test_migrate_there_and_back_keeps_ids_and_answers(
         kb.access.add_user("alice", groups=["hr"])
         before = {d.path: d.id for d in kb.documents()}
         answer = kb.ask("番茄什么时候浇水？").text
+        terms = kb.store.records.term_counts()
+    assert len(terms) > 20
     env = {**os.environ, "SOURCEBOOK_KB": str(settings.kb)}
     database, search = postgres.new_database(), milvus.new_collection()
     for target in ((database, search), ("embedded", "embedded")):
@@ -227,12 +350,14 @@ def test_migrate_there_and_back_keeps_ids_and_answers(
             timeout=300,
         )
         assert migrated.returncode == 0, migrated.stdout + migrated.stderr
-        assert "differs" not in migrated.stdout
+        assert "differs" not in migrated.stdout and "term counts" in migrated.stdout
         with KnowledgeBase(settings.kb, Settings(kb=settings.kb)) as kb:
             assert kb.backends.database == (None if target[0] == "embedded" else database)
             assert {d.path: d.id for d in kb.documents()} == before
             assert kb.ask("番茄什么时候浇水？").text == answer
             assert [u.name for u in kb.access.users()] == ["alice"]
+            assert kb.store.records.term_counts() == terms  # carried, not asked of the index
+            assert kb.store.consistency_problems() == []
             outsider = Filters(groups=frozenset())
             assert all("salary" not in h.path for h in kb.search("BLUEHERON", filters=outsider))
         if target[0] != "embedded":  # the way back goes into the folder's SQLite: empty it

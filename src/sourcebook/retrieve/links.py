@@ -45,16 +45,16 @@ def resolve_links(text: str, source: str, documents: Sequence[DocumentInfo]) -> 
     folder = PurePosixPath(source).parent
     links = []
     for line, target, shown, written in wiki_links(text):
-        document = _resolve(target, folder, by_name)
+        named = _resolve(target, folder, by_name)
         links.append(
             DocumentLink(
                 line=line,
                 target=target,
                 text=shown,
                 written=written,
-                doc_id=document.id if document else None,
-                path=document.path if document else None,
-                absolute_path=document.absolute_path if document else None,
+                doc_id=named.id if named else None,
+                path=named.path if named else None,
+                absolute_path=named.absolute_path if named else None,
             )
         )
     return links

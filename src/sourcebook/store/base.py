@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 
 from sourcebook.models import Box, ChunkDraft, DocumentInfo, SearchHit
 
@@ -184,6 +184,10 @@ class RecordStore(Protocol):
     def chunk_layout(self) -> ChunkLayout: ...
     def counts(self, groups: frozenset[str] | None = None) -> tuple[int, int]: ...
 
+    # document frequencies (idf weights), kept with the chunks in the same transaction
+    def term_statistics(self, tokens: Sequence[str]) -> tuple[int, dict[str, int]]: ...
+    def term_count_problems(self) -> list[str]: ...
+
     # embedding cache and re-embedding
     def cached_vectors(self, text_hashes: Sequence[str]) -> dict[str, Vectors]: ...
     def collect_garbage(self) -> int: ...
@@ -256,7 +260,6 @@ class SearchIndex(Protocol):
     def vector_search(
         self, vector: Vectors, limit: int, scope: SearchScope | None = None
     ) -> ScoredIds: ...
-    def keyword_statistics(self, tokens: Sequence[str]) -> tuple[int, dict[str, int]]: ...
     def prepare_filtered_search(self) -> None: ...
 
     def sizes(self) -> tuple[int, int]: ...
@@ -286,6 +289,9 @@ def page_range(pages: list[int] | None, chunk: ChunkDraft) -> tuple[int | None, 
     return first, last
 
 
-def batched(items: Sequence[int], size: int = 500) -> Iterator[Sequence[int]]:
+T = TypeVar("T")
+
+
+def batched(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

@@ -136,6 +136,7 @@ class KnowledgeStore:
     def consistency_problems(self) -> list[str]:
         """What disagrees between the records and the index (empty: nothing): each index
         must hold exactly the chunk ids of the records, and every chunk text its vector.
+        The records' document frequencies must equal a recount of their chunks.
         Reads everything: for checks and tests, not per request."""
         chunks = self.records.chunk_ids()
         # chunks still waiting for their vector are in the keyword index only (or, for an
@@ -152,6 +153,7 @@ class KnowledgeStore:
                     f"{name} index: {len(ids - expected)} ids not in the records, "
                     f"{len(expected - ids)} chunks missing"
                 )
+        problems.extend(self.records.term_count_problems())
         return problems
 
     # --- documents (written through to the records) ----------------------------------------
@@ -341,8 +343,10 @@ class KnowledgeStore:
         return self.index.vector_search(vector, limit, scope)
 
     def keyword_statistics(self, tokens: Sequence[str]) -> tuple[int, dict[str, int]]:
-        self.follow_writers()
-        return self.index.keyword_statistics(tokens)
+        """(number of chunks, chunks containing each token), for idf weights: from the
+        records, which keep them with the chunks (one indexed read; a search index such as
+        Milvus would need a query per token)."""
+        return self.records.term_statistics(tokens)
 
     def prepare_filtered_search(self) -> None:
         self.index.prepare_filtered_search()

@@ -136,11 +136,6 @@ class KeywordIndex:
         result = searcher.search(tantivy.Query.all_query(), searcher.num_docs, count=False)
         return {int(searcher.doc(address)["chunk_id"][0]) for _, address in result.hits}
 
-    def document_frequencies(self, tokens: Sequence[str]) -> tuple[int, dict[str, int]]:
-        """(number of chunks, chunks containing each token), for idf weights."""
-        searcher = self._index.searcher()
-        return searcher.num_docs, {t: searcher.doc_freq("tokens", t) for t in set(tokens)}
-
     def __len__(self) -> int:
         return int(self._index.searcher().num_docs)
 

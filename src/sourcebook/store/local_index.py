@@ -146,9 +146,6 @@ class LocalSearchIndex:
         keys = layout.chunks[np.isin(layout.chunk_documents, wanted)]
         return self._vectors.search(vector, limit, keys)
 
-    def keyword_statistics(self, tokens: Sequence[str]) -> tuple[int, dict[str, int]]:
-        return self._keyword.document_frequencies(tokens)
-
     def prepare_filtered_search(self) -> None:
         """Build what searches restricted to some documents use (a reader's groups, a
         path filter) before the first one needs it."""

@@ -5,8 +5,9 @@ tantivy/usearch -> Milvus, and back, without re-embedding (the vectors are recor
    DO NOTHING`: a migration stopped anywhere resumes where it stopped when run again;
 2. every chunk is logged for the target's search index, which is then built from the
    copied vectors and tokens (idempotent writes, so a rerun simply redoes it);
-3. the counts of both sides are compared; only if they agree does the knowledge base
-   folder switch to the new backends (`backends.json`). The source is left as it was.
+3. the counts of both sides are compared (and the target's document frequencies with a
+   recount of its chunks); only if they agree does the knowledge base folder switch to the
+   new backends (`backends.json`). The source is left as it was.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ TABLES: tuple[tuple[str, tuple[str, ...], str | None], ...] = tuple(
             " page_start page_end text_hash tokens",
             "id",
         ),
+        # the document frequencies of the idf weights, kept with the chunks
+        ("term_counts", "term chunks", "term"),
         ("vectors", "text_hash vector", "text_hash"),
         ("pending_vectors", "text_hash vector", "text_hash"),
         ("answer_cache", "key answer content_hashes created", "key"),
@@ -141,7 +144,8 @@ def build_index(store: KnowledgeStore, progress: Progress) -> None:
 
 
 def count_check(source: KnowledgeStore, target: KnowledgeStore) -> list[CountCheck]:
-    """Rows of every table on both sides, and the target's index entries."""
+    """Rows of every table on both sides, the target's index entries, and the target's
+    document frequencies that differ from a recount of its chunks (none)."""
     assert isinstance(source.records, SQLRecords) and isinstance(target.records, SQLRecords)
     checks = [
         CountCheck(table, _count(source.records, table), _count(target.records, table))
@@ -151,4 +155,7 @@ def count_check(source: KnowledgeStore, target: KnowledgeStore) -> list[CountChe
     keyword, vectors = target.index.sizes()
     checks.append(CountCheck("keyword index", chunks, keyword))
     checks.append(CountCheck("vector index", chunks, vectors))
+    stored, counted = target.records.term_counts(), target.records.recount_terms()
+    same = sum(1 for term, n in counted.items() if stored.get(term) == n)
+    checks.append(CountCheck("term counts", len(counted), same))
     return checks

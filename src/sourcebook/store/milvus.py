@@ -306,15 +306,6 @@ class MilvusSearchIndex:
         # Milvus Lite reports BM25 scores negated (smaller is better); both sort best first
         return [(int(hit["chunk_id"]), abs(float(hit["distance"]))) for hit in found[0]]
 
-    def keyword_statistics(self, tokens: Sequence[str]) -> tuple[int, dict[str, int]]:
-        """(number of chunks, chunks containing each token), for idf weights."""
-        total = self._count("")
-        frequencies = {}
-        for token in set(tokens):
-            literal = json.dumps(self._tokens(token), ensure_ascii=False)
-            frequencies[token] = self._count(f"TEXT_MATCH(tokens, {literal})")
-        return total, frequencies
-
     def _count(self, expression: str) -> int:
         rows = self._client.query(self._collection, filter=expression, output_fields=["count(*)"])
         return int(rows[0]["count(*)"]) if rows else 0

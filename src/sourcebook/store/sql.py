@@ -41,6 +41,10 @@ class Dialect:
     # the highest change-log sequence number ever handed out (0: none), even after the
     # log was trimmed empty
     last_seq: str
+    # add to `term_counts` the counts of one parameter, a JSON object {term: change}
+    add_term_counts: str
+    # drop the rows of the terms of one such JSON object that no chunk contains any more
+    drop_empty_term_counts: str
 
     def group_parameter(self, groups: Iterable[str]) -> object:
         import json
@@ -73,6 +77,14 @@ SQLITE = Dialect(
     last_seq=(
         "SELECT COALESCE((SELECT MAX(seq) FROM change_log),"
         " (SELECT seq FROM sqlite_sequence WHERE name = 'change_log'), 0)"
+    ),
+    # `WHERE true`: SQLite's parser needs it before an upsert's ON CONFLICT
+    add_term_counts=(
+        "INSERT INTO term_counts (term, chunks) SELECT key, value FROM json_each(?) WHERE true"
+        " ON CONFLICT (term) DO UPDATE SET chunks = chunks + excluded.chunks"
+    ),
+    drop_empty_term_counts=(
+        "DELETE FROM term_counts WHERE chunks <= 0 AND term IN (SELECT key FROM json_each(?))"
     ),
 )
 

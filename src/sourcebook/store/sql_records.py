@@ -4,6 +4,13 @@ rules and grants, and the answer cache. The SQL is what both engines run (`sql.p
 
 Every change to chunks is written together with change-log rows in one transaction that
 also bumps the generation; the search index applies the log later (`composed.py`).
+
+The same transaction keeps `term_counts` exact: for each term of the analysed tokens, how
+many chunks contain it, and under the term '' how many chunks there are (the document
+frequencies of the idf weights, which the reranker and the answerers read on every
+question, `term_statistics`). They are global statistics, like the BM25 index's own: not
+restricted to what a reader may read. A knowledge base made before the table existed has
+them counted from its chunks' stored tokens when it is first opened (`_count_terms`).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
@@ -41,6 +49,20 @@ if TYPE_CHECKING:
 # numpy (vectors, chunk layouts) and the analyzer (tokens) are imported by the methods
 # that use them: opening the records and reading counts (`status`) needs neither
 
+# the `term_counts` row holding the number of chunks (no analysed token is empty)
+ALL_CHUNKS = ""
+# meta 'term_counts': how the counts in `term_counts` were made; a knowledge base without
+# it (made before the table) or with another value has them counted again on open
+TERM_COUNTS_VERSION = "1"
+# terms per statement when counts are written in bulk (`_count_terms`)
+_TERM_BATCH = 20_000
+
+
+def chunk_terms(tokens: str) -> set[str]:
+    """The distinct terms of a chunk's stored tokens (space-separated): what its
+    document frequencies count."""
+    return {token for token in tokens.split(" ") if token}
+
 
 class SQLRecords(ABC):
     """The record store in a SQL database (see the module docstring); subclasses give
@@ -67,6 +89,7 @@ class SQLRecords(ABC):
         self._unreadable_sql = _UNREADABLE.format(
             group_in=db.dialect.group_in.format(column="g.group_name")
         )
+        self._count_terms()
 
     # --- identity and locking ------------------------------------------------------------
 
@@ -83,6 +106,7 @@ class SQLRecords(ABC):
                     ("embedder", model[0]),
                     ("dim", str(model[1])),
                     ("created", str(time.time())),
+                    ("term_counts", TERM_COUNTS_VERSION),  # no chunks: counted
                 ):
                     self._db.execute(_SET_META, (key, value))
             return model
@@ -283,8 +307,9 @@ class SQLRecords(ABC):
             time.time(),
             record.path,
         )
+        terms: Counter[str] = Counter()
         with self._transaction():
-            doc_id = self._delete_chunk_rows(record.path)
+            doc_id = self._delete_chunk_rows(record.path, terms)
             if doc_id is None:
                 inserted = self._db.execute(
                     "INSERT INTO documents (title, kind, tags, modified, size, content_hash,"
@@ -308,6 +333,8 @@ class SQLRecords(ABC):
                 chunks, index_texts, hashes, given, strict=True
             ):
                 pages = page_range(record.pages, chunk)
+                tokens = " ".join(analyze(index_text))
+                terms.update(chunk_terms(tokens))
                 self._db.execute(
                     "INSERT INTO chunks (doc_id, ordinal, text, heading_path, char_start, char_end,"
                     " line_start, line_end, page_start, page_end, text_hash, tokens)"
@@ -324,7 +351,7 @@ class SQLRecords(ABC):
                         pages[0],
                         pages[1],
                         digest,
-                        " ".join(analyze(index_text)),
+                        tokens,
                     ),
                 )
                 if vector is not None:
@@ -338,13 +365,17 @@ class SQLRecords(ABC):
                 " WHERE doc_id = ? ORDER BY id",
                 (doc_id,),
             )
+            terms[ALL_CHUNKS] += len(chunks)
+            self._add_term_counts(terms)
 
     def remove_document(self, path: str) -> bool:
+        terms: Counter[str] = Counter()
         with self._transaction():
-            removed = self._delete_document_rows(path)
+            removed = self._delete_document_rows(path, terms)
             # a file indexed again later under this path must not inherit its groups
             self._db.execute("DELETE FROM document_grants WHERE path = ?", (path,))
             self._db.execute("DELETE FROM document_groups WHERE path = ?", (path,))
+            self._add_term_counts(terms)
         return removed
 
     def rename_document(self, old: str, new: str, modified: float) -> bool:
@@ -360,7 +391,9 @@ class SQLRecords(ABC):
             if row is None:
                 return False
             if new != old:
-                self._delete_document_rows(new)
+                terms: Counter[str] = Counter()
+                self._delete_document_rows(new, terms)
+                self._add_term_counts(terms)
             self._db.execute(
                 "UPDATE documents SET path = ?, modified = ?, indexed = ? WHERE id = ?",
                 (new, modified, time.time(), row[0]),
@@ -378,32 +411,118 @@ class SQLRecords(ABC):
         """Forget a source and the documents under it in one transaction: a process
         killed during a `remove FOLDER` leaves either all of them or none, never
         documents whose source is gone (which no `sync` would look at again)."""
+        terms: Counter[str] = Counter()
         with self._transaction():
             self._db.execute("DELETE FROM sources WHERE path = ?", (root,))
             for path in paths:
-                self._delete_document_rows(path)
+                self._delete_document_rows(path, terms)
                 self._db.execute("DELETE FROM document_grants WHERE path = ?", (path,))
                 self._db.execute("DELETE FROM document_groups WHERE path = ?", (path,))
+            self._add_term_counts(terms)
 
-    def _delete_document_rows(self, path: str) -> bool:
-        doc_id = self._delete_chunk_rows(path)
+    def _delete_document_rows(self, path: str, terms: Counter[str]) -> bool:
+        doc_id = self._delete_chunk_rows(path, terms)
         if doc_id is None:
             return False
         self._db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
         return True
 
-    def _delete_chunk_rows(self, path: str) -> int | None:
+    def _delete_chunk_rows(self, path: str, terms: Counter[str]) -> int | None:
         """Delete the chunks of the document at `path` (logged for the search index),
-        inside the caller's transaction; returns the document's id, None if not indexed."""
+        inside the caller's transaction, taking their terms off `terms` (which the caller
+        adds to `term_counts` in the same transaction); returns the document's id, None if
+        not indexed."""
         row = self._db.execute("SELECT id FROM documents WHERE path = ?", (path,)).fetchone()
         if row is None:
             return None
+        removed = 0
+        for (tokens,) in self._db.execute(
+            "SELECT tokens FROM chunks WHERE doc_id = ?", (row[0],)
+        ).fetchall():
+            terms.subtract(chunk_terms(str(tokens)))
+            removed += 1
+        terms[ALL_CHUNKS] -= removed
         self._db.execute(
             "INSERT INTO change_log (chunk_id, op) SELECT id, 'del' FROM chunks WHERE doc_id = ?",
             (row[0],),
         )
         self._db.execute("DELETE FROM chunks WHERE doc_id = ?", (row[0],))
         return int(row[0])
+
+    # --- document frequencies (see the module docstring) ----------------------------------
+
+    def _add_term_counts(self, terms: Counter[str]) -> None:
+        """Add the changes in `terms` to `term_counts`, inside the caller's transaction;
+        a term no chunk contains any more loses its row."""
+        changes = [(term, n) for term, n in terms.items() if n]
+        for start in range(0, len(changes), _TERM_BATCH):
+            batch = changes[start : start + _TERM_BATCH]
+            given = json.dumps(dict(batch), ensure_ascii=False)
+            self._db.execute(self._db.dialect.add_term_counts, (given,))
+            if any(n < 0 for _, n in batch):
+                self._db.execute(self._db.dialect.drop_empty_term_counts, (given,))
+
+    def term_statistics(self, tokens: Sequence[str]) -> tuple[int, dict[str, int]]:
+        """(number of chunks, chunks whose tokens contain each of `tokens`), for idf
+        weights: one indexed read of `term_counts`."""
+        terms = sorted(set(tokens) - {ALL_CHUNKS})
+        wanted = [ALL_CHUNKS, *terms]
+        found: dict[str, int] = {}
+        for batch in batched(wanted):
+            marks = ",".join("?" * len(batch))
+            for term, chunks in self._db.execute(
+                f"SELECT term, chunks FROM term_counts WHERE term IN ({marks})", list(batch)
+            ):
+                found[str(term)] = int(chunks)
+        return found.get(ALL_CHUNKS, 0), {term: found.get(term, 0) for term in terms}
+
+    def recount_terms(self) -> Counter[str]:
+        """`term_counts` as counted again from every chunk's stored tokens (for the
+        first opening of an older knowledge base, and for checks)."""
+        counts: Counter[str] = Counter()
+        last = 0
+        while True:
+            rows = self._db.execute(
+                "SELECT id, tokens FROM chunks WHERE id > ? ORDER BY id LIMIT ?", (last, 5_000)
+            ).fetchall()
+            if not rows:
+                return counts
+            for _, tokens in rows:
+                counts.update(chunk_terms(str(tokens)))
+            counts[ALL_CHUNKS] += len(rows)
+            last = int(rows[-1][0])
+
+    def term_counts(self) -> dict[str, int]:
+        """Every row of `term_counts` (for checks, not per request)."""
+        rows = self._db.execute("SELECT term, chunks FROM term_counts")
+        return {str(term): int(chunks) for term, chunks in rows}
+
+    def term_count_problems(self) -> list[str]:
+        """How `term_counts` differs from a recount of the chunks (empty: not at all)."""
+        stored, counted = self.term_counts(), dict(self.recount_terms())
+        if stored == counted:
+            return []
+        wrong = {t for t in stored.keys() | counted.keys() if stored.get(t) != counted.get(t)}
+        sample = ", ".join(
+            f"{t!r}: {stored.get(t, 0)} stored, {counted.get(t, 0)} counted"
+            for t in sorted(wrong)[:3]
+        )
+        return [f"term counts: {len(wrong)} terms differ from a recount ({sample})"]
+
+    def _count_terms(self) -> None:
+        """Count the terms of every chunk into `term_counts` if they were never counted
+        (a knowledge base made before the table) or counted differently: one transaction,
+        so a process killed meanwhile leaves the old state and the next opening counts
+        again; a process that finds them counted by another meanwhile does nothing."""
+        if self.meta_value("term_counts") == TERM_COUNTS_VERSION:
+            return
+        with self._transaction():
+            if self.meta_value("term_counts") == TERM_COUNTS_VERSION:
+                return
+            self._db.execute("DELETE FROM term_counts")
+            self._add_term_counts(self.recount_terms())
+            crash_point("store.terms_counted")
+            self._db.execute(_SET_META, ("term_counts", TERM_COUNTS_VERSION))
 
     def cached_vectors(self, text_hashes: Sequence[str]) -> dict[str, Vectors]:
         import numpy as np

@@ -53,6 +53,11 @@ CREATE TABLE IF NOT EXISTS pending_vectors (text_hash TEXT PRIMARY KEY, vector B
 CREATE TABLE IF NOT EXISTS change_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, chunk_id INTEGER NOT NULL, op TEXT NOT NULL
 );
+-- document frequencies for idf weights: how many chunks' tokens contain each term (the
+-- term '' counts every chunk), changed in the transaction that changes the chunks
+CREATE TABLE IF NOT EXISTS term_counts (
+    term TEXT PRIMARY KEY, chunks INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS answer_cache (
     key TEXT PRIMARY KEY, answer TEXT NOT NULL, content_hashes TEXT NOT NULL,
     created REAL NOT NULL
