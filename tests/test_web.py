@@ -361,6 +361,24 @@ def test_document_view_shows_markup_as_text(page: Page, writable: str) -> None:
     assert highlighted_lines(page, "#document-lines") == [3, 4, 5]
 
 
+def test_a_wiki_link_opens_the_note_it_names(page: Page, writable: str) -> None:
+    files = [
+        (
+            "files",
+            ("wiki-index.md", "# 目录\n见 [[wiki-target|目标笔记]] 和 [[没写的笔记]]。\n".encode()),
+        ),
+        ("files", ("wiki-target.md", "# 目标 Target\n这里是目标笔记。\n".encode())),
+    ]
+    report = httpx.post(f"{writable}/api/documents", files=files, timeout=120).json()
+    ids = {f["name"]: f["document"]["id"] for f in report["files"]}
+    page.goto(f"{writable}/documents/{ids['wiki-index.md']}")
+    missing = page.locator("#document-lines .wikilink.missing")
+    expect(missing).to_have_text("[[没写的笔记]]")
+    page.locator("#document-lines a.wikilink").click()
+    expect(page).to_have_url(re.compile(rf"/documents/{ids['wiki-target.md']}$"))
+    expect(page.locator("#document-title")).to_have_text("目标 Target")
+
+
 def test_a_pdf_citation_opens_its_page_with_the_quote_marked(page: Page, live: str) -> None:
     question = "What auxiliary loss coefficient does the Switch Transformer use for load balancing?"
     page.goto(live)

@@ -606,10 +606,35 @@ async function initDocument() {
     $("#document-meta").textContent = meta.join(" · ");
     $("#document-meta").title = passage.path;
     renderLines($("#document-lines"), passage.text, passage.line_start, ranges);
+    linkNotes($("#document-lines"), await getJson(`/api/documents/${id}/links`).catch(() => []));
     const page = params.get("page");
     if (page) showPage($("#document-page"), id, positiveInt(page), ranges);
   } catch (error) {
     $("#document-lines").replaceChildren(errorNode(error));
+  }
+}
+
+// [[note]] in a rendered note becomes a link to the note it names (the server resolves
+// it), or is marked as naming no indexed note; only plain text is split, so links made
+// before on the same line stay links
+function linkNotes(container, links) {
+  const done = new Set();
+  for (const link of links) {
+    const key = `${link.line} ${link.written}`;
+    if (done.has(key)) continue; // every occurrence on the line is linked at once
+    done.add(key);
+    const line = container.querySelector(`[data-line="${link.line}"] .lt`);
+    if (!line) continue;
+    const missing = { class: "wikilink missing", title: `没有这篇笔记 no note named ${link.target}` };
+    const found = { class: "wikilink", href: `/documents/${link.doc_id}`, title: link.path };
+    const anchor = () =>
+      link.doc_id === null ? el("span", missing, link.written) : el("a", found, link.written);
+    for (const node of [...line.childNodes]) {
+      if (node.nodeType !== Node.TEXT_NODE) continue;
+      const pieces = node.textContent.split(link.written);
+      if (pieces.length < 2) continue;
+      node.replaceWith(...pieces.flatMap((piece, i) => (i ? [anchor(), piece] : [piece])));
+    }
   }
 }
 
