@@ -12,7 +12,7 @@ CJK_FONT = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")
 
 
 def cjk_font() -> Path:
-    assert CJK_FONT.is_file(), "the CJK test font is missing: run scripts/install-fonts.sh"
+    assert CJK_FONT.is_file(), "the CJK test font is missing: run scripts/install-system.sh"
     return CJK_FONT
 
 

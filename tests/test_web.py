@@ -1,7 +1,7 @@
 """The web UI in a real browser: Debian's chromium driven by Playwright, against a real
 uvicorn server on 127.0.0.1 over the sample notes with the real model.
 
-Without chromium or playwright (`bash scripts/install-browser.sh`, `pip install -e
+Without chromium or playwright (`bash scripts/install-system.sh`, `pip install -e
 '.[test]'`) these tests are skipped, except when the `CI` environment variable is set:
 CI installs both, so there their absence fails.
 """
@@ -78,7 +78,7 @@ def browser() -> Iterator[Browser]:
         what
         for what, absent in (
             ("playwright (pip install -e '.[test]')", sync_playwright is None),
-            ("chromium (bash scripts/install-browser.sh)", executable is None),
+            ("chromium (bash scripts/install-system.sh)", executable is None),
         )
         if absent
     ]
