@@ -69,6 +69,7 @@ EXPECTED = {
     "DELETE /api/documents/{doc_id}",
     "POST /api/documents/{doc_id}/sync",
     "GET /api/documents/{doc_id}/text",
+    "GET /api/documents/{doc_id}/links",
     "GET /api/documents/{doc_id}/regions",
     "GET /api/documents/{doc_id}/pages/{page}",
     "GET /api/search",
