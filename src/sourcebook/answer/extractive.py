@@ -49,10 +49,8 @@ _DEFINITION = re.compile(
     r"|^\s*什么是\s*(?P<zh2>[^？?]+?)\s*[?？]?\s*$)",
     re.IGNORECASE,
 )
-# A name as people write one: "OpenVINO", "SGLang", "HQQ", "GPT4o" (a capital after the
-# first letter, or letters and digits together), at least two letters.
+# the latin words of a question, where `_unknown_name` looks for names
 _WORD_PIECE = re.compile(r"[A-Za-z0-9+]+")
-_PLURAL_ACRONYM = re.compile(r"^[A-Z0-9]{2,}s$")
 _CN_JOINERS = frozenset({"、", "和", "与", "及", "以及", "跟", "还是"})
 _CONNECTIVES = {"and", "or", "vs", "vs.", "what", "is", "are", "the", "of", "how", "why"}
 
@@ -486,11 +484,11 @@ def _understand(question: str, hits: Sequence[SearchHit]) -> _Question:
 
 
 def _unknown_name(question: str, absent: frozenset[str], asked: _Question) -> str:
-    """A name in the question ("OpenVINO") that no note contains in any spelling, or "".
-
-    Ordinary words are left to the judge (a paraphrase or the other language may say
-    them), and so are names with a known translation ("VRAM" is 显存 in Chinese notes,
-    beta2 is β2)."""
+    """A name in the question that no note contains in any spelling, or "". A name is
+    written as one: a capital after the first letter or letters with digits ("OpenVINO",
+    "SGLang", "HQQ", "GPT4o"), at least two letters. Ordinary words are left to the judge
+    (a paraphrase or the other language may say them), and so are names with a known
+    translation ("VRAM" is 显存 in Chinese notes, beta2 is β2)."""
     if not absent:
         return ""
     dictionary = glossary()
@@ -502,9 +500,7 @@ def _unknown_name(question: str, absent: frozenset[str], asked: _Question) -> st
         )
         if letters < 2 or not named:
             continue
-        # "GPUs" is the plural of a word the notes may hold ("GPU" → 显卡)
-        singular = piece[:-1] if _PLURAL_ACRONYM.match(piece) else piece
-        terms = analyze(piece) + analyze(singular)
+        terms = analyze(piece)  # "GPUs" → gpu
         if not terms or not all(t in absent for t in terms):
             continue
         if any(

@@ -1,6 +1,9 @@
 """The record store in SQL, written once for SQLite (`sqlite.py`) and PostgreSQL
-(`postgres.py`): sources, documents, chunks, the embedding cache, the change log, access
-rules and grants, and the answer cache. The SQL is what both engines run (`sql.py`).
+(`postgres.py`): sources, documents, chunks, the change log and the answer cache here;
+access rules and grants (`sql_access_rules.py`), document frequencies (`sql_terms.py`) and
+the embedding cache, vectors filled in later and re-embedding (`sql_vectors.py`) in the
+classes it is made of, over a database and its transactions (`sql_base.py`). The SQL is
+what both engines run (`sql.py`).
 
 Every change to chunks is written together with change-log rows in one transaction that
 also bumps the generation; the search index applies the log later (`composed.py`).
@@ -17,14 +20,12 @@ from __future__ import annotations
 
 import json
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sourcebook.faults import crash_point
 from sourcebook.models import Box, ChunkDraft, DocumentInfo, SearchHit
 from sourcebook.store.access import AccessControl
 from sourcebook.store.base import (
@@ -34,7 +35,6 @@ from sourcebook.store.base import (
     DocumentRecord,
     Filters,
     IndexEntry,
-    Reembedding,
     StoreError,
     batched,
     glob_match,
@@ -42,6 +42,10 @@ from sourcebook.store.base import (
     text_hash,
 )
 from sourcebook.store.sql import Database
+from sourcebook.store.sql_access_rules import SQLAccessRules
+from sourcebook.store.sql_base import SET_META
+from sourcebook.store.sql_terms import ALL_CHUNKS, TERM_COUNTS_VERSION, SQLTermCounts, chunk_terms
+from sourcebook.store.sql_vectors import SQLVectors
 
 if TYPE_CHECKING:
     from sourcebook.index.embedders import Vectors
@@ -49,22 +53,8 @@ if TYPE_CHECKING:
 # numpy (vectors, chunk layouts) and the analyzer (tokens) are imported by the methods
 # that use them: opening the records and reading counts (`status`) needs neither
 
-# the `term_counts` row holding the number of chunks (no analysed token is empty)
-ALL_CHUNKS = ""
-# meta 'term_counts': how the counts in `term_counts` were made; a knowledge base without
-# it (made before the table) or with another value has them counted again on open
-TERM_COUNTS_VERSION = "1"
-# terms per statement when counts are written in bulk (`_count_terms`)
-_TERM_BATCH = 20_000
 
-
-def chunk_terms(tokens: str) -> set[str]:
-    """The distinct terms of a chunk's stored tokens (space-separated): what its
-    document frequencies count."""
-    return {token for token in tokens.split(" ") if token}
-
-
-class SQLRecords(ABC):
+class SQLRecords(SQLAccessRules, SQLTermCounts, SQLVectors):
     """The record store in a SQL database (see the module docstring); subclasses give
     the database, its schema, how writers exclude each other and where users live."""
 
@@ -76,19 +66,14 @@ class SQLRecords(ABC):
         built with. `location` names the knowledge base in messages."""
         self._db = self.db = db
         self.location = location
-        # set by a search index that stores who may read each chunk (Milvus): a change of
-        # a document's groups is then logged for its chunks ('grp')
         self.log_group_changes = False
         # derived from the tables and kept until they change (see `generation`): which
-        # document each chunk belongs to, and who may not read what
+        # document each chunk belongs to
         self._layout: ChunkLayout | None = None
-        self._unreadable: dict[frozenset[str], tuple[int, set[int]]] = {}
         self._progress: tuple[int, int, int] | None = None  # (generation, embedded, chunks)
+        self._start_access_rules()
         self._db.executescript(schema)
         self.embedder_name, self.dim = self._check_model(model)
-        self._unreadable_sql = _UNREADABLE.format(
-            group_in=db.dialect.group_in.format(column="g.group_name")
-        )
         self._count_terms()
 
     # --- identity and locking ------------------------------------------------------------
@@ -108,7 +93,7 @@ class SQLRecords(ABC):
                     ("created", str(time.time())),
                     ("term_counts", TERM_COUNTS_VERSION),  # no chunks: counted
                 ):
-                    self._db.execute(_SET_META, (key, value))
+                    self._db.execute(SET_META, (key, value))
             return model
         stored = (str(rows["embedder"]), int(rows["dim"]))
         if model is not None and model[0] != stored[0]:
@@ -118,96 +103,6 @@ class SQLRecords(ABC):
                 f"`sourcebook reindex --model {model[0]}`"
             )
         return stored
-
-    def meta_value(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_meta_value(self, key: str, value: str) -> None:
-        with self._transaction():
-            self._db.execute(_SET_META, (key, value))
-
-    @abstractmethod
-    def write_lock(self, wait: bool = True) -> AbstractContextManager[None]:
-        """Held by the one process that writes (re-entrant); a second writer waits for it
-        where the engine can (`wait`), else gets a StoreError."""
-
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        with self._db.transaction():
-            yield
-            self._db.execute(self._db.dialect.bump_generation)
-            crash_point("store.commit")  # killed here: the transaction never happened
-        crash_point("store.committed")
-
-    def generation(self) -> int:
-        """A number every write transaction of any process changes (documents, chunks,
-        access rules); the audit log, written on every request through another connection,
-        does not, so it does not empty the caches that depend on it."""
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-        return int(row[0]) if row else 0
-
-    # --- re-embedding (reindex), resumable -------------------------------------------------
-
-    def reembedding(self) -> Reembedding | None:
-        """The re-embedding in progress, if any: its model and how far it has got."""
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'reembedding'").fetchone()
-        if row is None:
-            return None
-        target = json.loads(row[0])
-        done, total = self._db.execute(
-            "SELECT COUNT(p.text_hash), COUNT(*) FROM (SELECT DISTINCT text_hash FROM chunks) c"
-            " LEFT JOIN pending_vectors p ON p.text_hash = c.text_hash"
-        ).fetchone()
-        return Reembedding(str(target["model"]), int(target["dim"]), int(done), int(total))
-
-    def begin_reembedding(self, name: str, dim: int) -> None:
-        """Start (or resume) re-embedding every chunk text with model `name`. Searches keep
-        the current model's vectors until `finish_reembedding`."""
-        current = self.reembedding()
-        with self._transaction():
-            if current is None or current.model != name:
-                self._db.execute("DELETE FROM pending_vectors")
-            self._db.execute(_SET_META, ("reembedding", json.dumps({"model": name, "dim": dim})))
-
-    def pending_contexts(self, limit: int) -> list[tuple[str, str, list[str], str]]:
-        """Up to `limit` (text hash, title, heading path, text) still to re-embed."""
-        rows = self._db.execute(
-            "SELECT c.text_hash, MIN(d.title), MIN(c.heading_path), MIN(c.text) FROM chunks c"
-            " JOIN documents d ON d.id = c.doc_id"
-            " WHERE c.text_hash NOT IN (SELECT text_hash FROM pending_vectors)"
-            " GROUP BY c.text_hash ORDER BY c.text_hash LIMIT ?",
-            (limit,),
-        )
-        return [(h, t, json.loads(p), x) for h, t, p, x in rows]
-
-    def put_pending_vectors(self, vectors: dict[str, Vectors]) -> None:
-        import numpy as np
-
-        with self._transaction():
-            self._db.executemany(
-                "INSERT INTO pending_vectors VALUES (?, ?)"
-                " ON CONFLICT (text_hash) DO UPDATE SET vector = excluded.vector",
-                ((h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()),
-            )
-
-    def finish_reembedding(self) -> Reembedding:
-        """Swap the new vectors in and record the new model, in one transaction that
-        also logs every chunk for the search index (so a process killed before it is
-        rebuilt has it rebuilt by the next writer). Returns the finished re-embedding."""
-        state = self.reembedding()
-        if state is None or state.done < state.total:
-            raise StoreError("the re-embedding is not complete: run `sourcebook reindex`")
-        with self._transaction():
-            self._db.execute("DELETE FROM vectors")
-            self._db.execute("INSERT INTO vectors SELECT text_hash, vector FROM pending_vectors")
-            self._db.execute("DELETE FROM pending_vectors")
-            self._db.execute("DELETE FROM meta WHERE key = 'reembedding'")
-            self._db.execute(_SET_META, ("embedder", state.model))
-            self._db.execute(_SET_META, ("dim", str(state.dim)))
-            self._db.execute("INSERT INTO change_log (chunk_id, op) SELECT id, 'add' FROM chunks")
-        self.embedder_name, self.dim = state.model, state.dim
-        return state
 
     # --- sources (the roots `sync` re-reads) ------------------------------------------------
 
@@ -449,163 +344,6 @@ class SQLRecords(ABC):
         self._db.execute("DELETE FROM chunks WHERE doc_id = ?", (row[0],))
         return int(row[0])
 
-    # --- document frequencies (see the module docstring) ----------------------------------
-
-    def _add_term_counts(self, terms: Counter[str]) -> None:
-        """Add the changes in `terms` to `term_counts`, inside the caller's transaction;
-        a term no chunk contains any more loses its row."""
-        changes = [(term, n) for term, n in terms.items() if n]
-        for start in range(0, len(changes), _TERM_BATCH):
-            batch = changes[start : start + _TERM_BATCH]
-            given = json.dumps(dict(batch), ensure_ascii=False)
-            self._db.execute(self._db.dialect.add_term_counts, (given,))
-            if any(n < 0 for _, n in batch):
-                self._db.execute(self._db.dialect.drop_empty_term_counts, (given,))
-
-    def term_statistics(self, tokens: Sequence[str]) -> tuple[int, dict[str, int]]:
-        """(number of chunks, chunks whose tokens contain each of `tokens`), for idf
-        weights: one indexed read of `term_counts`."""
-        terms = sorted(set(tokens) - {ALL_CHUNKS})
-        wanted = [ALL_CHUNKS, *terms]
-        found: dict[str, int] = {}
-        for batch in batched(wanted):
-            marks = ",".join("?" * len(batch))
-            for term, chunks in self._db.execute(
-                f"SELECT term, chunks FROM term_counts WHERE term IN ({marks})", list(batch)
-            ):
-                found[str(term)] = int(chunks)
-        return found.get(ALL_CHUNKS, 0), {term: found.get(term, 0) for term in terms}
-
-    def recount_terms(self) -> Counter[str]:
-        """`term_counts` as counted again from every chunk's stored tokens (for the
-        first opening of an older knowledge base, and for checks)."""
-        counts: Counter[str] = Counter()
-        last = 0
-        while True:
-            rows = self._db.execute(
-                "SELECT id, tokens FROM chunks WHERE id > ? ORDER BY id LIMIT ?", (last, 5_000)
-            ).fetchall()
-            if not rows:
-                return counts
-            for _, tokens in rows:
-                counts.update(chunk_terms(str(tokens)))
-            counts[ALL_CHUNKS] += len(rows)
-            last = int(rows[-1][0])
-
-    def term_counts(self) -> dict[str, int]:
-        """Every row of `term_counts` (for checks, not per request)."""
-        rows = self._db.execute("SELECT term, chunks FROM term_counts")
-        return {str(term): int(chunks) for term, chunks in rows}
-
-    def term_count_problems(self) -> list[str]:
-        """How `term_counts` differs from a recount of the chunks (empty: not at all)."""
-        stored, counted = self.term_counts(), dict(self.recount_terms())
-        if stored == counted:
-            return []
-        wrong = {t for t in stored.keys() | counted.keys() if stored.get(t) != counted.get(t)}
-        sample = ", ".join(
-            f"{t!r}: {stored.get(t, 0)} stored, {counted.get(t, 0)} counted"
-            for t in sorted(wrong)[:3]
-        )
-        return [f"term counts: {len(wrong)} terms differ from a recount ({sample})"]
-
-    def _count_terms(self) -> None:
-        """Count the terms of every chunk into `term_counts` if they were never counted
-        (a knowledge base made before the table) or counted differently: one transaction,
-        so a process killed meanwhile leaves the old state and the next opening counts
-        again; a process that finds them counted by another meanwhile does nothing."""
-        if self.meta_value("term_counts") == TERM_COUNTS_VERSION:
-            return
-        with self._transaction():
-            if self.meta_value("term_counts") == TERM_COUNTS_VERSION:
-                return
-            self._db.execute("DELETE FROM term_counts")
-            self._add_term_counts(self.recount_terms())
-            crash_point("store.terms_counted")
-            self._db.execute(_SET_META, ("term_counts", TERM_COUNTS_VERSION))
-
-    def cached_vectors(self, text_hashes: Sequence[str]) -> dict[str, Vectors]:
-        import numpy as np
-
-        found: dict[str, Vectors] = {}
-        unique = list(dict.fromkeys(text_hashes))
-        for start in range(0, len(unique), 500):
-            batch = unique[start : start + 500]
-            marks = ",".join("?" * len(batch))
-            for digest, blob in self._db.execute(
-                f"SELECT text_hash, vector FROM vectors WHERE text_hash IN ({marks})", batch
-            ):
-                found[digest] = np.frombuffer(blob, dtype=np.float32)
-        return found
-
-    def collect_garbage(self) -> int:
-        """Drop cached vectors no chunk uses any more."""
-        with self._transaction():
-            cursor = self._db.execute(
-                "DELETE FROM vectors WHERE text_hash NOT IN (SELECT text_hash FROM chunks)"
-            )
-        return cursor.rowcount
-
-    # --- vectors filled in later ----------------------------------------------------------
-    # A document is stored (and keyword-searchable after the next flush) before its chunks
-    # are embedded: a chunk whose text has no row in `vectors` is found by BM25 alone until
-    # `put_vectors` gives it one, which logs a 'vec' entry so the flush adds it to the
-    # vector index. A process killed in between leaves chunks without vectors, which the
-    # next writer embeds (`KnowledgeBase.embed_pending`).
-
-    def texts_to_embed(
-        self, limit: int, after: int = 0
-    ) -> list[tuple[int, str, str, list[str], str]]:
-        """Up to `limit` chunks after chunk id `after` whose text has no vector, in id
-        order (a caller that stores what it gets continues after the last id; chunk ids
-        only grow): (chunk id, text hash, document title, heading path, chunk text)."""
-        rows = self._db.execute(
-            "SELECT c.id, c.text_hash, d.title, c.heading_path, c.text FROM chunks c"
-            " JOIN documents d ON d.id = c.doc_id WHERE c.id > ?"
-            " AND NOT EXISTS (SELECT 1 FROM vectors v WHERE v.text_hash = c.text_hash)"
-            " ORDER BY c.id LIMIT ?",
-            (after, limit),
-        )
-        return [(int(i), h, t, json.loads(p), x) for i, h, t, p, x in rows]
-
-    def put_vectors(self, vectors: dict[str, Vectors]) -> None:
-        """Store the vectors of chunk texts (by text hash) and log every chunk using them
-        for the vector index, in one transaction. A text no chunk uses any more (edited
-        meanwhile) stays in the cache until `collect_garbage`."""
-        import numpy as np
-
-        with self._transaction():
-            self._db.executemany(
-                "INSERT INTO vectors VALUES (?, ?) ON CONFLICT (text_hash) DO NOTHING",
-                ((h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()),
-            )
-            hashes = list(vectors)
-            for start in range(0, len(hashes), 500):
-                batch = hashes[start : start + 500]
-                self._db.execute(
-                    "INSERT INTO change_log (chunk_id, op) SELECT id, 'vec' FROM chunks"
-                    f" WHERE text_hash IN ({','.join('?' * len(batch))})",
-                    batch,
-                )
-
-    def embedding_progress(self) -> tuple[int, int]:
-        """(chunks with a vector, all chunks); counted again only after a write."""
-        generation = self.generation()
-        if self._progress is None or self._progress[0] != generation:
-            total, waiting = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM vectors v"
-                " WHERE v.text_hash = c.text_hash) THEN 0 ELSE 1 END), 0) FROM chunks c"
-            ).fetchone()
-            self._progress = (generation, int(total) - int(waiting), int(total))
-        return self._progress[1], self._progress[2]
-
-    def embedded_chunk_ids(self) -> set[int]:
-        """Chunks whose text has its vector (the vector index holds exactly these)."""
-        rows = self._db.execute(
-            "SELECT c.id FROM chunks c JOIN vectors v ON v.text_hash = c.text_hash"
-        )
-        return {int(row[0]) for row in rows}
-
     # --- change log ----------------------------------------------------------------------
 
     def last_seq(self) -> int:
@@ -643,20 +381,6 @@ class SQLRecords(ABC):
                 for chunk_id, doc_id, tokens, blob, path in rows
             )
         return entries
-
-    def _groups_of(self, paths: set[str]) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {}
-        listed = sorted(paths)
-        for start in range(0, len(listed), 900):
-            batch = listed[start : start + 900]
-            marks = ",".join("?" * len(batch))
-            for path, group in self._db.execute(
-                "SELECT path, group_name FROM document_groups"
-                f" WHERE path IN ({marks}) ORDER BY group_name",
-                batch,
-            ):
-                found.setdefault(str(path), []).append(str(group))
-        return found
 
     def trim_log(self, seq: int) -> None:
         """Forget the log up to `seq` (the search index has durably applied it)."""
@@ -740,100 +464,6 @@ class SQLRecords(ABC):
     def access_control(self) -> AccessControl:
         """Users, groups, API keys and the audit log of this knowledge base."""
 
-    def unreadable_documents(self, groups: frozenset[str]) -> set[int]:
-        """Ids of the documents a reader in `groups` may not read: those that have groups,
-        none of which is one of the reader's."""
-        generation = self.generation()
-        cached = self._unreadable.get(groups)
-        if cached is not None and cached[0] == generation:
-            return cached[1]
-        rows = self._db.execute(
-            f"SELECT d.id FROM documents d WHERE {self._unreadable_sql}",
-            (self._db.dialect.group_parameter(groups),),
-        )
-        unreadable = {int(row[0]) for row in rows}
-        if len(self._unreadable) >= 64:  # a few groups sets are in use at a time
-            self._unreadable.clear()
-        self._unreadable[groups] = (generation, unreadable)
-        return unreadable
-
-    def document_groups(self) -> dict[str, list[str]]:
-        """The groups that may read each restricted document (path -> groups); a document
-        not listed is readable by everyone."""
-        found: dict[str, list[str]] = {}
-        for path, group in self._db.execute(
-            "SELECT g.path, g.group_name FROM document_groups g"
-            " JOIN documents d ON d.path = g.path ORDER BY g.path, g.group_name"
-        ):
-            found.setdefault(path, []).append(group)
-        return found
-
-    def access_rules(self) -> dict[str, list[str]]:
-        """Path glob -> the groups that may read the documents it matches."""
-        found: dict[str, list[str]] = {}
-        for pattern, group in self._db.execute(
-            "SELECT pattern, group_name FROM access_rules ORDER BY pattern, group_name"
-        ):
-            found.setdefault(pattern, []).append(group)
-        return found
-
-    def set_access_rule(self, pattern: str, groups: Sequence[str]) -> None:
-        """Let only `groups` read documents matching `pattern` (no groups: drop the rule),
-        and re-derive every document's groups in the same transaction."""
-        with self._transaction():
-            self._db.execute("DELETE FROM access_rules WHERE pattern = ?", (pattern,))
-            self._db.executemany(
-                "INSERT INTO access_rules VALUES (?, ?)", ((pattern, g) for g in set(groups))
-            )
-            self._derive_groups(None)
-
-    def document_grants(self, path: str) -> list[str]:
-        rows = self._db.execute(
-            "SELECT group_name FROM document_grants WHERE path = ? ORDER BY group_name", (path,)
-        )
-        return [row[0] for row in rows]
-
-    def set_document_grants(self, path: str, groups: Sequence[str]) -> None:
-        """Give the document at `path` (indexed or about to be) its own groups, which
-        replace the rules for it; no groups: the rules apply again."""
-        with self._transaction():
-            self._db.execute("DELETE FROM document_grants WHERE path = ?", (path,))
-            self._db.executemany(
-                "INSERT INTO document_grants VALUES (?, ?)", ((path, g) for g in set(groups))
-            )
-            self._derive_groups([path])
-
-    def _derive_groups(self, paths: Sequence[str] | None) -> None:
-        """Recompute `document_groups` for `paths` (None: every document), inside the
-        caller's transaction: a document's own grants if it has any, else the union of
-        the groups of every rule whose glob matches its path."""
-        if paths is None:
-            paths = [row[0] for row in self._db.execute("SELECT path FROM documents")]
-            before = self._groups_of(set(paths)) if self.log_group_changes else {}
-            self._db.execute("DELETE FROM document_groups")
-        else:
-            before = self._groups_of(set(paths)) if self.log_group_changes else {}
-            self._db.executemany(
-                "DELETE FROM document_groups WHERE path = ?", ((p,) for p in paths)
-            )
-        rules = self.access_rules()
-        rows: list[tuple[str, str]] = []
-        for path in paths:
-            groups = set(self.document_grants(path))
-            if not groups:
-                for pattern, allowed in rules.items():
-                    if glob_match(path, pattern):
-                        groups.update(allowed)
-            rows.extend((path, group) for group in sorted(groups))
-        self._db.executemany("INSERT INTO document_groups VALUES (?, ?)", rows)
-        if self.log_group_changes:  # the index keeps each chunk's readers: re-write them
-            after = self._groups_of(set(paths))
-            self._db.executemany(
-                "INSERT INTO change_log (chunk_id, op) SELECT c.id, 'grp' FROM chunks c"
-                " JOIN documents d ON d.id = c.doc_id WHERE d.path = ?",
-                ((p,) for p in paths if before.get(p, []) != after.get(p, [])),
-            )
-
     # --- answer cache --------------------------------------------------------------------
 
     def cached_answer(self, key: str) -> str | None:
@@ -891,16 +521,6 @@ class SQLRecords(ABC):
 
     def close(self) -> None:
         self._db.close()
-
-
-# A document `d` a reader may not read: it has groups, none of which is one of the
-# reader's (the one parameter: the reader's groups as a JSON list, `_group_list`).
-_UNREADABLE = (
-    "EXISTS (SELECT 1 FROM document_groups g WHERE g.path = d.path)"
-    " AND NOT EXISTS (SELECT 1 FROM document_groups g WHERE g.path = d.path"
-    "  AND {group_in})"
-)
-_SET_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
 
 def document_info(row: Sequence[object]) -> DocumentInfo:
