@@ -3,14 +3,17 @@ never to a note the reader may not read."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from sourcebook import KnowledgeBase, Settings
 from sourcebook.retrieve.links import wiki_links
+from sourcebook.surfaces.cli import app
 from sourcebook.surfaces.server.app import create_app
 
 VAULT = {
@@ -66,6 +69,19 @@ def test_links_resolve_by_name_folder_and_case(vault: tuple[KnowledgeBase, Path]
     assert missing.doc_id is None and missing.path is None
     by_id = {d.id: d.absolute_path for d in kb.documents()}
     assert all(by_id[link.doc_id] == link.absolute_path for link in links.values() if link.doc_id)
+
+
+def test_the_links_command(vault: tuple[KnowledgeBase, Path]) -> None:
+    kb, notes = vault
+    index = str(notes / "index.md")
+    result = CliRunner().invoke(app, ["links", index, "--kb", str(kb.path), "--json"])
+    assert result.exit_code == 0, result.output
+    listed = {link["target"]: link["absolute_path"] for link in json.loads(result.stdout)}
+    assert listed["LoRA 笔记"] == str(notes / "LoRA 笔记.md") and listed["还没写的笔记"] is None
+    plain = CliRunner().invoke(app, ["links", index, "--kb", str(kb.path)])
+    assert "[[LoRA 笔记|LoRA]]" in plain.stdout and "no such note" in plain.stdout
+    missing = CliRunner().invoke(app, ["links", str(notes / "nope.md"), "--kb", str(kb.path)])
+    assert missing.exit_code != 0 and "not in the knowledge base" in missing.output
 
 
 def test_the_api_lists_links_and_hides_unreadable_notes(

@@ -187,6 +187,24 @@ def show(
 
 
 @app.command()
+def links(
+    document: Annotated[str, typer.Argument(help="PATH, as added or absolute")],
+    kb: KbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List a note's [[wiki-links]] and the notes they name (resolved as Obsidian does)."""
+    with errors_to_exit(), open_kb(kb) as base:
+        found = base.links(document)
+        audit_log(base, "links", documents=[base.resolve_path(document)])
+        if as_json:
+            emit_json(found)
+            return
+        for link in found:
+            target = escape(display_path(link.path)) if link.path else "[yellow]no such note[/]"
+            console.print(f"[dim]{link.line:>5}[/]  {escape(link.written)}  →  {target}")
+
+
+@app.command()
 def status(kb: KbOption = None, as_json: JsonOption = False) -> None:
     """Documents, chunks, model, size and sources of the knowledge base."""
     with errors_to_exit(), open_kb(kb) as base:
