@@ -13,6 +13,7 @@ import re
 import shutil
 import statistics
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -427,19 +428,21 @@ def test_the_pages_say_what_waits_for_vectors_and_follow_a_watched_folder(
     (notes / "kv.md").write_text("# KV cache\n\nKV cache 缓存键和值，省去重复计算。\n")
     (notes / "beam.md").write_text("# Beam search\n\nBeam search keeps the k best prefixes.\n")
     settings = Settings(kb=kb_path, embedder="use-multilingual")
-    with KnowledgeBase.create(kb_path, settings) as kb:
+    with KnowledgeBase.create(kb_path, settings) as kb, ExitStack() as writing:
         kb.add([notes], wait=False)
         blocker = KnowledgeBase(kb_path, Settings(kb=kb_path))
+        # another process writing, from before the server starts (its embedder would
+        # otherwise store two short chunks at once): nothing can be stored
+        writing.enter_context(blocker.store.writing())
         with LiveServer(create_app(kb, watch=True)) as server:
-            with blocker.store.writing():  # another process writing: nothing can be stored
-                page.goto(f"{server.url}/documents")
-                status = page.locator("#embedding-status")
-                expect(status).to_be_visible()
-                expect(status).to_contain_text("embedding 0 of 2 chunks")
-                page.goto(f"{server.url}/search?q=KV%20cache")
-                expect(page.locator("#embedding-status")).to_contain_text("2 waiting")
-                expect(page.locator("#results .result").first).to_contain_text("kv.md")
-            # the lock is free: the embedder stores the vectors and the line goes away
+            page.goto(f"{server.url}/documents")
+            status = page.locator("#embedding-status")
+            expect(status).to_be_visible()
+            expect(status).to_contain_text("embedding 0 of 2 chunks")
+            page.goto(f"{server.url}/search?q=KV%20cache")
+            expect(page.locator("#embedding-status")).to_contain_text("2 waiting")
+            expect(page.locator("#results .result").first).to_contain_text("kv.md")
+            writing.close()  # the lock is free: the embedder stores the vectors
             expect(page.locator("#embedding-status")).to_be_hidden()
             (notes / "beam.md").unlink()
             for _ in range(100):  # the list is read when the page loads
