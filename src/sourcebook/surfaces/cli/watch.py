@@ -82,7 +82,9 @@ def watch(
             embedder=embedder,
         )
         stop = threading.Event()
-        previous = signal.signal(signal.SIGTERM, _stopper(stop))
+        # Ctrl-C and SIGTERM let the batch in hand finish (stored and reported), a second
+        # Ctrl-C interrupts at once
+        previous = {s: signal.signal(s, _stopper(stop)) for s in (signal.SIGTERM, signal.SIGINT)}
         console.print(
             "Watching "
             + ", ".join(f"[bold]{escape(display_path(str(r)))}[/]" for r in watcher.roots())
@@ -97,7 +99,8 @@ def watch(
             stop.set()
             console.print("[dim]stopping…[/]")
             embedder.stop()
-            signal.signal(signal.SIGTERM, previous)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
         done, total = base.embedding_progress()
         console.print(
             f"Stopped. {done:,} of {total:,} chunks embedded"
@@ -106,7 +109,9 @@ def watch(
 
 
 def _stopper(stop: threading.Event) -> Callable[[int, FrameType | None], None]:
-    def handle(_signal: int, _frame: FrameType | None) -> None:
+    def handle(number: int, _frame: FrameType | None) -> None:
+        if stop.is_set() and number == signal.SIGINT:
+            raise KeyboardInterrupt
         stop.set()
 
     return handle
