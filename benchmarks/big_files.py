@@ -2,12 +2,17 @@
 
     python benchmarks/big_files.py pdf --pages 1000      # peak RSS of `sourcebook add`
     python benchmarks/big_files.py throughput             # pages/s, text layer and OCR
+    python benchmarks/big_files.py csv --mb 200           # peak RSS of `add --no-wait`
 
 `pdf` writes a PDF of N pages (two columns of text, a ruled table every tenth page, a
 running header and page numbers) with fpdf2, then runs `sourcebook add` on it in a fresh
 knowledge base and samples the resident memory of the whole process tree (the CLI and its
 conversion worker) every 50 ms; the figure quoted is the peak of the sum.
 `throughput` times the converter alone on text-layer pages and on scanned pages (OCR).
+`csv` writes a CSV of about N MB (Chinese and English cells), runs `sourcebook add
+--no-wait` on it (every row keyword-searchable; embedding is left to `sync`) with the
+given rows per part, samples memory the same way, then checks that a row of the file's
+end is found and that the knowledge base is consistent.
 """
 
 from __future__ import annotations
@@ -110,9 +115,58 @@ def run_throughput(pages: int, scanned: int) -> None:
         )
 
 
+def big_csv(path: Path, megabytes: float) -> int:
+    """A CSV of about `megabytes` MB; the number of data rows."""
+    goods = ["显卡 GPU", "内存条 RAM", "固态硬盘 SSD", "主板 motherboard", "电源 power supply"]
+    rows = 0
+    with path.open("w", encoding="utf-8", newline="") as out:
+        out.write("编号 code,商品 item,说明 note,价格 price,日期 date\n")
+        while out.tell() < megabytes * 2**20:
+            out.write(
+                f"sku{rows:08d},{goods[rows % 5]} 第{rows}号,"
+                f'"库存 {rows % 97} 件, shipped from warehouse {rows % 13}",'
+                f"{100 + rows % 5000}.{rows % 100:02d},"
+                f"2026-{1 + rows % 12:02d}-{1 + rows % 28:02d}\n"
+            )
+            rows += 1
+    return rows
+
+
+def run_csv(megabytes: float, part_rows: int) -> None:
+    import os
+
+    from sourcebook import KnowledgeBase, Settings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        path = folder / "big.csv"
+        rows = big_csv(path, megabytes)
+        print(f"{rows:,} rows ({path.stat().st_size / 2**20:.0f} MB)")
+        cli = [sys.executable, "-m", "sourcebook.surfaces.cli"]
+        kb = folder / "kb"
+        subprocess.run([*cli, "init", "--kb", str(kb)], check=True)
+        os.environ["SOURCEBOOK_CSV_PART_ROWS"] = str(part_rows)
+        peak, seconds, code = peak_rss([*cli, "add", str(path), "--no-wait", "--kb", str(kb)])
+        print(
+            f"sourcebook add --no-wait (parts of {part_rows:,} rows): exit {code}, "
+            f"{seconds:.0f} s, peak RSS {peak:.0f} MB"
+        )
+        with KnowledgeBase(kb, Settings(kb=kb)) as base:
+            status = base.status()
+            hits = base.search(f"sku{rows - 1:08d}", limit=1)
+            cited = f"lines {hits[0].line_start}-{hits[0].line_end}" if hits else "not found"
+            print(
+                f"{status.documents} document, {status.chunks:,} chunks; the last row (file "
+                f"line {rows + 1}): {cited}; consistency problems: "
+                f"{base.store.consistency_problems() or 'none'}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=("pdf", "throughput"))
+    parser.add_argument("what", choices=("pdf", "throughput", "csv"))
+    parser.add_argument("--mb", type=float, default=200, help="size of the CSV")
+    parser.add_argument("--part-rows", type=int, default=10_000, help="CSV rows per part")
     parser.add_argument("--pages", type=int, default=1000)
     parser.add_argument("--scanned", type=int, default=5)
     parser.add_argument("--model", default="multilingual-e5-small")
@@ -120,6 +174,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "pdf":
         run_pdf(args.pages, args.model, args.pdf)
+    elif args.what == "csv":
+        run_csv(args.mb, args.part_rows)
     else:
         run_throughput(args.pages, args.scanned)
 

@@ -19,6 +19,7 @@ HR_NOTE = """# 薪资制度（内部）
 ## 年终奖
 
 2024 年的年终奖系数是 2.7 倍月薪，由人力资源部在一月发放。
+预算见 [[budget]]。
 """
 FINANCE_NOTE = """# Budget 2025 (confidential)
 

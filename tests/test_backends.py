@@ -134,6 +134,32 @@ def test_sync_edit_and_delete_keep_ids_and_drop_old_text(
         assert again is not None and again.id > garden.id
 
 
+def test_a_csv_stored_in_parts_is_whole_on_both_backends(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from sourcebook.ingest.converters import convert
+
+    table = tmp_path / "data" / "plants.csv"
+    table.parent.mkdir()
+
+    def write(rows: range) -> None:
+        lines = ["植物 plant,浇水 watering"] + [f"plant{i:04d} 番茄,每{i % 7 + 1}天" for i in rows]
+        table.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    write(range(300))
+    settings = settings.model_copy(update={"csv_part_rows": 40})
+    with KnowledgeBase.create(settings.kb, settings) as kb:
+        assert kb.add([table.parent]).added == 1
+        assert kb.document_text(table) == convert(table, table.read_bytes()).text
+        hit = kb.search("plant0299", limit=1)[0]  # in the last of eight parts
+        assert hit.line_start <= 301 <= hit.line_end
+        write(range(1000, 1100))  # fewer rows: the old parts go
+        assert kb.sync(wait=False).updated == 1
+        assert kb.document_text(table) == convert(table, table.read_bytes()).text
+        assert all("plant0299" not in h.text for h in kb.search("plant0299", limit=3))
+        assert kb.store.consistency_problems() == []
+
+
 def test_filters_apply_inside_the_search(settings: Settings, tmp_path: Path) -> None:
     notes = write_notes(tmp_path / "notes")
     with KnowledgeBase.create(settings.kb, settings) as kb:

@@ -145,7 +145,11 @@ def test_markdown_note_includes_the_text_of_its_images(tmp_path: Path) -> None:
         ("broken.ipynb", b'{"cells": ', "notebook"),
         ("broken.epub", b"PK\x03\x04 no book", "EPUB"),
         ("broken.png", b"\x89PNG\r\n\x1a\n garbage", "unreadable image"),
-        ("broken.csv", b'a,b\n"open quote,1\n' + b"x" * 10, "malformed CSV at line 3"),
+        (
+            "broken.csv",
+            b'a,b\n"open quote,1\n' + b"x" * 10,
+            "malformed CSV in the row starting on line 2",
+        ),
         ("binary.csv", b"a,b\n\x00\x01\x02", "binary file"),
     ],
 )

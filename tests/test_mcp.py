@@ -31,7 +31,7 @@ from test_server import LiveServer
 SECRETS = HR_SECRETS + FINANCE_SECRETS
 CHINESE = ("LoRA 为什么能减少显存？", "llm/lora.md")
 ENGLISH = ("What does ONNX Runtime's execution provider do?", "deploy/onnx-runtime.md")
-TOOLS = {"search", "ask", "get_document", "list_collections"}
+TOOLS = {"search", "ask", "get_document", "get_links", "list_collections"}
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def leaked(body: str) -> list[str]:
 
 
 async def check_tools(client: Client, team: Team) -> None:
-    """The four tools on the sample notes, as a reader of everything."""
+    """The five tools on the sample notes, as a reader of everything."""
     tools = await client.list_tools()
     descriptions = {t.name: t.description or "" for t in tools.tools}
     assert set(descriptions) == TOOLS
@@ -135,6 +135,13 @@ async def check_tools(client: Client, team: Team) -> None:
     result = await client.call_tool("get_document", {"path": path, "start": 5, "end": 2})
     assert result.is_error and "before" in text_of(result)
 
+    # the HR note links to the finance note, which this reader may read
+    result = await client.call_tool("get_links", {"path": team.hr_path})
+    assert not result.is_error, text_of(result)
+    [link] = result.structured_content["links"]
+    assert (link["written"], link["line"]) == ("[[budget]]", 6)
+    assert link["absolute_path"] == team.finance_path
+
     result = await client.call_tool("list_collections", {})
     collections = result.structured_content
     assert collections["documents"] == 22
@@ -152,9 +159,10 @@ async def check_restricted(client: Client, team: Team) -> None:
         assert not result.is_error and not leaked(everything(result))
         assert team.hr_path not in everything(result)
     for path in (team.hr_path, team.finance_path):
-        result = await client.call_tool("get_document", {"path": path})
-        assert result.is_error and "not in the knowledge base" in text_of(result)
-        assert not leaked(everything(result))
+        for tool in ("get_document", "get_links"):
+            result = await client.call_tool(tool, {"path": path})
+            assert result.is_error and "not in the knowledge base" in text_of(result)
+            assert not leaked(everything(result))
     result = await client.call_tool("list_collections", {})
     assert result.structured_content["documents"] == 20
 
@@ -206,6 +214,11 @@ def test_http_tools_and_groups(live: str, team: Team) -> None:
         assert result.structured_content["citations"][0]["path"] == team.hr_path
         result = await client.call_tool("get_document", {"path": team.finance_path})
         assert result.is_error and not any(s in everything(result) for s in FINANCE_SECRETS)
+        # her note names the finance note, but she may not read it: not resolved
+        result = await client.call_tool("get_links", {"path": team.hr_path})
+        [link] = result.structured_content["links"]
+        assert link["target"] == "budget" and link["path"] is None
+        assert team.finance_path not in everything(result)
 
     async def as_bob(client: Client) -> None:
         await check_restricted(client, team)
@@ -215,7 +228,7 @@ def test_http_tools_and_groups(live: str, team: Team) -> None:
     over_http(live, team.keys["bob"], as_bob)
     audit = team.kb.access.audit(limit=1000)
     mcp = {(e.user, e.action) for e in audit if e.surface == "mcp"}
-    assert {("root", "document"), ("alice", "ask"), ("bob", "search")} <= mcp
+    assert {("root", "document"), ("root", "links"), ("alice", "ask"), ("bob", "search")} <= mcp
     bob_read = [d for e in audit if e.user == "bob" and e.surface == "mcp" for d in e.documents]
     assert bob_read and team.hr_path not in bob_read and team.finance_path not in bob_read
 

@@ -79,7 +79,15 @@ class Settings(BaseSettings):
     )
 
     # ingest
-    max_file_mb: float = Field(50.0, gt=0)
+    max_file_mb: float = Field(
+        50.0, gt=0, description="larger files are reported, except CSV/TSV (read in parts)"
+    )
+    csv_part_rows: int = Field(
+        10_000,
+        ge=20,
+        description="rows of a CSV/TSV file converted and stored per transaction: "
+        "memory holds one part, however large the file",
+    )
     exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     embed_batch: int = Field(32, ge=1)
     ocr: Literal["auto", "rapidocr", "none"] = Field(

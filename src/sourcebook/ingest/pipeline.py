@@ -9,7 +9,6 @@ come from the embedding cache or are computed afterwards (`KnowledgeBase.embed_p
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -19,6 +18,13 @@ from pathlib import Path
 from sourcebook.ingest.chunker import ChunkingOptions, chunk_document, contextual_text
 from sourcebook.ingest.converters import ConversionError, kind_of, use_engine
 from sourcebook.ingest.isolation import convert_within
+from sourcebook.ingest.streamed import (
+    PARTIAL,
+    content_digest,
+    file_digest,
+    is_streamed,
+    store_in_parts,
+)
 from sourcebook.models import DocumentInfo, FileIssue, ParsedDocument, SyncReport
 from sourcebook.paths import absolute_path as absolute_path  # its former home: still importable
 from sourcebook.settings import Settings
@@ -214,57 +220,82 @@ class Ingestor:
             if not by_hash or self._store.document(str(path)) is not None:
                 continue
             try:
-                data = path.read_bytes()
+                digest = file_digest(path)  # in blocks: a moved file may be large
                 modified = path.stat().st_mtime
             except OSError:
                 continue
-            moved = by_hash.pop(hashlib.blake2b(data, digest_size=16).hexdigest(), None)
+            moved = by_hash.pop(digest, None)
             if moved is not None and self._store.rename_document(moved.path, str(path), modified):
                 del gone[moved.path]
                 report.renamed += 1
 
     def _ingest_file(self, path: Path, report: SyncReport, keep_unreadable: bool) -> None:
+        streamed = is_streamed(path)
         try:
             stat = path.stat()
             limit = self._settings.max_file_mb * 1024 * 1024
-            if stat.st_size > limit:
+            if stat.st_size > limit and not streamed:
                 raise ConversionError(
                     f"larger than the {self._settings.max_file_mb:g} MB limit "
                     "(raise it with SOURCEBOOK_MAX_FILE_MB)"
                 )
-            data = path.read_bytes()
+            data = None if streamed else path.read_bytes()
+            content_hash = file_digest(path) if data is None else content_digest(data)
         except OSError as exc:
             self._fail(path, f"cannot read: {exc.strerror}", report, keep_unreadable)
             return
         except ConversionError as exc:
             self._fail(path, str(exc), report, keep_unreadable)
             return
-        content_hash = hashlib.blake2b(data, digest_size=16).hexdigest()
         existing = self._store.document(str(path))
         if existing and existing.content_hash == content_hash and not self._reconvert:
             report.unchanged += 1
             return
         try:
-            parsed = convert_within(path, data, self._settings.file_timeout_s, self._settings.ocr)
-        except ConversionError as exc:
-            self._fail(path, str(exc), report, keep_unreadable)
+            if data is None:
+                chunks = store_in_parts(
+                    self._store,
+                    path,
+                    lambda part, digest: _record(path, part, stat.st_mtime, stat.st_size, digest),
+                    self._options,
+                    self._settings.csv_part_rows,
+                )
+            else:
+                chunks = self._store_whole(path, data, stat.st_mtime, content_hash, report)
+        except (OSError, ConversionError) as exc:  # OSError: gone while read in parts
+            reason = f"cannot read: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
+            self._fail(path, reason, report, keep_unreadable and not self._partly_stored(path))
             return
         except Exception as exc:  # a converter library failing on odd input must not stop the batch
             reason = f"could not parse: {type(exc).__name__}: {exc}"
-            self._fail(path, reason, report, keep_unreadable)
+            self._fail(path, reason, report, keep_unreadable and not self._partly_stored(path))
             return
-        for warning in parsed.warnings:
-            report.partial.append(FileIssue(path=str(path), reason=warning))
-        chunks = chunk_document(parsed, self._options)
-        texts = [contextual_text(parsed.title, c.heading_path, c.text) for c in chunks]
-        record = _record(path, parsed, stat.st_mtime, len(data), content_hash)
-        self._store.replace_document(record, chunks, texts)
-        report.chunks_added += len(chunks)
+        report.chunks_added += chunks
         if existing:
             report.updated += 1
             report.chunks_removed += existing.chunks
         else:
             report.added += 1
+
+    def _partly_stored(self, path: Path) -> bool:
+        """Whether some parts of the file were stored before it failed (they replaced
+        what was indexed, and must not stay)."""
+        document = self._store.document(str(path))
+        return document is not None and document.content_hash == PARTIAL
+
+    def _store_whole(
+        self, path: Path, data: bytes, modified: float, content_hash: str, report: SyncReport
+    ) -> int:
+        """Convert the file's bytes (in the worker process for the formats that need it)
+        and store the document in one transaction; the number of chunks."""
+        parsed = convert_within(path, data, self._settings.file_timeout_s, self._settings.ocr)
+        for warning in parsed.warnings:
+            report.partial.append(FileIssue(path=str(path), reason=warning))
+        chunks = chunk_document(parsed, self._options)
+        texts = [contextual_text(parsed.title, c.heading_path, c.text) for c in chunks]
+        record = _record(path, parsed, modified, len(data), content_hash)
+        self._store.replace_document(record, chunks, texts)
+        return len(chunks)
 
     def _fail(self, path: Path, reason: str, report: SyncReport, keep: bool) -> None:
         """Report a file that cannot be indexed. What was indexed from it before is no

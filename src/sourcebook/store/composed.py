@@ -168,6 +168,17 @@ class KnowledgeStore:
         self.records.replace_document(record, chunks, index_texts, vectors)
         self._after_write(len(chunks))
 
+    def append_to_document(
+        self,
+        path: str,
+        text: str,
+        chunks: Sequence[ChunkDraft],
+        index_texts: Sequence[str],
+        content_hash: str | None = None,
+    ) -> None:
+        self.records.append_to_document(path, text, chunks, index_texts, content_hash)
+        self._after_write(len(chunks))
+
     def rename_document(self, old: str, new: str, modified: float) -> bool:
         return self.records.rename_document(old, new, modified)
 

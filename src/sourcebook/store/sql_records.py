@@ -149,8 +149,13 @@ class SQLRecords(SQLAccessRules, SQLTermCounts, SQLVectors):
         return [document_info(row) for row in rows]
 
     def document_text(self, path: str) -> str | None:
-        row = self._db.execute("SELECT text FROM documents WHERE path = ?", (path,)).fetchone()
-        return str(row[0]) if row else None
+        row = self._db.execute("SELECT id, text FROM documents WHERE path = ?", (path,)).fetchone()
+        if row is None:
+            return None
+        parts = self._db.execute(
+            "SELECT text FROM document_parts WHERE doc_id = ? ORDER BY part", (row[0],)
+        ).fetchall()
+        return "\n".join([str(row[1]), *(str(text) for (text,) in parts)])
 
     def document_layout(self, path: str) -> tuple[list[int] | None, list[Box | None] | None]:
         """Per line of a document's text: its page, and its box on that page (None for
@@ -227,27 +232,10 @@ class SQLRecords(SQLAccessRules, SQLTermCounts, SQLVectors):
             for chunk, index_text, digest, vector in zip(
                 chunks, index_texts, hashes, given, strict=True
             ):
-                pages = page_range(record.pages, chunk)
                 tokens = " ".join(analyze(index_text))
                 terms.update(chunk_terms(tokens))
-                self._db.execute(
-                    "INSERT INTO chunks (doc_id, ordinal, text, heading_path, char_start, char_end,"
-                    " line_start, line_end, page_start, page_end, text_hash, tokens)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        doc_id,
-                        chunk.ordinal,
-                        chunk.text,
-                        json.dumps(chunk.heading_path, ensure_ascii=False),
-                        chunk.char_start,
-                        chunk.char_end,
-                        chunk.line_start,
-                        chunk.line_end,
-                        pages[0],
-                        pages[1],
-                        digest,
-                        tokens,
-                    ),
+                self._insert_chunk(
+                    doc_id, chunk, index_text, tokens, page_range(record.pages, chunk), digest
                 )
                 if vector is not None:
                     self._db.execute(
@@ -262,6 +250,83 @@ class SQLRecords(SQLAccessRules, SQLTermCounts, SQLVectors):
             )
             terms[ALL_CHUNKS] += len(chunks)
             self._add_term_counts(terms)
+
+    def append_to_document(
+        self,
+        path: str,
+        text: str,
+        chunks: Sequence[ChunkDraft],
+        index_texts: Sequence[str],
+        content_hash: str | None = None,
+    ) -> None:
+        """Add the next part of a document stored in parts (`replace_document` stored the
+        first): its text (the document's text goes on after a newline) and its chunks,
+        whose ordinals and offsets already count the parts before. `content_hash`, given
+        with the last part, replaces the marker the first part was stored with. One
+        transaction, like every write: a process killed between parts leaves a shorter
+        document, whose marker makes the next sync index the file again."""
+        from sourcebook.index.analyzer import analyze
+
+        terms: Counter[str] = Counter()
+        with self._transaction():
+            row = self._db.execute("SELECT id FROM documents WHERE path = ?", (path,)).fetchone()
+            if row is None:
+                raise StoreError(f"{path} is not in the knowledge base: store its first part")
+            doc_id = int(row[0])
+            self._db.execute(
+                "INSERT INTO document_parts (doc_id, part, text) VALUES"
+                " (?, (SELECT COUNT(*) + 1 FROM document_parts WHERE doc_id = ?), ?)",
+                (doc_id, doc_id, text),
+            )
+            first = None
+            for chunk, index_text in zip(chunks, index_texts, strict=True):
+                tokens = " ".join(analyze(index_text))
+                terms.update(chunk_terms(tokens))
+                inserted = self._insert_chunk(doc_id, chunk, index_text, tokens, (None, None))
+                first = inserted if first is None else first
+            if first is not None:
+                self._db.execute(
+                    "INSERT INTO change_log (chunk_id, op) SELECT id, 'add' FROM chunks"
+                    " WHERE doc_id = ? AND id >= ? ORDER BY id",
+                    (doc_id, first),
+                )
+            updates = "indexed = ?" + (", content_hash = ?" if content_hash else "")
+            values: list[object] = [time.time(), *([content_hash] if content_hash else [])]
+            self._db.execute(f"UPDATE documents SET {updates} WHERE id = ?", (*values, doc_id))
+            terms[ALL_CHUNKS] += len(chunks)
+            self._add_term_counts(terms)
+
+    def _insert_chunk(
+        self,
+        doc_id: int,
+        chunk: ChunkDraft,
+        index_text: str,
+        tokens: str,
+        pages: tuple[int | None, int | None],
+        digest: str | None = None,
+    ) -> int:
+        """Insert one chunk row (inside the caller's transaction); its id."""
+        inserted = self._db.execute(
+            "INSERT INTO chunks (doc_id, ordinal, text, heading_path, char_start, char_end,"
+            " line_start, line_end, page_start, page_end, text_hash, tokens)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (
+                doc_id,
+                chunk.ordinal,
+                chunk.text,
+                json.dumps(chunk.heading_path, ensure_ascii=False),
+                chunk.char_start,
+                chunk.char_end,
+                chunk.line_start,
+                chunk.line_end,
+                pages[0],
+                pages[1],
+                digest or text_hash(index_text),
+                tokens,
+            ),
+        ).fetchone()
+        assert inserted is not None
+        return int(inserted[0])
 
     def remove_document(self, path: str) -> bool:
         terms: Counter[str] = Counter()
@@ -342,6 +407,7 @@ class SQLRecords(SQLAccessRules, SQLTermCounts, SQLVectors):
             (row[0],),
         )
         self._db.execute("DELETE FROM chunks WHERE doc_id = ?", (row[0],))
+        self._db.execute("DELETE FROM document_parts WHERE doc_id = ?", (row[0],))
         return int(row[0])
 
     # --- change log ----------------------------------------------------------------------

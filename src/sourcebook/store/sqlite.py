@@ -45,6 +45,12 @@ CREATE TABLE IF NOT EXISTS chunks (
     text_hash TEXT NOT NULL, tokens TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
+-- the text of a document stored in parts after the first (`documents.text`): a file
+-- streamed in parts (a large CSV), each appended in its own transaction
+CREATE TABLE IF NOT EXISTS document_parts (
+    doc_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    part INTEGER NOT NULL, text TEXT NOT NULL, PRIMARY KEY (doc_id, part)
+);
 CREATE INDEX IF NOT EXISTS chunks_hash ON chunks(text_hash);
 CREATE TABLE IF NOT EXISTS vectors (text_hash TEXT PRIMARY KEY, vector BLOB NOT NULL);
 -- a re-embedding in progress (`reindex`): the new model's vectors, swapped in when every

@@ -30,7 +30,7 @@ from sourcebook import __version__
 from sourcebook.answer.llm import LLMError
 from sourcebook.deadline import DeadlineExceeded
 from sourcebook.kb import KnowledgeBase
-from sourcebook.models import Answer, Language, SearchHit
+from sourcebook.models import Answer, DocumentLink, Language, SearchHit
 from sourcebook.settings import MAX_FILTER_CHARS, MAX_QUESTION_CHARS
 from sourcebook.store.embedded import Filters, StoreError, restricted
 
@@ -113,6 +113,11 @@ class DocumentLines(BaseModel):
     text: str
 
 
+class Links(BaseModel):
+    path: str
+    links: list[DocumentLink] = Field(description="in the order of the note's lines")
+
+
 class Collection(BaseModel):
     path: str = Field(description="a folder or file added to the knowledge base")
     documents: int = Field(description="how many of its documents the caller may read")
@@ -131,7 +136,7 @@ _READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 def create_mcp_server(
     kb: KnowledgeBase, reader_of: ReaderOf, reading: Reading = nullcontext
 ) -> MCPServer:
-    """The four tools over `kb`. `reader_of` names the caller of each call; `reading`
+    """The five tools over `kb`. `reader_of` names the caller of each call; `reading`
     guards each use of `kb` (the HTTP server's read lock: an upload may be writing)."""
     server: MCPServer = MCPServer(
         name="sourcebook", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
@@ -245,6 +250,24 @@ def create_mcp_server(
             line_end=first + text.count("\n"),
             text=text,
         )
+
+    @server.tool(annotations=_READ_ONLY)
+    def get_links(
+        path: Annotated[str, Field(description="a document path from search, ask or a citation")],
+        ctx: Context[Any, Any],
+    ) -> Links:
+        """The wiki-links (`[[note]]`) of a note, each with the line it is on and the
+        document it names (null when no note you may read has that name). Use it to follow
+        a note to the notes it refers to, then read them with get_document."""
+        reader = reader_of(ctx)
+        with reading(), facade_errors():
+            try:
+                links = kb.links(path, reader.groups)
+            except KeyError as exc:
+                raise ToolError(f"{path} is not in the knowledge base") from exc
+        key = kb.resolve_path(path)
+        kb.access.record(reader.name, "mcp", "links", None, [key], f"{len(links)} links")
+        return Links(path=path, links=links)
 
     @server.tool(annotations=_READ_ONLY)
     def list_collections(ctx: Context[Any, Any]) -> Collections:
