@@ -87,6 +87,40 @@ def two_column_report(path: Path) -> Path:
     return path
 
 
+TOOL_TABLE_HEADER = ["软件包", "流行度", "大小", "说明"]
+
+
+def tool_row(i: int) -> list[str]:
+    """Row i of the tool tables: a name, a popularity, a size only this row has, a
+    description in Chinese and English."""
+    return [
+        f"tool{i:02d}",
+        f"V:{i}, I:{2 * i}",
+        str(1000 + 37 * i),
+        f"第 {i} 号工具 tool number {i}",
+    ]
+
+
+def open_sided_table_pdf(path: Path, rows: int = 30) -> Path:
+    """A page with a table drawn as the Debian Reference's are: each row ruled across the
+    whole table, lines between the columns, no border at its left and right ends."""
+    pdf = new_pdf()
+    running_page(pdf, 1)
+    pdf.set_font("cjk", size=9)
+    lefts, right, top, height = [60.0, 160.0, 230.0, 280.0], 540.0, 60.0, 16.0
+    for r, cells in enumerate([TOOL_TABLE_HEADER] + [tool_row(i) for i in range(1, rows + 1)]):
+        y = top + r * height
+        pdf.line(lefts[0], y, right, y)
+        for x in lefts[1:]:
+            pdf.line(x, y, x, y + height)
+        for x, text in zip(lefts, cells, strict=True):
+            pdf.set_xy(x + 3, y + 3)
+            pdf.cell(90, 10, text)
+    pdf.line(lefts[0], top + (rows + 1) * height, right, top + (rows + 1) * height)
+    pdf.output(str(path))
+    return path
+
+
 def text_image(lines: list[str], size: int = 34) -> bytes:
     """A page of text drawn at about 200 dpi (34 px: 12 pt type), as a PNG."""
     import io

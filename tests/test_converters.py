@@ -53,6 +53,18 @@ def test_html_drops_boilerplate_and_maps_lines() -> None:
     assert not any(word in doc.text.split("\n")[1] for word in nav_words)
 
 
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        ("<p>显存 memory</p>".encode(), "UTF-8 with no charset declared (lxml alone: Latin-1)"),
+        ('<meta charset="gbk"><p>显存 memory</p>'.encode("gbk"), "GBK, declared"),
+        (b"\xef\xbb\xbf" + "<p>显存 memory</p>".encode(), "UTF-8 with a byte-order mark"),
+    ],
+)
+def test_html_is_decoded_as_written(data: bytes, why: str) -> None:
+    assert "显存 memory" in convert(Path("page.html"), data).text, why
+
+
 def test_pdf_text_and_pages() -> None:
     path = NOTES / "papers" / "mixture-of-experts.pdf"
     doc = convert(path, path.read_bytes())

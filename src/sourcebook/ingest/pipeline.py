@@ -34,10 +34,11 @@ from sourcebook.store.embedded import DocumentRecord
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, current path)
 
 # What converters and the analyzer store: "2" = the file's own characters (NFKC only for
-# matching); "3" = keyword tokens with plural acronyms as the acronym ("GPUs" → gpu). A
+# matching); "3" = keyword tokens with plural acronyms as the acronym ("GPUs" → gpu); "4" =
+# long tables written in blocks under copies of their header (`markdown_table`). A
 # store written before is converted and tokenised again by the next `sync` even where the
 # file did not change (vectors come from the embedding cache).
-TEXT_VERSION = "3"
+TEXT_VERSION = "4"
 
 
 @dataclass(frozen=True)

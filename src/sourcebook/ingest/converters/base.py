@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sourcebook.models import Box, Heading, ParsedDocument
-from sourcebook.text import display_text
+from sourcebook.text import count_tokens, display_text
 
 
 class ConversionError(Exception):
@@ -65,9 +65,18 @@ def join_lines(lines: list[str]) -> str:
     return out
 
 
-def markdown_table(rows: list[list[str]]) -> list[str]:
+# A table longer than this is written in blocks under copies of its header: the chunker
+# cuts a table that exceeds its budget (300 tokens by default) between rows, and a row
+# cut off from its header can no longer be quoted with the names of its columns.
+TABLE_BLOCK_TOKENS = 240
+
+
+def markdown_table(rows: list[list[str]]) -> list[tuple[str, int | None]]:
     """Rows (the first one the header) as Markdown table lines, so that the answer units
-    quote a row together with its header."""
+    quote a row together with its header: each line with the index of the row it shows
+    (the header's for the rule under it), None for the blank line between two blocks.
+    Rows go into blocks of at most TABLE_BLOCK_TOKENS tokens, each under a copy of the
+    header (a row longer than that is a block of its own)."""
     width = max((len(r) for r in rows), default=0)
     if not width:
         return []
@@ -75,12 +84,22 @@ def markdown_table(rows: list[list[str]]) -> list[str]:
     def cell(value: str) -> str:
         return join_lines(value.replace("|", "/").split("\n"))
 
-    lines = []
-    for i, row in enumerate(rows):
-        padded = [cell(c) for c in row] + [""] * (width - len(row))
-        lines.append("| " + " | ".join(padded) + " |")
-        if i == 0:
-            lines.append("|" + " --- |" * width)
+    def line(row: list[str]) -> str:
+        return "| " + " | ".join([cell(c) for c in row] + [""] * (width - len(row))) + " |"
+
+    header = [(line(rows[0]), 0), ("|" + " --- |" * width, 0)]
+    lines: list[tuple[str, int | None]] = list(header)
+    header_tokens = count_tokens(header[0][0]) + width
+    tokens = header_tokens
+    for index, row in enumerate(rows[1:], start=1):
+        text = line(row)
+        size = count_tokens(text)
+        if tokens + size > TABLE_BLOCK_TOKENS and tokens > header_tokens:
+            lines.append(("", None))
+            lines.extend(header)
+            tokens = header_tokens
+        lines.append((text, index))
+        tokens += size
     return lines
 
 
@@ -120,7 +139,7 @@ class TextBuilder:
         lines = markdown_table(rows)
         if lines:
             self.blank(source_line, page)
-            for line in lines:
+            for line, _row in lines:
                 self.add(line, source_line, page)
             self.blank(source_line, page)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from sourcebook.ingest.converters.base import ConversionError, TextBuilder, markdown_table
+from sourcebook.ingest.converters.base import ConversionError, TextBuilder, decode, markdown_table
 from sourcebook.models import ParsedDocument
 from sourcebook.text import display_text
 
@@ -38,6 +39,7 @@ _BLOCK_TAGS = {
     "summary",
     "details",
 }
+_DECLARED_CHARSET = re.compile(rb"<meta[^>]+charset|<\?xml[^>]+encoding", re.IGNORECASE)
 _HEADING_TAGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
 
 
@@ -50,8 +52,13 @@ def html_text(data: bytes, fallback_title: str) -> ParsedDocument:
     import lxml.html
     from lxml import etree
 
+    declared = data.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff"))
+    declared = declared or _DECLARED_CHARSET.search(data[:4096]) is not None
+    # without a declared charset lxml reads the bytes as Latin-1: a UTF-8 page written by
+    # hand or exported without <meta charset> would come out as mojibake
+    source: bytes | str = data if declared else decode(data)
     try:
-        root = lxml.html.document_fromstring(data)
+        root = lxml.html.document_fromstring(source)
     except (etree.ParserError, ValueError) as exc:
         raise ConversionError(f"malformed HTML: {exc}") from exc
     title_el = root.find(".//title")
@@ -94,13 +101,10 @@ def _walk_html(element: object, out: TextBuilder) -> None:
         out.blank(line)
         rows = [r for r in element.iter("tr") if any(c.tag in ("td", "th") for c in r)]
         cells = [[c.text_content() for c in r if c.tag in ("td", "th")] for r in rows]
-        table_lines = markdown_table(cells)
-        # the rule line after the header comes from the header's source line
-        sources = (
-            [rows[0].sourceline or line] + [r.sourceline or line for r in rows] if rows else []
-        )
-        for text, source in zip(table_lines, sources, strict=True):
-            out.add(text, source)
+        # each line keeps the source line of the row it shows (a repeated header, the
+        # header's); the blank line between blocks, the table's
+        for text, row in markdown_table(cells):
+            out.add(text, line if row is None else rows[row].sourceline or line)
         out.blank(line)
         return
     inline: list[str] = [element.text or ""]

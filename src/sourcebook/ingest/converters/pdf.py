@@ -238,7 +238,7 @@ def _page_items(page: Any, drawn: Any, number: int, reading: _Reading) -> list[_
             round(min(1.0, bottom / height), 4),
         )
 
-    tables = [t for t in page.find_tables() if len(t.rows) >= 2] if _has_rules(drawn) else []
+    tables = _find_tables(page) if _has_rules(drawn) else []
     table_boxes = [t.bbox for t in tables]
 
     def outside_tables(word: dict[str, Any]) -> bool:
@@ -256,7 +256,8 @@ def _page_items(page: Any, drawn: Any, number: int, reading: _Reading) -> list[_
         for item in _paragraphs(lines, number, box):
             blocks.append((side, item.box[1], item))
     for table in tables:
-        rows = [[cell or "" for cell in row] for row in table.extract()]
+        # a gap of 1.5 pt is a space: the default 3 pt ran words together ("SystemV")
+        rows = [[cell or "" for cell in row] for row in table.extract(x_tolerance=1.5)]
         if not any(any(c.strip() for c in row) for row in rows):
             continue
         x0, top, x1, bottom = table.bbox
@@ -275,6 +276,35 @@ def _page_items(page: Any, drawn: Any, number: int, reading: _Reading) -> list[_
                 side = "S" if gutter is None else "L" if figure[2] * width <= gutter else "R"
                 blocks.append((side, item.box[1], item))
     return _reading_order(blocks)
+
+
+def _find_tables(page: Any) -> list[Any]:
+    """The ruled tables of a pdfplumber page (two rows or more). A table whose rows are
+    ruled across but that has no outer vertical border, only lines between its columns
+    (as DocBook and LaTeX draw them: the Debian Reference's package tables), is found
+    without its first and last columns, whose cells are not closed; it is looked for
+    again with those borders drawn at the ends of its row rules."""
+    tables = [t for t in page.find_tables() if len(t.rows) >= 2]
+    borders: list[dict[str, Any]] = []
+    for table in tables:
+        x0, top, x1, bottom = table.bbox
+        rules = [
+            e
+            for e in page.horizontal_edges
+            if top - 1 <= e["top"] <= bottom + 1 and e["x0"] < x1 and e["x1"] > x0
+        ]
+        left = min((float(e["x0"]) for e in rules), default=x0)
+        right = max((float(e["x1"]) for e in rules), default=x1)
+        if left < x0 - 2 or right > x1 + 2:
+            borders.extend(
+                {"x0": x, "x1": x, "top": top, "bottom": bottom, "width": 0,
+                 "height": bottom - top, "object_type": "line"}
+                for x in (left, right)
+            )  # fmt: skip
+    if borders:
+        found = page.find_tables({"explicit_vertical_lines": borders})
+        tables = [t for t in found if len(t.rows) >= 2]
+    return tables
 
 
 def _figures(page: Any, words: list[dict[str, Any]]) -> list[tuple[float, float, float, float]]:
@@ -487,12 +517,11 @@ def _add_table(builder: TextBuilder, item: _Item) -> None:
     from sourcebook.ingest.converters.base import markdown_table
 
     assert item.rows is not None
-    lines = markdown_table(item.rows)
     row_boxes = item.row_boxes or [item.box] * len(item.rows)
-    boxes = [row_boxes[0], row_boxes[0], *row_boxes[1:]]  # the rule line sits on the header
     builder.blank(item.page, item.page)
-    for line, row_box in zip(lines, boxes, strict=False):
-        builder.add(line, item.page, item.page, row_box)
+    for line, row in markdown_table(item.rows):
+        # the rule line sits on the header; a blank line between blocks has no box
+        builder.add(line, item.page, item.page, None if row is None else row_boxes[row])
     builder.blank(item.page, item.page)
 
 

@@ -42,11 +42,10 @@ def _add_rows(
     def flush() -> None:
         if header is None or not block:
             return
-        lines = markdown_table([header[1]] + [cells for _, cells in block])
-        sources = [header[0], header[0]] + [line for line, _ in block]
+        sources = [header[0]] + [line for line, _ in block]
         builder.blank(header[0])
-        for text, source in zip(lines, sources, strict=True):
-            builder.add(text, source)
+        for text, row in markdown_table([header[1]] + [cells for _, cells in block]):
+            builder.add(text, header[0] if row is None else sources[row])
         builder.blank(header[0])
         block.clear()
 
