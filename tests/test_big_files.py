@@ -39,6 +39,16 @@ def test_a_csv_stored_in_parts_reads_as_the_whole_file(tmp_path: Path) -> None:
         assert (report.added, report.failed) == (1, [])
         whole = convert(table, table.read_bytes())  # the same file as one part
         assert kb.document_text(table) == whole.text
+        # line ranges read only the parts that hold them, and are the whole text's lines
+        lines = whole.text.split("\n")
+        for first, last in [(1, 3), (100, 160), (400, 1100), (len(lines) - 2, len(lines) + 5)]:
+            expected = "\n".join(lines[first - 1 : last])
+            assert kb.document_text(table, first, last) == expected, (first, last)
+        # what one API or MCP request gets is cut at a line limit, and says so
+        text, truncated = kb.document_lines(table, None, None, limit=500)
+        assert (text, truncated) == ("\n".join(lines[:500]), True)
+        text, truncated = kb.document_lines(table, 1001, None, limit=500)
+        assert (text, truncated) == ("\n".join(lines[1000:]), False)
         document = kb.store.document(str(table))
         assert document is not None
         assert (

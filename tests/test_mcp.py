@@ -130,6 +130,7 @@ async def check_tools(client: Client, team: Team) -> None:
             "line_start": 2,
             "line_end": 4,
             "text": "\n".join(whole.split("\n")[1:4]),
+            "truncated": False,
         }
     )
     result = await client.call_tool("get_document", {"path": path, "start": 5, "end": 2})

@@ -222,6 +222,7 @@ def test_document_text_and_line_range(client: TestClient, notes_kb: KnowledgeBas
     whole = client.get(f"/api/documents/{doc_id}/text").json()
     lines = whole["text"].split("\n")
     assert whole["line_start"] == 1 and whole["line_end"] == len(lines)
+    assert whole["truncated"] is False  # a note is far below the 20,000-line cut
     part = client.get(f"/api/documents/{doc_id}/text", params={"start": 6, "end": 8}).json()
     assert part["text"] == "\n".join(lines[5:8])
     assert (part["line_start"], part["line_end"]) == (6, 8)

@@ -31,7 +31,13 @@ from sourcebook.models import (
     SyncReport,
 )
 from sourcebook.paths import PathNames, absolute_path
-from sourcebook.settings import DEFAULT_EMBEDDER, MAX_FILTER_CHARS, MAX_FILTER_TAGS, Settings
+from sourcebook.settings import (
+    DEFAULT_EMBEDDER,
+    MAX_FILTER_CHARS,
+    MAX_FILTER_TAGS,
+    MAX_TEXT_LINES,
+    Settings,
+)
 from sourcebook.store.access import AccessControl, check_name
 from sourcebook.store.backends import configured_backends, open_store, record_backends
 from sourcebook.store.embedded import Filters, StoreError, text_hash
@@ -664,19 +670,32 @@ class KnowledgeBase:
         `groups`, a document the reader may not read is reported as not there (its
         existence is not confirmed either). `path` as added or absolute."""
         key = self.resolve_path(path)
-        text = self.store.document_text(key)
+        text = self.store.document_text(key, line_start, line_end)
         if text is not None and groups is not None:
             document = self.store.document(key)
             if document is None or document.id in self.store.unreadable_documents(groups):
                 text = None
         if text is None:
             raise KeyError(f"{path} is not in the knowledge base")
-        if line_start is None and line_end is None:
-            return text
-        lines = text.split("\n")
-        start = max(1, line_start or 1)
-        end = min(len(lines), line_end or len(lines))
-        return "\n".join(lines[start - 1 : end])
+        return text
+
+    def document_lines(
+        self,
+        path: str | Path,
+        line_start: int | None = None,
+        line_end: int | None = None,
+        groups: frozenset[str] | None = None,
+        limit: int = MAX_TEXT_LINES,
+    ) -> tuple[str, bool]:
+        """Lines [line_start, line_end] of a document (all from line_start without
+        `line_end`), cut at `limit` lines so that a request's cost stays bounded however
+        long the document (a streamed CSV has millions of lines); and whether it was cut."""
+        first = line_start or 1
+        last = first + limit if line_end is None else min(line_end, first + limit)
+        lines = self.document_text(path, first, last, groups).split("\n")
+        if len(lines) <= limit:
+            return "\n".join(lines), False
+        return "\n".join(lines[:limit]), True
 
     def links(self, path: str | Path, groups: frozenset[str] | None = None) -> list[DocumentLink]:
         """The wiki-links (`[[note]]`) of a document, each with the document it names, if

@@ -15,6 +15,8 @@ DEFAULT_EMBEDDER = "multilingual-e5-small"
 # Longest question (or search query) accepted, in characters, on every surface: a question
 # is a sentence or a paragraph, and one of a megabyte once kept a core busy for minutes.
 MAX_QUESTION_CHARS = 4000
+# lines of a document one API or MCP request returns (the rest: ask again from the next)
+MAX_TEXT_LINES = 20_000
 # Longest path glob or tag in a filter, and most tags: matching a glob compiles it to a
 # regular expression, whose cost grows with the square of some patterns' length ("[!" *
 # 2000 took 3 s; a plain 1 MB glob 17 s), once per request.

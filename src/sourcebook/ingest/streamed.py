@@ -65,6 +65,7 @@ def store_in_parts(
     digest = hashlib.blake2b(digest_size=16)
     stored = 0
     offset = 0  # where the part's text starts in the document's text
+    first_line = 1  # ... and on which of its lines
     title = ""
     with path.open("rb") as raw:
         parts = csv_parts(io.BufferedReader(_Hashing(raw, digest)), path, part_rows)
@@ -85,9 +86,12 @@ def store_in_parts(
             if number == 0:
                 store.replace_document(record_for(part, content_hash or PARTIAL), chunks, texts)
             else:
-                store.append_to_document(str(path), part.text, chunks, texts, content_hash)
+                store.append_to_document(
+                    str(path), part.text, first_line, chunks, texts, content_hash
+                )
             stored += len(chunks)
             offset += len(part.text) + 1
+            first_line += part.text.count("\n") + 1
             del chunks, texts
             _return_free_memory()
     return stored

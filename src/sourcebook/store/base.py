@@ -168,7 +168,9 @@ class RecordStore(Protocol):
     def sources(self) -> list[tuple[str, list[str], list[str]]]: ...
     def document(self, path: str) -> DocumentInfo | None: ...
     def documents(self) -> list[DocumentInfo]: ...
-    def document_text(self, path: str) -> str | None: ...
+    def document_text(
+        self, path: str, start: int | None = None, end: int | None = None
+    ) -> str | None: ...
     def document_layout(self, path: str) -> tuple[list[int] | None, list[Box | None] | None]: ...
     def replace_document(
         self,
@@ -181,6 +183,7 @@ class RecordStore(Protocol):
         self,
         path: str,
         text: str,
+        first_line: int,
         chunks: Sequence[ChunkDraft],
         index_texts: Sequence[str],
         content_hash: str | None = None,
@@ -287,6 +290,12 @@ def glob_match(path: str, pattern: str) -> bool:
     if "/" not in pattern:
         return fnmatch.fnmatch(os.path.basename(path), pattern)
     return fnmatch.fnmatch(path, "*/" + pattern.lstrip("/"))
+
+
+def line_range(text: str, start: int, end: int) -> str:
+    """Lines start..end (1-based, inclusive) of `text`, clipped to the lines it has."""
+    lines = text.split("\n")
+    return "\n".join(lines[max(1, start) - 1 : max(0, min(len(lines), end))])
 
 
 def page_range(pages: list[int] | None, chunk: ChunkDraft) -> tuple[int | None, int | None]:

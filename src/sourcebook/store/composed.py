@@ -172,11 +172,12 @@ class KnowledgeStore:
         self,
         path: str,
         text: str,
+        first_line: int,
         chunks: Sequence[ChunkDraft],
         index_texts: Sequence[str],
         content_hash: str | None = None,
     ) -> None:
-        self.records.append_to_document(path, text, chunks, index_texts, content_hash)
+        self.records.append_to_document(path, text, first_line, chunks, index_texts, content_hash)
         self._after_write(len(chunks))
 
     def rename_document(self, old: str, new: str, modified: float) -> bool:
@@ -215,8 +216,10 @@ class KnowledgeStore:
     def documents(self) -> list[DocumentInfo]:
         return self.records.documents()
 
-    def document_text(self, path: str) -> str | None:
-        return self.records.document_text(path)
+    def document_text(
+        self, path: str, start: int | None = None, end: int | None = None
+    ) -> str | None:
+        return self.records.document_text(path, start, end)
 
     def add_source(
         self, path: str, include: Sequence[str], exclude: Sequence[str], given: str | None = None

@@ -80,7 +80,8 @@ CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
 -- streamed in parts (a large CSV), each appended in its own transaction
 CREATE TABLE IF NOT EXISTS document_parts (
     doc_id BIGINT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
-    part INTEGER NOT NULL, text TEXT NOT NULL, PRIMARY KEY (doc_id, part)
+    part INTEGER NOT NULL, first_line INTEGER NOT NULL, text TEXT NOT NULL,
+    PRIMARY KEY (doc_id, part)
 );
 CREATE INDEX IF NOT EXISTS chunks_hash ON chunks(text_hash);
 CREATE TABLE IF NOT EXISTS vectors (text_hash TEXT COLLATE "C" PRIMARY KEY, vector BYTEA NOT NULL);

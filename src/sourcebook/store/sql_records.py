@@ -19,6 +19,7 @@ them counted from its chunks' stored tokens when it is first opened (`_count_ter
 from __future__ import annotations
 
 import json
+import sys
 import time
 from abc import abstractmethod
 from collections import Counter
@@ -38,6 +39,7 @@ from sourcebook.store.base import (
     StoreError,
     batched,
     glob_match,
+    line_range,
     page_range,
     text_hash,
 )
@@ -148,14 +150,44 @@ class SQLRecords(SQLAccessRules, SQLTermCounts, SQLVectors):
         rows = self._db.execute(f"SELECT {self._DOC_COLUMNS} FROM documents d ORDER BY d.path")
         return [document_info(row) for row in rows]
 
-    def document_text(self, path: str) -> str | None:
+    def document_text(
+        self, path: str, start: int | None = None, end: int | None = None
+    ) -> str | None:
+        """The document's text, or its lines start..end (1-based, inclusive, clipped to the
+        text). Of a document stored in parts, only the parts holding those lines are read
+        (a streamed CSV's text may be hundreds of megabytes)."""
         row = self._db.execute("SELECT id, text FROM documents WHERE path = ?", (path,)).fetchone()
         if row is None:
             return None
-        parts = self._db.execute(
-            "SELECT text FROM document_parts WHERE doc_id = ? ORDER BY part", (row[0],)
-        ).fetchall()
-        return "\n".join([str(row[1]), *(str(text) for (text,) in parts)])
+        doc_id, head = int(row[0]), str(row[1])
+        starts = [(0, 1)] + [
+            (int(part), int(first))
+            for part, first in self._db.execute(
+                "SELECT part, first_line FROM document_parts WHERE doc_id = ? ORDER BY part",
+                (doc_id,),
+            )
+        ]
+        low, high = start or 1, end or sys.maxsize
+        wanted = [
+            (part, first)
+            for i, (part, first) in enumerate(starts)
+            if first <= high and (i + 1 == len(starts) or starts[i + 1][1] > low)
+        ] or starts[-1:]
+        texts = {0: head} if wanted[0][0] == 0 else {}
+        parts = [part for part, _ in wanted if part]
+        if parts:
+            marks = ",".join("?" * len(parts))
+            texts.update(
+                (int(part), str(text))
+                for part, text in self._db.execute(
+                    f"SELECT part, text FROM document_parts WHERE doc_id = ? AND part IN ({marks})",
+                    (doc_id, *parts),
+                )
+            )
+        text = "\n".join(texts[part] for part, _ in wanted)
+        if start is None and end is None:
+            return text
+        return line_range(text, low - wanted[0][1] + 1, high - wanted[0][1] + 1)
 
     def document_layout(self, path: str) -> tuple[list[int] | None, list[Box | None] | None]:
         """Per line of a document's text: its page, and its box on that page (None for
@@ -255,13 +287,15 @@ class SQLRecords(SQLAccessRules, SQLTermCounts, SQLVectors):
         self,
         path: str,
         text: str,
+        first_line: int,
         chunks: Sequence[ChunkDraft],
         index_texts: Sequence[str],
         content_hash: str | None = None,
     ) -> None:
         """Add the next part of a document stored in parts (`replace_document` stored the
-        first): its text (the document's text goes on after a newline) and its chunks,
-        whose ordinals and offsets already count the parts before. `content_hash`, given
+        first): its text (the document's text goes on after a newline; `first_line` is the
+        line of the document's text it starts on) and its chunks, whose ordinals and
+        offsets already count the parts before. `content_hash`, given
         with the last part, replaces the marker the first part was stored with. One
         transaction, like every write: a process killed between parts leaves a shorter
         document, whose marker makes the next sync index the file again."""
@@ -274,9 +308,9 @@ class SQLRecords(SQLAccessRules, SQLTermCounts, SQLVectors):
                 raise StoreError(f"{path} is not in the knowledge base: store its first part")
             doc_id = int(row[0])
             self._db.execute(
-                "INSERT INTO document_parts (doc_id, part, text) VALUES"
-                " (?, (SELECT COUNT(*) + 1 FROM document_parts WHERE doc_id = ?), ?)",
-                (doc_id, doc_id, text),
+                "INSERT INTO document_parts (doc_id, part, first_line, text) VALUES"
+                " (?, (SELECT COUNT(*) + 1 FROM document_parts WHERE doc_id = ?), ?, ?)",
+                (doc_id, doc_id, first_line, text),
             )
             first = None
             for chunk, index_text in zip(chunks, index_texts, strict=True):

@@ -43,8 +43,9 @@ INSTRUCTIONS = (
     "Sourcebook is the user's own knowledge base of notes and documents, in Chinese and "
     "English. Use `search` to find passages, `ask` for an answer that cites its sources "
     "as [n] (or says the knowledge base has no answer: then do not invent one), "
-    "`get_document` to read a cited line range in full, and `list_collections` to see what "
-    "has been indexed. Quote paths and line numbers when you cite."
+    "`get_document` to read a cited line range in full, `get_links` to follow a note's "
+    "[[wiki-links]], and `list_collections` to see what has been indexed. Quote paths and "
+    "line numbers when you cite."
 )
 
 
@@ -111,6 +112,11 @@ class DocumentLines(BaseModel):
     line_start: int
     line_end: int
     text: str
+    truncated: bool = Field(
+        False,
+        description="the text stops before the lines asked for do (at most 20,000 lines "
+        "are sent at once): call again with start = line_end + 1",
+    )
 
 
 class Links(BaseModel):
@@ -223,14 +229,14 @@ def create_mcp_server(
         end: Annotated[int | None, Field(ge=1, description="last line (inclusive)")] = None,
     ) -> DocumentLines:
         """Read a document of the knowledge base as indexed (the text citations' line
-        numbers refer to), whole or lines start..end. Use it to read around a cited
-        passage."""
+        numbers refer to), whole or lines start..end, at most 20,000 lines a call
+        (`truncated` then says more follow). Use it to read around a cited passage."""
         reader = reader_of(ctx)
         if start is not None and end is not None and end < start:
             raise ToolError(f"end ({end}) is before start ({start})")
         with reading(), facade_errors():
             try:
-                text = kb.document_text(path, start, end, reader.groups)
+                text, truncated = kb.document_lines(path, start, end, reader.groups)
             except KeyError as exc:
                 # the same message whether it does not exist or may not be read
                 raise ToolError(f"{path} is not in the knowledge base") from exc
@@ -249,6 +255,7 @@ def create_mcp_server(
             line_start=first,
             line_end=first + text.count("\n"),
             text=text,
+            truncated=truncated,
         )
 
     @server.tool(annotations=_READ_ONLY)

@@ -184,7 +184,7 @@ def routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRouter:
             raise HTTPException(400, f"end ({end}) is before start ({start})")
         with lock.reading():
             document = find(doc_id, caller)
-            text = kb.document_text(document.absolute_path, start, end, caller.groups)
+            text, truncated = kb.document_lines(document.absolute_path, start, end, caller.groups)
         lines = f"lines {start or 1}-{end}" if start or end else None
         audit(kb, caller, "http", "document", documents=[document.absolute_path], detail=lines)
         first = start or 1
@@ -195,6 +195,7 @@ def routes(kb: KnowledgeBase, lock: ReadWriteLock, uploads: Path) -> APIRouter:
             line_start=first,
             line_end=first + text.count("\n"),
             text=text,
+            truncated=truncated,
         )
 
     @api.get(

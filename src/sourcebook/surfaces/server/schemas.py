@@ -122,6 +122,11 @@ class DocumentText(BaseModel):
     line_start: int
     line_end: int
     text: str
+    truncated: bool = Field(
+        False,
+        description="the text stops before the lines asked for do (at most 20,000 lines "
+        "are sent at once): ask again from line_end + 1",
+    )
 
 
 class Collection(BaseModel):

@@ -581,6 +581,8 @@ function positiveInt(value) {
   return n >= 1 ? n : undefined;
 }
 
+const WINDOW = 2000; // lines shown above and below the cited ones
+
 async function initDocument() {
   const article = $("#document");
   const id = Number(article.dataset.docId);
@@ -589,9 +591,15 @@ async function initDocument() {
   const end = positiveInt(params.get("end")) ?? start;
   const listed = parseRanges(params.get("lines"));
   const ranges = listed.length ? listed : start ? [[start, Math.max(start, end)]] : [];
+  // with cited lines, a window around them (a streamed CSV has millions of lines); the
+  // server sends at most 20,000 lines of a document at once and says when it cut
+  const windowEnd = ranges.length ? Math.max(...ranges.map((r) => r[1])) + WINDOW : 0;
+  const around = ranges.length
+    ? `?start=${Math.max(1, Math.min(...ranges.map((r) => r[0])) - WINDOW)}&end=${windowEnd}`
+    : "";
   try {
     const [passage, documents] = await Promise.all([
-      getJson(`/api/documents/${id}/text`),
+      getJson(`/api/documents/${id}/text${around}`),
       getJson("/api/documents").catch(() => []),
       loadRoots(),
     ]);
@@ -599,7 +607,13 @@ async function initDocument() {
     const title = info?.title || shortPath(passage.path);
     document.title = `${title} · Sourcebook`;
     $("#document-title").textContent = title;
-    const meta = [shortPath(passage.path), `${passage.line_end} 行 lines`];
+    // part of the document: lines before the window, or (maybe) after it
+    const more = passage.truncated || (windowEnd > 0 && passage.line_end >= windowEnd);
+    const shown =
+      passage.line_start > 1 || more
+        ? `${passage.line_start}–${passage.line_end} 行 lines${more ? " …" : ""}`
+        : `${passage.line_end} 行 lines`;
+    const meta = [shortPath(passage.path), shown];
     if (ranges.length) {
       meta.push(`高亮 highlighted ${ranges.map(([a, b]) => span(a, b)).join(", ")}`);
     }
