@@ -49,6 +49,7 @@ def test_a_csv_stored_in_parts_reads_as_the_whole_file(tmp_path: Path) -> None:
         assert (text, truncated) == ("\n".join(lines[:500]), True)
         text, truncated = kb.document_lines(table, 1001, None, limit=500)
         assert (text, truncated) == ("\n".join(lines[1000:]), False)
+        assert kb.links(table) == []  # a sheet has no wiki-links: its text is not read for them
         document = kb.store.document(str(table))
         assert document is not None
         assert (

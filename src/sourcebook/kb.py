@@ -88,6 +88,10 @@ def _yield_to_searches() -> None:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ANSWER_NICENESS)
 
 
+# the kinds of documents whose text may hold [[wiki-links]] (notes, not sheets or PDFs)
+_LINKED_KINDS = frozenset({"markdown", "text", "rst", "html", "notebook"})
+
+
 class KnowledgeBase:
     """A knowledge base in one folder: add sources, keep them in sync, search and ask.
 
@@ -703,8 +707,13 @@ class KnowledgeBase:
         not named either). `path` as added or absolute."""
         from sourcebook.retrieve.links import resolve_links
 
-        text = self.document_text(path, groups=groups)  # KeyError when absent or unreadable
-        return resolve_links(text, self.resolve_path(path), self.documents(groups))
+        key = self.resolve_path(path)
+        self.document_text(key, 1, 1, groups)  # KeyError when absent or unreadable
+        document = self.store.document(key)
+        if document is None or document.kind not in _LINKED_KINDS:
+            return []  # the web view asks of every document: never read a 200 MB CSV for it
+        text = self.document_text(key, groups=groups)
+        return resolve_links(text, key, self.documents(groups))
 
     def page_regions(
         self,
