@@ -49,7 +49,18 @@ def test_a_csv_stored_in_parts_reads_as_the_whole_file(tmp_path: Path) -> None:
         assert (text, truncated) == ("\n".join(lines[:500]), True)
         text, truncated = kb.document_lines(table, 1001, None, limit=500)
         assert (text, truncated) == ("\n".join(lines[1000:]), False)
-        assert kb.links(table) == []  # a sheet has no wiki-links: its text is not read for them
+        # the web view asks every document for its wiki-links: a sheet's text is not read
+        reads: list[tuple[int | None, int | None]] = []
+        read = kb.store.document_text
+
+        def recorded(path: str, start: int | None = None, end: int | None = None) -> str | None:
+            reads.append((start, end))
+            return read(path, start, end)
+
+        kb.store.document_text = recorded  # type: ignore[method-assign]
+        assert kb.links(table) == []
+        assert reads == [(1, 1)]  # only the check that the reader may read it
+        kb.store.document_text = read  # type: ignore[method-assign]
         document = kb.store.document(str(table))
         assert document is not None
         assert (
