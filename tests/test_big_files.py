@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from killing import kill_when
 from sourcebook import KnowledgeBase, Settings
 from sourcebook.ingest.converters import convert
 from sourcebook.ingest.streamed import PARTIAL
@@ -151,13 +150,7 @@ def test_sigkill_between_parts_then_sync_completes_the_file(tmp_path: Path) -> N
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 240
-    while _stored_chunks(kb_path / "sourcebook.db") < 100:
-        assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        assert time.monotonic() < deadline, "ingest made no progress"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_when(process, lambda: _stored_chunks(kb_path / "sourcebook.db") >= 100, within=240)
 
     settings = Settings(kb=kb_path, csv_part_rows=200)
     with KnowledgeBase(kb_path, settings) as kb:

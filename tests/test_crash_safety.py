@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from killing import kill_when
 from sourcebook import KnowledgeBase, Settings
 from sourcebook.models import ChunkDraft
 from sourcebook.store.embedded import DocumentRecord, EmbeddedStore, SearchScope
@@ -51,13 +51,7 @@ def test_sigkill_mid_ingest_then_sync_completes(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 240
-    while committed_documents(kb_path / "sourcebook.db") < 10:
-        assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        assert time.monotonic() < deadline, "ingest made no progress"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_when(process, lambda: committed_documents(kb_path / "sourcebook.db") >= 10, within=240)
     interrupted = committed_documents(kb_path / "sourcebook.db")
     assert 10 <= interrupted < 120  # killed in the middle
 

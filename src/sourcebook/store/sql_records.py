@@ -295,10 +295,10 @@ class SQLRecords(SQLAccessRules, SQLTermCounts, SQLVectors):
         """Add the next part of a document stored in parts (`replace_document` stored the
         first): its text (the document's text goes on after a newline; `first_line` is the
         line of the document's text it starts on) and its chunks, whose ordinals and
-        offsets already count the parts before. `content_hash`, given
-        with the last part, replaces the marker the first part was stored with. One
-        transaction, like every write: a process killed between parts leaves a shorter
-        document, whose marker makes the next sync index the file again."""
+        offsets already count the parts before. `content_hash`, given with the last part,
+        replaces the marker the first part was stored with. One transaction, like every
+        write: a process killed between parts leaves a shorter document, whose marker
+        makes the next sync index the file again."""
         from sourcebook.index.analyzer import analyze
 
         terms: Counter[str] = Counter()

@@ -1,12 +1,12 @@
 """Spreadsheets (.csv, .tsv, .xlsx): rows as Markdown table rows under their header, so an
 answer quotes a row with its header and a cell can be asked for.
 
-Rows are read one at a time and written in blocks of `BLOCK_ROWS`, each block a table
-of its own that repeats the header: a chunk never holds rows without the header that
-names their columns. Each extracted line maps to the row it came from (the line of the
-CSV file, the row number of the sheet). A CSV file is read as a stream, in parts of
-rows that ingestion stores one transaction each (`csv_parts`): a file of
-any size is converted in bounded memory.
+Rows are read one at a time and written in blocks of `BLOCK_ROWS` (fewer when they are
+long: `markdown_table`), each block a table of its own that repeats the header: a chunk
+never holds rows without the header that names their columns. Each extracted line maps to
+the row it came from (the line of the CSV file, the row number of the sheet). A CSV file
+is read as a stream, in parts that ingestion stores one transaction each (`csv_parts`): a
+file of any size is converted in bounded memory.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from sourcebook.models import ParsedDocument
 BLOCK_ROWS = 20
 SNIFF_BYTES = 1 << 20  # what the encoding and the delimiter are detected from
 
-
-Header = tuple[int, list[str]]
+Header = tuple[int, list[str]]  # (source line, cells)
 
 
 def _add_rows(
