@@ -157,11 +157,20 @@ def test_sigkill_between_parts_then_sync_completes_the_file(tmp_path: Path) -> N
         document = kb.store.document(str(table))
         assert document is not None and document.content_hash == PARTIAL  # killed mid-file
         assert kb.store.consistency_problems() == []
+        assert kb.status().indexed_in_part == [str(table)]
+        shown = subprocess.run(
+            [sys.executable, "-m", "sourcebook.surfaces.cli", "status"],
+            env={**env, "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert "incomplete" in shown and "prices.csv" in shown and "sync" in shown
         assert kb.search("sku000003", limit=1)[0].path.endswith("prices.csv")  # the parts stored
         report = kb.sync(wait=False)  # keyword-searchable is enough here
         assert (report.updated, report.failed) == (1, [])
         document = kb.store.document(str(table))
         assert document is not None and document.content_hash != PARTIAL
+        assert kb.status().indexed_in_part == []
         assert kb.document_text(table) == convert(table, table.read_bytes()).text
         hit = kb.search("sku029999", limit=1)[0]
         assert hit.line_start <= 30_001 <= hit.line_end

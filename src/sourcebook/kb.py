@@ -869,6 +869,7 @@ class KnowledgeBase:
                 if embedded < total and groups is None
                 else None
             ),
+            indexed_in_part=self.store.partial_documents() if groups is None else [],
         )
 
     def sources(self, groups: frozenset[str] | None = None) -> list[str]:

@@ -266,6 +266,11 @@ class Status(BaseModel):
     embedding: str | None = Field(
         None, description="embedding in progress: how many chunks have their vector"
     )
+    indexed_in_part: list[str] = Field(
+        default_factory=list,
+        description="documents stored in parts whose last part is missing (the process "
+        "was stopped while adding a large CSV): the next `sync` reads them again",
+    )
 
 
 # --- teams and the audit log -------------------------------------------------------------

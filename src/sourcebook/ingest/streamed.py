@@ -23,11 +23,12 @@ from typing import Any, TypeVar
 from sourcebook.ingest.chunker import ChunkingOptions, chunk_document, contextual_text
 from sourcebook.ingest.converters.sheets import check_csv, csv_parts
 from sourcebook.models import ParsedDocument
+from sourcebook.store.base import PARTIAL_HASH
 from sourcebook.store.composed import KnowledgeStore
 from sourcebook.store.embedded import DocumentRecord
 
 STREAMED_SUFFIXES = frozenset({".csv", ".tsv"})
-PARTIAL = "partial"  # the content hash of a document whose last part is not stored yet
+PARTIAL = PARTIAL_HASH  # the content hash of a document whose last part is not stored yet
 
 T = TypeVar("T")
 

@@ -34,6 +34,8 @@ if TYPE_CHECKING:  # numpy is loaded by the code that makes vectors, not by read
     from sourcebook.store.access import AccessControl
 
 SCHEMA_VERSION = 1
+# the content hash of a document stored in parts until its last part is stored
+PARTIAL_HASH = "partial"
 
 # (chunk id, score), best first
 ScoredIds = list[tuple[int, float]]
@@ -172,6 +174,7 @@ class RecordStore(Protocol):
         self, path: str, start: int | None = None, end: int | None = None
     ) -> str | None: ...
     def document_layout(self, path: str) -> tuple[list[int] | None, list[Box | None] | None]: ...
+    def partial_documents(self) -> list[str]: ...
     def replace_document(
         self,
         record: DocumentRecord,

@@ -186,6 +186,9 @@ class KnowledgeStore:
     def document_layout(self, path: str) -> tuple[list[int] | None, list[Box | None] | None]:
         return self.records.document_layout(path)
 
+    def partial_documents(self) -> list[str]:
+        return self.records.partial_documents()
+
     def texts_to_embed(
         self, limit: int, after: int = 0
     ) -> list[tuple[int, str, str, list[str], str]]:

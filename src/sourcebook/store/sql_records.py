@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from sourcebook.models import Box, ChunkDraft, DocumentInfo, SearchHit
 from sourcebook.store.access import AccessControl
 from sourcebook.store.base import (
+    PARTIAL_HASH,
     SCHEMA_VERSION,
     Change,
     ChunkLayout,
@@ -188,6 +189,13 @@ class SQLRecords(SQLAccessRules, SQLTermCounts, SQLVectors):
         if start is None and end is None:
             return text
         return line_range(text, low - wanted[0][1] + 1, high - wanted[0][1] + 1)
+
+    def partial_documents(self) -> list[str]:
+        """Paths of the documents stored in parts whose last part is not stored yet."""
+        rows = self._db.execute(
+            "SELECT path FROM documents WHERE content_hash = ? ORDER BY path", (PARTIAL_HASH,)
+        )
+        return [str(path) for (path,) in rows]
 
     def document_layout(self, path: str) -> tuple[list[int] | None, list[Box | None] | None]:
         """Per line of a document's text: its page, and its box on that page (None for

@@ -223,6 +223,9 @@ def status(kb: KbOption = None, as_json: JsonOption = False) -> None:
             table.add_row("embeddings", f"[yellow]{escape(info.reembedding)}[/]")
         if info.embedding:
             table.add_row("embedding", f"[yellow]{escape(info.embedding)}[/]")
+        for path in info.indexed_in_part:
+            note = "indexed in part: `sourcebook sync` reads it again"
+            table.add_row("incomplete", f"[yellow]{escape(path)}[/] ({note})")
         for source in info.sources:
             table.add_row("source", display_path(source))
         console.print(table)

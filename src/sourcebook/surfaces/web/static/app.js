@@ -434,11 +434,16 @@ async function showEmbeddingStatus() {
   if (!line) return;
   try {
     const status = await getJson("/api/status");
-    line.hidden = !status.embedding;
-    if (status.embedding) {
-      line.textContent = `向量化中，其余块暂仅按关键词检索 · ${status.embedding}`;
-      setTimeout(showEmbeddingStatus, 3000);
+    const partial = status.indexed_in_part ?? [];
+    const notes = [];
+    if (status.embedding) notes.push(`向量化中，其余块暂仅按关键词检索 · ${status.embedding}`);
+    if (partial.length) {
+      // a large CSV whose ingest was stopped: the next sync reads it again
+      notes.push(`部分索引 indexed in part (sync reads again): ${partial.map(shortPath).join(", ")}`);
     }
+    line.hidden = !notes.length;
+    line.textContent = notes.join(" · ");
+    if (status.embedding) setTimeout(showEmbeddingStatus, 3000);
   } catch {
     line.hidden = true;
   }
