@@ -1,11 +1,12 @@
 """Fault-injection sweep (issue 12): kill a real writer process at every write step and
 check, after each kill, that the knowledge base is still whole.
 
-Each writer command (`add`, `sync`, `remove`, `reindex`, `access set`, `user add`,
-`key create`, an upload to `sourcebook serve`) runs as a subprocess with
-`SOURCEBOOK_CRASH_AT=*:N` (`sourcebook/faults.py`): it is SIGKILLed at its N-th crash
-point (before and after every SQLite commit, between the steps of an index flush, while
-an upload is being saved), for N = 1, 2, … until it completes. After each kill:
+Each writer command (`add` of notes and of a CSV stored in parts, `sync`, `remove`,
+`reindex`, `access set`, `user add`, `key create`, an upload to `sourcebook serve`) runs
+as a subprocess with `SOURCEBOOK_CRASH_AT=*:N` (`sourcebook/faults.py`): it is SIGKILLed
+at its N-th crash point (before and after every SQLite commit, between the steps of an
+index flush, while an upload is being saved), for N = 1, 2, … until it completes. After
+each kill:
 
 - the store opens (the next process recovers the derived indexes);
 - every index agrees with the records: the keyword index holds exactly SQLite's chunk
@@ -20,6 +21,7 @@ an upload is being saved), for N = 1, 2, … until it completes. After each kill
     python benchmarks/fault_sweep.py                  # every kill point of every command
     python benchmarks/fault_sweep.py --limit 20       # a sample, spread over the commands
     python benchmarks/fault_sweep.py --workers 4      # scenarios side by side
+    python benchmarks/fault_sweep.py --only add-csv   # one scenario
 
 Loopback only (the upload server binds 127.0.0.1), bounded (every process has a timeout),
 and it stops by itself. The pytest suite runs a sample (`tests/test_fault_injection.py`).
@@ -158,6 +160,23 @@ def _expect_add_links(work: Path, kb: KnowledgeBase) -> Expected:
     return Expected(present=present)
 
 
+CSV_ROWS, CSV_PART_ROWS = 200, 40  # a CSV stored in five parts, one transaction each
+
+
+def _add_csv(work: Path) -> list[str]:
+    (work / "sheets").mkdir()
+    rows = ["编号 code,说明 note"] + [f"csvrow{i:04d}x,第 {i} 行 row {i}" for i in range(CSV_ROWS)]
+    (work / "sheets" / "rows.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return ["add", str(work / "sheets")]
+
+
+def _expect_add_csv(work: Path, kb: KnowledgeBase) -> Expected:
+    present = all_notes()
+    if str(work / "sheets") in kb.sources():  # the row of the last part: the file is whole
+        present["sheets/rows.csv"] = f"csvrow{CSV_ROWS - 1:04d}x"
+    return Expected(present=present)
+
+
 def _access_remove(work: Path) -> list[str]:
     with KnowledgeBase(work / "kb", Settings(kb=work / "kb")) as kb:
         kb.set_access_rule("sub/*", ["team-a"])
@@ -204,6 +223,7 @@ SCENARIOS = [
     Scenario("remove-file", "full", _remove_file, _expect_remove_file),
     Scenario("reindex", "full", _reindex, _expect_reindex),
     Scenario("add-links", "full", _add_links, _expect_add_links),
+    Scenario("add-csv", "full", _add_csv, _expect_add_csv),
     Scenario("access", "full", _access, _expect_access),
     Scenario("access-remove", "full", _access_remove, _expect_access_remove),
     Scenario("user", "full", _user, _expect_reindex),
@@ -215,7 +235,10 @@ def environment(work: Path, crash: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != ENVIRONMENT}
     # small embedding batches: a re-embedding commits after each, more steps to kill at
     env.update(
-        SOURCEBOOK_KB=str(work / "kb"), SOURCEBOOK_EMBEDDER=EMBEDDER, SOURCEBOOK_EMBED_BATCH="4"
+        SOURCEBOOK_KB=str(work / "kb"),
+        SOURCEBOOK_EMBEDDER=EMBEDDER,
+        SOURCEBOOK_EMBED_BATCH="4",
+        SOURCEBOOK_CSV_PART_ROWS=str(CSV_PART_ROWS),
     )
     if crash:
         env[ENVIRONMENT] = crash
@@ -464,13 +487,14 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="scenarios run side by side in this many processes"
     )
+    parser.add_argument("--only", nargs="+", default=None, help="these scenarios (by name)")
     args = parser.parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sourcebook-faults-") as tmp:
         if args.workers > 1:
             outcomes = sweep_parallel(args.limit, Path(tmp), args.workers)
         else:
-            outcomes = sweep(args.limit, Path(tmp))
+            outcomes = sweep(args.limit, Path(tmp), only=args.only)
     kills = [o for o in outcomes if o.killed]
     violations = sum(len(o.violations) for o in outcomes)
     print(

@@ -1,9 +1,10 @@
 """A sample of the fault-injection sweep (`benchmarks/fault_sweep.py`): real writer
-processes (`add`, `sync`, `remove`, `reindex`, `access set`, `access remove`, `user add`,
-`key create`, an upload to `sourcebook serve`) SIGKILLed at crash points spread over their
-write steps; after each kill the store opens, its indexes agree with its records, nothing is
-orphaned, and after one `sync` nothing added is lost and nothing removed is found. The full sweep
-(every crash point) is the benchmark; this sample keeps CI fast."""
+processes (`add`, `add` of a CSV stored in parts, `sync`, `remove`, `reindex`, `access
+set`, `access remove`, `user add`, `key create`, an upload to `sourcebook serve`)
+SIGKILLed at crash points spread over their write steps; after each kill the store opens,
+its indexes agree with its records, nothing is orphaned, and after one `sync` nothing
+added is lost and nothing removed is found. The full sweep (every crash point) is the
+benchmark; this sample keeps CI fast."""
 
 from __future__ import annotations
 
@@ -19,12 +20,12 @@ from sourcebook import faults
 
 
 def test_a_sample_of_kill_points_leaves_no_invariant_violated(tmp_path: Path) -> None:
-    outcomes = fault_sweep.sweep(22, tmp_path, log=lambda _: None)  # 2 per command
+    outcomes = fault_sweep.sweep(24, tmp_path, log=lambda _: None)  # 2 per command
     violations = [v for o in outcomes for v in o.violations]
     assert violations == []
     killed = [o for o in outcomes if o.killed]
     assert len(killed) >= 16  # most sampled points are inside the commands' write steps
-    assert {o.scenario for o in killed} >= {"add", "sync", "remove", "reindex", "upload"}
+    assert {o.scenario for o in killed} >= {"add", "add-csv", "sync", "remove", "reindex", "upload"}
 
 
 def test_a_crash_point_spec_is_parsed_strictly(monkeypatch: pytest.MonkeyPatch) -> None:
