@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
-from killing import kill_when
+from killing import kill_when, stored_rows
 from sourcebook import KnowledgeBase, Settings
 from sourcebook.ingest.converters import convert
-from sourcebook.ingest.streamed import PARTIAL
+from sourcebook.store.base import PARTIAL_HASH
 
 GOODS = ["显卡 GPU", "内存条 RAM", "固态硬盘 SSD", "主板 motherboard", "电源 power supply"]
 
@@ -125,14 +124,6 @@ def test_a_malformed_csv_is_reported_before_it_replaces_the_indexed_version(
         assert kb.store.consistency_problems() == []
 
 
-def _stored_chunks(db: Path) -> int:
-    try:
-        with sqlite3.connect(db, timeout=5) as connection:
-            return int(connection.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
-    except sqlite3.Error:
-        return 0
-
-
 def test_sigkill_between_parts_then_sync_completes_the_file(tmp_path: Path) -> None:
     table = tmp_path / "data" / "prices.csv"
     table.parent.mkdir()
@@ -150,12 +141,12 @@ def test_sigkill_between_parts_then_sync_completes_the_file(tmp_path: Path) -> N
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    kill_when(process, lambda: _stored_chunks(kb_path / "sourcebook.db") >= 100, within=240)
+    kill_when(process, lambda: stored_rows(kb_path / "sourcebook.db", "chunks") >= 100, within=240)
 
     settings = Settings(kb=kb_path, csv_part_rows=200)
     with KnowledgeBase(kb_path, settings) as kb:
         document = kb.store.document(str(table))
-        assert document is not None and document.content_hash == PARTIAL  # killed mid-file
+        assert document is not None and document.content_hash == PARTIAL_HASH  # killed mid-file
         assert kb.store.consistency_problems() == []
         assert kb.status().indexed_in_part == [str(table)]
         shown = subprocess.run(
@@ -169,7 +160,7 @@ def test_sigkill_between_parts_then_sync_completes_the_file(tmp_path: Path) -> N
         report = kb.sync(wait=False)  # keyword-searchable is enough here
         assert (report.updated, report.failed) == (1, [])
         document = kb.store.document(str(table))
-        assert document is not None and document.content_hash != PARTIAL
+        assert document is not None and document.content_hash != PARTIAL_HASH
         assert kb.status().indexed_in_part == []
         assert kb.document_text(table) == convert(table, table.read_bytes()).text
         hit = kb.search("sku029999", limit=1)[0]

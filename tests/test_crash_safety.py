@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from killing import kill_when
+from killing import kill_when, stored_rows
 from sourcebook import KnowledgeBase, Settings
 from sourcebook.models import ChunkDraft
 from sourcebook.store.embedded import DocumentRecord, EmbeddedStore, SearchScope
@@ -33,14 +32,6 @@ def write_corpus(folder: Path, count: int) -> None:
         (folder / f"note-{i:03d}.md").write_text(f"# 笔记 {i}：{topic} {marker}\n\n{paragraphs}\n")
 
 
-def committed_documents(db: Path) -> int:
-    try:
-        with sqlite3.connect(db, timeout=5) as connection:
-            return int(connection.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
-    except sqlite3.Error:
-        return 0
-
-
 def test_sigkill_mid_ingest_then_sync_completes(tmp_path: Path) -> None:
     notes, kb_path = tmp_path / "notes", tmp_path / "kb"
     write_corpus(notes, 120)
@@ -51,8 +42,9 @@ def test_sigkill_mid_ingest_then_sync_completes(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    kill_when(process, lambda: committed_documents(kb_path / "sourcebook.db") >= 10, within=240)
-    interrupted = committed_documents(kb_path / "sourcebook.db")
+    db = kb_path / "sourcebook.db"
+    kill_when(process, lambda: stored_rows(db, "documents") >= 10, within=240)
+    interrupted = stored_rows(db, "documents")
     assert 10 <= interrupted < 120  # killed in the middle
 
     settings = Settings(kb=kb_path)

@@ -19,7 +19,6 @@ from sourcebook.ingest.chunker import ChunkingOptions, chunk_document, contextua
 from sourcebook.ingest.converters import ConversionError, kind_of, use_engine
 from sourcebook.ingest.isolation import convert_within
 from sourcebook.ingest.streamed import (
-    PARTIAL,
     content_digest,
     file_digest,
     is_streamed,
@@ -28,6 +27,7 @@ from sourcebook.ingest.streamed import (
 from sourcebook.models import DocumentInfo, FileIssue, ParsedDocument, SyncReport
 from sourcebook.paths import absolute_path as absolute_path  # its former home: still importable
 from sourcebook.settings import Settings
+from sourcebook.store.base import PARTIAL_HASH
 from sourcebook.store.composed import KnowledgeStore
 from sourcebook.store.embedded import DocumentRecord
 
@@ -282,7 +282,7 @@ class Ingestor:
         """Whether some parts of the file were stored before it failed (they replaced
         what was indexed, and must not stay)."""
         document = self._store.document(str(path))
-        return document is not None and document.content_hash == PARTIAL
+        return document is not None and document.content_hash == PARTIAL_HASH
 
     def _store_whole(
         self, path: Path, data: bytes, modified: float, content_hash: str, report: SyncReport

@@ -3,7 +3,7 @@ part (a few thousand rows, one transaction) at a time, so that memory holds a pa
 the file (a 200 MB export would otherwise be held several times over: bytes, text,
 chunks).
 
-The first part is stored with `PARTIAL` as its content hash and the last part sets the
+The first part is stored with `PARTIAL_HASH` as its content hash and the last part sets the
 file's hash. A process killed between parts leaves a shorter document that is consistent
 in every index; its hash matches no file, so the next `sync` (or `watch`) indexes the file
 again from its start. The file is read once first to check it (`check_csv`), so that a
@@ -28,7 +28,6 @@ from sourcebook.store.composed import KnowledgeStore
 from sourcebook.store.embedded import DocumentRecord
 
 STREAMED_SUFFIXES = frozenset({".csv", ".tsv"})
-PARTIAL = PARTIAL_HASH  # the content hash of a document whose last part is not stored yet
 
 T = TypeVar("T")
 
@@ -85,7 +84,8 @@ def store_in_parts(
             # the file has been read to its end when its last part is known
             content_hash = digest.hexdigest() if last else None
             if number == 0:
-                store.replace_document(record_for(part, content_hash or PARTIAL), chunks, texts)
+                record = record_for(part, content_hash or PARTIAL_HASH)
+                store.replace_document(record, chunks, texts)
             else:
                 store.append_to_document(
                     str(path), part.text, first_line, chunks, texts, content_hash
