@@ -32,14 +32,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kb", type=Path, default=ROOT / "benchmarks" / "work" / "notes-dev-kb")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument(
+        "--questions",
+        type=Path,
+        default=ROOT / "benchmarks" / "data" / "study-notes-dev-en.jsonl",
+        help="study-notes-dev-en.jsonl (the default) or study-notes-dev2-en.jsonl",
+    )
     args = parser.parse_args()
     create = not (args.kb / "sourcebook.db").exists()
     kb = KnowledgeBase(args.kb, Settings(kb=args.kb), create=create)
     kb.add([ROOT / "datasets" / "study-notes" / "notes"])
-    questions = [
-        json.loads(line)
-        for line in (ROOT / "benchmarks" / "data" / "study-notes-dev-en.jsonl").open()
-    ]
+    questions = [json.loads(line) for line in args.questions.open(encoding="utf-8")]
     answerable = [q for q in questions if q["a"]]
     contained = refused = at_5 = 0
     for q in answerable:

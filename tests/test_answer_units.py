@@ -14,10 +14,17 @@ from pathlib import Path
 import pytest
 
 from sourcebook import KnowledgeBase, Settings
-from sourcebook.answer.extractive import _parts, _subject, _understand, _unknown_name
+from sourcebook.answer.extractive import (
+    _judged_by_parts,
+    _parts,
+    _subject,
+    _understand,
+    _unknown_name,
+)
 from sourcebook.answer.units import AnswerUnit, answer_units, display_length
 from sourcebook.evaluation.datasets import load_named
-from sourcebook.index.bilingual import glossary, greek_variants
+from sourcebook.index.analyzer import analyze
+from sourcebook.index.bilingual import glossary, greek_variants, phrase_variants
 from sourcebook.ingest.pipeline import TEXT_VERSION
 
 NOTE = """## 版本对应
@@ -160,7 +167,11 @@ def test_that_is_why_is_a_conclusion() -> None:
     [
         ("OpenVINO 怎么配置？", {"openvino", "配置"}, "OpenVINO"),
         ("How do I configure OpenVINO?", {"openvino"}, "OpenVINO"),
-        ("How do I configure Openvino?", {"openvino", "configur"}, ""),  # not written as a name
+        ("How do I configure Openvino?", {"openvino", "configur"}, "Openvino"),  # capitalised
+        ("Configure it how?", {"configur"}, ""),  # capitalised as an English question starts
+        ("Which special tokens does Gemma use?", {"gemma"}, "Gemma"),
+        ("What vocabulary size does LLaMA-3 have?", {"llama-3"}, "LLaMA-3"),  # notes: LLaMA-2
+        ("What vocabulary size does LLaMA-2 have?", {"vocabulari"}, ""),
         ("How much VRAM does LoRA save?", {"vram"}, ""),  # translated: 显存
         ("How does DDP sync GPUs?", {"gpus"}, ""),  # GPU: 显卡
         ("What is the default beta2 of Adam?", {"beta2"}, ""),  # notes write β2
@@ -187,6 +198,31 @@ def test_the_notes_vocabulary_comes_before_cc_cedict_both_ways() -> None:
     assert "memori" in dictionary.variants("显存")
     assert dictionary.variants("m") == () and dictionary.variants("no") == ()
     assert all(len(v) >= 2 for v in dictionary.variants("graph"))
+
+
+def test_phrases_translate_as_one_term() -> None:
+    # neither "learning" nor "rate" alone is 学习率; "to" is a stop word the analyser drops
+    assert phrase_variants(analyze("What learning rate does LoRA use?"))["rate"] == ("学习率",)
+    assert (
+        "首 token 延迟"
+        in phrase_variants(analyze("Which stage sets time to first token?"))["first"]
+    )
+    full = phrase_variants(analyze("full fine-tuning"))
+    assert full["full"][0] == "全参数微调" and full["fine-tuning"] == ("微调",)
+    assert phrase_variants(analyze("rate of learning")) == {}  # the words, not in order
+
+
+def test_a_compound_is_judged_by_its_words_but_a_version_is_not() -> None:
+    terms = analyze("per-sample latency of intra_op_num_threads with 768-dim vectors")
+    assert all(_judged_by_parts(t, terms) for t in ("per-sample", "intra_op_num_threads"))
+    assert _judged_by_parts("768-dim", terms)
+    versions = analyze("LLaMA-3 with onnxruntime 1.21")
+    assert not _judged_by_parts("llama-3", versions) and not _judged_by_parts("1.21", versions)
+
+
+def test_a_comparative_answers_the_adjective() -> None:
+    asked = _understand("Why does checkpointing slow down training?", [])
+    assert "slower" in asked.variants["slow"]
 
 
 # --- answers over notes written here (real model) -----------------------------------------

@@ -52,9 +52,8 @@ QUESTIONS = [
 # was one until the PDF was read with its structure (issue 14): its table rows and
 # paragraphs now make chunks of one topic each, under their heading.
 KNOWN_RETRIEVAL_MISSES: set[str] = set()
-# Retrieved, but the answer is refused rather than guessed: the judge finds too little of
-# the Chinese question (激活, 参数) in the English table row that answers it.
-KNOWN_REFUSALS = {"Mixtral 8x7B 每个 token 激活多少参数？"}
+# Retrieved, but the answer is refused rather than guessed (none at present).
+KNOWN_REFUSALS: set[str] = set()
 TOP_THREE_CASES = [
     pytest.param(*case, marks=pytest.mark.xfail(strict=True, reason="known fusion miss"))
     if case[0] in KNOWN_RETRIEVAL_MISSES

@@ -7,7 +7,14 @@ import time
 from sourcebook import KnowledgeBase
 from sourcebook.index.analyzer import analyze
 from sourcebook.models import SearchHit
-from sourcebook.retrieve.rerank import FEATURES, LearnedReranker, feature_matrix, text_tokens
+from sourcebook.retrieve.rerank import (
+    FEATURES,
+    LearnedReranker,
+    bilingual_bm25,
+    feature_matrix,
+    query_features,
+    text_tokens,
+)
 
 
 def hit(chunk_id: int, text: str, bm25: float, dense: float, heading: str = "") -> SearchHit:
@@ -57,6 +64,23 @@ def test_coverage_counts_a_question_term_found_in_the_other_language() -> None:
     rows = feature_matrix("How much memory does LoRA save?", hits, idf)
     column = FEATURES.index("coverage")
     assert rows[0, column] > rows[1, column]
+
+
+def test_keyword_score_is_the_same_in_either_language() -> None:
+    # the retriever's BM25 scores the Chinese note 0 for an English question: the
+    # reranker's keyword features must not, or the English note that shares "memory" wins
+    hits = [
+        hit(1, "PagedAttention 之前，传统实现预分配显存，浪费可以达到 60%～80%。", 0.0, 0.8),
+        hit(2, "Activations take half the memory in 16 bits.", 3.0, 0.8),
+        hit(3, "HNSW 的参数 M 一般取 16～64。", 0.0, 0.8),
+    ]
+    idf = {"memori": 1.0, "wast": 2.0, "tradit": 2.0, "alloc": 2.0}
+    question = "How much memory waste does traditional allocation cause?"
+    scores = bilingual_bm25(query_features(question), [analyze(h.text) for h in hits], idf)
+    assert scores[0] > scores[1] > 0 and scores[2] == 0
+    rows = feature_matrix(question, hits, idf)
+    column = FEATURES.index("bm25_norm")
+    assert rows[0, column] == 1.0 and rows[2, column] == 0.0
 
 
 def test_reranked_search_keeps_the_right_note_first(notes_kb: KnowledgeBase) -> None:

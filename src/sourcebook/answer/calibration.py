@@ -34,7 +34,7 @@ SIGNALS = (
     "answer_numbers",  # ... in the best unit
     "rerank",  # reranker score of the top chunk (0 without a reranker)
     "rerank_margin",  # ... minus the second chunk's
-    "cross_language",  # 1 when the question and the top chunk are in different languages
+    "cross_language",  # 1 when the question and the quoted chunk differ in language
 )
 
 

@@ -17,7 +17,7 @@ import rjieba
 from sourcebook.answer.calibration import SIGNALS, Judge
 from sourcebook.answer.units import AnswerUnit, answer_units, display_length, quote_text
 from sourcebook.index.analyzer import analyze
-from sourcebook.index.bilingual import glossary, greek_variants
+from sourcebook.index.bilingual import glossary, greek_variants, phrase_variants
 from sourcebook.index.embedders import Embedder, Vectors
 from sourcebook.models import Answer, Citation, Language, SearchHit
 from sourcebook.text import is_chinese, normalize
@@ -25,6 +25,7 @@ from sourcebook.text import is_chinese, normalize
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 _LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
+_COMPOUND = re.compile(r"[-_.]")
 
 NOT_FOUND = {
     "zh": "知识库中没有找到相关内容。",
@@ -51,6 +52,21 @@ _DEFINITION = re.compile(
 )
 # the latin words of a question, where `_unknown_name` looks for names
 _WORD_PIECE = re.compile(r"[A-Za-z0-9+]+")
+_VERSIONED = re.compile(r"\b[A-Za-z][A-Za-z0-9]*-\d[\w.]*")  # LLaMA-3, GPT-4, Qwen2-7B
+# the stemmer keeps "slower" apart from "slow": a question asks "why slow", notes answer
+# "20% slower"
+_COMPARED = {
+    "slow": ("slower", "slowest"), "fast": ("faster", "fastest"),
+    "larg": ("larger", "largest"), "small": ("smaller", "smallest"),
+    "low": ("lower", "lowest"), "high": ("higher", "highest"),
+    "long": ("longer", "longest"), "short": ("shorter", "shortest"),
+    "cheap": ("cheaper", "cheapest"), "quick": ("quicker", "quickest"),
+    "deep": ("deeper", "deepest"), "wide": ("wider", "widest"),
+    "big": ("bigger", "biggest"), "easi": ("easier", "easiest"),
+    "hard": ("harder", "hardest"), "strong": ("stronger", "strongest"),
+    "weak": ("weaker", "weakest"), "few": ("fewer", "fewest"),
+    "great": ("greater", "greatest"),
+}  # fmt: skip
 _CN_JOINERS = frozenset({"、", "和", "与", "及", "以及", "跟", "还是"})
 _CONNECTIVES = {"and", "or", "vs", "vs.", "what", "is", "are", "the", "of", "how", "why"}
 
@@ -172,9 +188,9 @@ class ExtractiveAnswerer:
             ),
             "rerank": rerank[0],
             "rerank_margin": rerank[0] - rerank[1] if len(rerank) > 1 else 1.0,
-            "cross_language": float(
-                asked.language != _language(" ".join(hit.text for hit in hits[:3]))
-            ),
+            # the language of the passage the answer would quote, not of the top hits
+            # together (one English note among them would make a Chinese answer "English")
+            "cross_language": float(asked.language != _language(hits[best.hit_index].text)),
         }
 
     def _candidates(
@@ -459,17 +475,19 @@ class _Composer:
 def _understand(question: str, hits: Sequence[SearchHit]) -> _Question:
     normalized = normalize(question)
     language: Language = "zh" if is_chinese(normalized) else "en"
-    terms = list(dict.fromkeys(analyze(normalized)))
+    tokens = analyze(normalized)
+    terms = list(dict.fromkeys(tokens))
     evidence = normalize(" ".join(hit.text for hit in hits))
     # a term is also looked for in the other language when the evidence is written in it
     # (a Chinese note full of English terms is both); the dictionary loads on first need
     wanted = {"zh": bool(_CJK.search(evidence)), "en": bool(_LATIN_WORD.search(evidence))}
+    phrases = phrase_variants(tokens) if wanted["zh"] else {}
     variants: dict[str, tuple[str, ...]] = {}
     for term in terms:
-        found = greek_variants(term)
+        found = greek_variants(term) or _COMPARED.get(term, ())
         other = "en" if _CJK.search(term) else "zh"
         if not found and wanted[other] and (dictionary := glossary()) is not None:
-            found = dictionary.variants(term)
+            found = tuple(dict.fromkeys(phrases.get(term, ()) + dictionary.variants(term)))
         if found:
             variants[term] = found
     return _Question(
@@ -486,21 +504,27 @@ def _understand(question: str, hits: Sequence[SearchHit]) -> _Question:
 def _unknown_name(question: str, absent: frozenset[str], asked: _Question) -> str:
     """A name in the question that no note contains in any spelling, or "". A name is
     written as one: a capital after the first letter or letters with digits ("OpenVINO",
-    "SGLang", "HQQ", "GPT4o"), at least two letters. Ordinary words are left to the judge
+    "SGLang", "HQQ", "GPT4o"), at least two letters; a capitalised word of three letters
+    or more that does not start an English question ("Gemma"); a name with a version
+    ("LLaMA-3" where the notes have only LLaMA-2). Ordinary words are left to the judge
     (a paraphrase or the other language may say them), and so are names with a known
     translation ("VRAM" is 显存 in Chinese notes, beta2 is β2)."""
     if not absent:
         return ""
     dictionary = glossary()
-    pieces: list[str] = _WORD_PIECE.findall(question)
-    for piece in pieces:
+    first = (_WORD_PIECE.findall(question) or [""])[0] if asked.language == "en" else ""
+    for piece in _VERSIONED.findall(question) + _WORD_PIECE.findall(question):
         letters = sum(c.isalpha() for c in piece)
-        named = any(c.isupper() for c in piece[1:]) or (
-            any(c.isdigit() for c in piece) and letters > 0
+        named = (
+            any(c.isupper() for c in piece[1:])
+            or (any(c.isdigit() for c in piece) and letters > 0)
+            or (piece[0].isupper() and letters >= 3 and piece != first)
         )
         if letters < 2 or not named:
             continue
         terms = analyze(piece)  # "GPUs" → gpu
+        if "-" in piece:  # a versioned name is unknown when the whole of it is
+            terms = terms[:1]
         if not terms or not all(t in absent for t in terms):
             continue
         if any(
@@ -582,7 +606,7 @@ def _rarest_missing(
     """The idf of the rarest question term found in none of `evidence`; an ordinary
     dictionary word ("usually", 通常) counts a quarter of a name (Adafactor, GPTQ) unless it
     is an English word in a Chinese question ("interleaved" there is a term), and a
-    compound ("768-dim") whose own words are question terms is judged by them."""
+    compound whose own words are question terms is judged by them (`_judged_by_parts`)."""
     dictionary = glossary()
     present = [e for e in evidence if e is not None]
     missing = [
@@ -600,10 +624,20 @@ def _rarest_missing(
         (
             w * (0.25 if ordinary(t) else 1.0)
             for t, w in missing
-            if not ("-" in t and all(p in asked.terms for p in t.split("-") if p))
+            if not _judged_by_parts(t, asked.terms)
         ),
         default=0.0,
     )
+
+
+def _judged_by_parts(term: str, terms: Sequence[str]) -> bool:
+    """Whether a compound ("768-dim", "per-sample", "intra_op_num_threads") is made of words
+    that are question terms themselves: notes write it apart or inside a longer name
+    ("so.intra_op_num_threads"), so its own absence says nothing its words do not."""
+    if not _COMPOUND.search(term) or _NUMBER.fullmatch(term) or _VERSIONED.fullmatch(term):
+        return False  # a version ("1.21", "llama-3") is not its numbers and name apart
+    parts = analyze(_COMPOUND.sub(" ", term))
+    return bool(parts) and all(p in terms for p in parts)
 
 
 def _matches(term: str, variants: tuple[str, ...], tokens: frozenset[str], text: str) -> bool:

@@ -16,6 +16,7 @@ import pickle
 import re
 import threading
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -33,6 +34,7 @@ _ENTRY = re.compile(r"^(\S+) (\S+) \[[^\]]*\] /(.*)/\s*$")
 _GLOSS_NOISE = re.compile(r"\([^)]*\)|\[[^\]]*\]|\bsth\b|\bsb\b|\bsomething\b|\bsomebody\b")
 _SKIPPED_GLOSS = re.compile(r"^(?:CL:|variant of|old variant|see |surname |abbr\. for|used in)")
 _LATIN_WORD = re.compile(r"[a-z][a-z\-']*[a-z]|[a-z]")
+_PHRASE_WORD = re.compile(r"[A-Za-z0-9]+")
 # How many translations a term may have: more only adds chance matches.
 MAX_VARIANTS = 24
 
@@ -72,21 +74,63 @@ class Glossary:
         return tuple(dict.fromkeys(found))[:MAX_VARIANTS]
 
 
+def phrase_variants(tokens: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The Chinese of the glossary's phrases among analysed question tokens, for each
+    term of the phrase: "learning rate" is 学习率 and "fine-tuning" 微调, though neither
+    word alone translates to them."""
+    phrases = _tech_phrases()
+    found: dict[str, tuple[str, ...]] = {}
+    # the analyser follows a compound ("fine-tuning") with its words: read those in order
+    words = [t for t in tokens if "-" not in t]
+    for i in range(len(words)):
+        for n in (3, 2):
+            chinese = phrases.get(tuple(words[i : i + n]))
+            if chinese:
+                for term in words[i : i + n]:
+                    found[term] = tuple(dict.fromkeys(found.get(term, ()) + chinese))
+    for token in tokens:  # the analyser keeps "fine-tuning" whole besides its words
+        chinese = phrases.get(tuple(stem_word(w) for w in _PHRASE_WORD.findall(token)))
+        if "-" in token and chinese:
+            found[token] = chinese
+    return found
+
+
 @cache
-def _tech_terms() -> Glossary:
-    """The computing vocabulary CC-CEDICT lacks or ranks low, both ways; Chinese words
-    of one character are left out (they would match inside too many words)."""
-    to_chinese: dict[str, list[str]] = defaultdict(list)
-    to_english: dict[str, list[str]] = defaultdict(list)
+def _tech_phrases() -> dict[tuple[str, ...], tuple[str, ...]]:
+    """The glossary's entries of several English words, by their stems."""
+    phrases = {}
+    for english, chinese in _tech_lines():
+        words = [w for w in _PHRASE_WORD.findall(english) if w.lower() not in ENGLISH_STOPWORDS]
+        if len(words) > 1:  # "time to first token" is looked for as the analyser sees it
+            phrases[tuple(stem_word(w) for w in words)] = chinese
+    return phrases
+
+
+def _tech_lines() -> list[tuple[str, tuple[str, ...]]]:
+    """(English, its Chinese words of at least two characters) per line of
+    `data/tech-terms.tsv`: one-character words would match inside too many words."""
     text = resources.files("sourcebook").joinpath("data/tech-terms.tsv").read_text("utf-8")
+    lines = []
     for line in text.splitlines():
         if not line.strip() or line.startswith("#"):
             continue
         english, chinese = line.split("\t")
-        stem = stem_word(english.strip())
-        for word in (w.strip() for w in chinese.split(",")):
-            if len(word) < 2 or not _CJK.search(word):
-                continue
+        words = (w.strip() for w in chinese.split(","))
+        lines.append((english.strip(), tuple(w for w in words if len(w) >= 2 and _CJK.search(w))))
+    return lines
+
+
+@cache
+def _tech_terms() -> Glossary:
+    """The computing vocabulary CC-CEDICT lacks or ranks low, both ways (single words;
+    phrases are `_tech_phrases`)."""
+    to_chinese: dict[str, list[str]] = defaultdict(list)
+    to_english: dict[str, list[str]] = defaultdict(list)
+    for english, chinese in _tech_lines():
+        if " " in english:
+            continue
+        stem = stem_word(english)
+        for word in chinese:
             if word not in to_chinese[stem]:
                 to_chinese[stem].append(word)
             if stem not in to_english[word]:

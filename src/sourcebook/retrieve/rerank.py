@@ -14,7 +14,8 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,19 +25,19 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sourcebook.index.analyzer import analyze
-from sourcebook.index.bilingual import term_variants
+from sourcebook.index.bilingual import phrase_variants, term_variants
 from sourcebook.ingest.chunker import chunk_context
 from sourcebook.models import SearchHit
 from sourcebook.text import normalize
 
 FEATURES = (
-    "bm25_norm",  # BM25 score / best BM25 score in the list
-    "bm25_rrank",  # 1 / BM25 rank (0 when BM25 did not return the chunk)
+    "bm25_norm",  # bilingual BM25 score (below) / the best one among the candidates
+    "bm25_rrank",  # 1 / rank by bilingual BM25 among the candidates (0 when it is 0)
     "dense",  # cosine similarity
     "dense_gap",  # cosine minus the best cosine in the list
     "dense_rrank",
     "coverage",  # idf-weighted share of question terms found in the chunk
-    "heading_coverage",  # ... found in the title / heading path
+    "heading_coverage",  # ... found in the title / heading path (or their translations)
     "bigram_match",  # share of question token bigrams found in order
     "number_match",  # share of question numbers found
     "log_length",  # log of chunk length in tokens
@@ -75,7 +76,13 @@ _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 def query_features(question: str) -> QueryFeatures:
     tokens = analyze(question)
     terms = list(dict.fromkeys(tokens))
-    variants = {t: {x for w in term_variants(t) for x in analyze(w)} for t in terms}
+    phrases = phrase_variants(tokens)
+    # a translation counts by its words of two characters or more: jieba cuts 过拟合
+    # into 过 and 拟合, and 过 alone is in every other sentence
+    variants = {
+        t: {x for w in phrases.get(t, ()) + term_variants(t) for x in analyze(w) if len(x) > 1}
+        for t in terms
+    }
     return QueryFeatures(
         terms=terms,
         bigrams=set(itertools.pairwise(tokens)),
@@ -90,19 +97,21 @@ def feature_matrix(
     """One row of FEATURES per hit."""
     query = query_features(question)
     total_idf = sum(idf.get(t, 0.0) for t in query.terms) or 1.0
-    best_bm25 = max((h.scores.get("bm25", 0.0) for h in hits), default=0.0) or 1.0
+    keyword = bilingual_bm25(query, [hit.index_tokens or text_tokens(hit) for hit in hits], idf)
+    best_keyword = float(keyword.max(initial=0.0)) or 1.0
+    keyword_rank = np.empty(len(hits), dtype=np.int64)
+    keyword_rank[np.argsort(-keyword, kind="stable")] = np.arange(1, len(hits) + 1)
     best_dense = max((h.scores.get("dense", 0.0) for h in hits), default=0.0)
     rows = np.zeros((len(hits), len(FEATURES)), dtype=np.float32)
     for i, hit in enumerate(hits):
         tokens = text_tokens(hit)
-        present = set(tokens)
-        present |= {t for t, other in query.variants.items() if other & present}
-        heading = set(analyze(" ".join([hit.title, *hit.heading_path])))
+        present = _with_translations(query, tokens)
+        heading = _with_translations(query, set(analyze(" ".join([hit.title, *hit.heading_path]))))
         pairs = set(itertools.pairwise(tokens))
         dense = hit.scores.get("dense", 0.0)
         rows[i] = (
-            hit.scores.get("bm25", 0.0) / best_bm25,
-            1.0 / hit.ranks["bm25"] if "bm25" in hit.ranks else 0.0,
+            keyword[i] / best_keyword,
+            1.0 / keyword_rank[i] if keyword[i] > 0 else 0.0,
             dense,
             dense - best_dense if "dense" in hit.scores else -0.2,
             1.0 / hit.ranks["dense"] if "dense" in hit.ranks else 0.0,
@@ -117,6 +126,38 @@ def feature_matrix(
             math.log1p(len(tokens)),
         )
     return rows
+
+
+def bilingual_bm25(
+    query: QueryFeatures, texts: Sequence[Sequence[str]], idf: dict[str, float]
+) -> NDArray[np.float64]:
+    """BM25 over the candidates in which a question term also matches its translations,
+    counted with the term's own idf.
+
+    The retriever's BM25 scores a Chinese note near zero for an English question, so a
+    reranker trained on same-language data learns to trust a signal that says nothing
+    across languages, and the English note that shares a word wins. Scored this way a
+    passage scores alike whichever language it states the question's terms in, and
+    weights learned on same-language data (where translations seldom appear) carry over.
+    """
+    k1, b = 1.2, 0.75
+    lengths = np.array([len(t) for t in texts], dtype=np.float64)
+    average = float(lengths.mean()) if len(texts) else 1.0
+    scores = np.zeros(len(texts))
+    for i, tokens in enumerate(texts):
+        counts = Counter(tokens)
+        norm = k1 * (1 - b + b * lengths[i] / (average or 1.0))
+        for term in query.terms:
+            tf = max([counts[term], *(counts[v] for v in query.variants.get(term, ()))])
+            if tf:
+                scores[i] += idf.get(term, 0.0) * tf * (k1 + 1) / (tf + norm)
+    return scores
+
+
+def _with_translations(query: QueryFeatures, tokens: Iterable[str]) -> set[str]:
+    """`tokens` plus each question term one of whose translations is among them."""
+    present = set(tokens)
+    return present | {t for t, other in query.variants.items() if other & present}
 
 
 def text_tokens(hit: SearchHit) -> list[str]:
