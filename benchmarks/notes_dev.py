@@ -5,8 +5,11 @@ generalise beyond the tuning questions they were made on.
 `benchmarks/data/study-notes-dev-en.jsonl`: 25 answerable questions (each with the facts a
 correct answer contains, exact substrings of the notes) over `distributed-training.md` and
 `kv-cache-inference.md`, and 8 on-topic ones the notes do not answer.
+`benchmarks/data/study-notes-dev2-en.jsonl` (session 8, written from the notes alone, never
+from the question splits): 48 answerable and 16 unanswerable English questions over eight
+other Chinese notes.
 
-    python benchmarks/notes_dev.py [--kb PATH] [--verbose]
+    python benchmarks/notes_dev.py [--kb PATH] [--questions FILE] [--verbose]
 
 Without --kb, `datasets/study-notes/notes` is indexed into benchmarks/work/notes-dev-kb.
 """

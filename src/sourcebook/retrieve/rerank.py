@@ -144,8 +144,9 @@ def bilingual_bm25(
     lengths = np.array([len(t) for t in texts], dtype=np.float64)
     average = float(lengths.mean()) if len(texts) else 1.0
     scores = np.zeros(len(texts))
+    wanted = set(query.terms).union(*query.variants.values())
     for i, tokens in enumerate(texts):
-        counts = Counter(tokens)
+        counts = Counter(t for t in tokens if t in wanted)
         norm = k1 * (1 - b + b * lengths[i] / (average or 1.0))
         for term in query.terms:
             tf = max([counts[term], *(counts[v] for v in query.variants.get(term, ()))])
