@@ -513,7 +513,8 @@ def _unknown_name(question: str, absent: frozenset[str], asked: _Question) -> st
         return ""
     dictionary = glossary()
     first = (_WORD_PIECE.findall(question) or [""])[0] if asked.language == "en" else ""
-    for piece in _VERSIONED.findall(question) + _WORD_PIECE.findall(question):
+    pieces: list[str] = _VERSIONED.findall(question) + _WORD_PIECE.findall(question)
+    for piece in pieces:
         letters = sum(c.isalpha() for c in piece)
         named = (
             any(c.isupper() for c in piece[1:])

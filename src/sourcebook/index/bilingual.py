@@ -89,9 +89,10 @@ def phrase_variants(tokens: Sequence[str]) -> dict[str, tuple[str, ...]]:
                 for term in words[i : i + n]:
                     found[term] = tuple(dict.fromkeys(found.get(term, ()) + chinese))
     for token in tokens:  # the analyser keeps "fine-tuning" whole besides its words
-        chinese = phrases.get(tuple(stem_word(w) for w in _PHRASE_WORD.findall(token)))
-        if "-" in token and chinese:
-            found[token] = chinese
+        if "-" in token:
+            chinese = phrases.get(tuple(stem_word(w) for w in _PHRASE_WORD.findall(token)))
+            if chinese:
+                found[token] = chinese
     return found
 
 
