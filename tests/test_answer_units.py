@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -198,6 +199,19 @@ def test_the_notes_vocabulary_comes_before_cc_cedict_both_ways() -> None:
     assert "memori" in dictionary.variants("显存")
     assert dictionary.variants("m") == () and dictionary.variants("no") == ()
     assert all(len(v) >= 2 for v in dictionary.variants("graph"))
+
+
+def test_the_tech_glossary_is_well_formed() -> None:
+    """One English word or phrase, a tab, Chinese words; each entry used and listed once."""
+    text = resources.files("sourcebook").joinpath("data/tech-terms.tsv").read_text("utf-8")
+    entries = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    assert len(entries) > 500
+    english = [line.split("\t")[0] for line in entries]
+    assert all(line.count("\t") == 1 for line in entries)
+    assert len(set(english)) == len(english), "an English word listed twice"
+    for line in entries:
+        words = [w.strip() for w in line.split("\t")[1].split(",")]
+        assert any(len(w) >= 2 and re.search(r"[\u4e00-\u9fff]", w) for w in words), line
 
 
 def test_phrases_translate_as_one_term() -> None:
