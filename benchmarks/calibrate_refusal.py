@@ -27,7 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
+import unicodedata
 from pathlib import Path
+from typing import Any
 
 from sourcebook.answer.calibration import SIGNALS, Judge, fit_judge, judge_for
 from sourcebook.evaluation.datasets import EvalDataset, EvalQuery, load_named
@@ -104,8 +108,10 @@ def _jsonl(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def notes_rows(work: Path) -> dict[str, list[dict[str, float]]]:
-    """The notes rows by set: the bundled sample notes, and the study-notes tune split."""
+def notes_rows(work: Path, removed_answers: bool = False) -> dict[str, list[dict[str, float]]]:
+    """The notes rows by set: the bundled sample notes, the study-notes tune split, and
+    with `removed_answers` its answerable questions asked again of the notes without
+    their answers (`without_answers`)."""
     sets = {
         "crosslingual-notes": notes_signals(
             ROOT / "examples" / "notes",
@@ -118,19 +124,74 @@ def notes_rows(work: Path) -> dict[str, list[dict[str, float]]]:
     if (study / "questions.jsonl").exists():
         tune = [q for q in _jsonl(study / "questions.jsonl") if q.get("split") == "tune"]
         sets["study-notes-tune"] = notes_signals(study / "notes", tune, work, "study-notes-tune")
+        if removed_answers:
+            folder, removed = without_answers(study, tune, work / "study-notes-without-answers")
+            sets["study-notes-tune-removed"] = notes_signals(
+                folder, removed, work, "study-notes-tune-removed"
+            )
     return sets
+
+
+def _normal(text: str) -> str:
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text).lower())
+
+
+def without_answers(
+    study: Path, questions: list[dict[str, Any]], folder: Path
+) -> tuple[Path, list[dict[str, object]]]:
+    """The notes with the lines that answer the tuning questions deleted, and those
+    questions, now unanswerable: on-topic questions whose answer is not in the notes, in
+    every language pair the tuning split has (CMRC's rows are all Chinese, and few
+    unanswerable rows are English questions over Chinese notes). A question whose facts
+    still stand somewhere else in the notes is left out; only Markdown notes are edited
+    (deleting lines of HTML or a PDF's text would not leave a real document)."""
+    dropped: dict[str, set[int]] = {}
+    for question in questions:
+        for gold in question.get("gold") or []:
+            if question["answerable"] and str(gold["path"]).endswith(".md"):
+                numbers = range(int(gold["start"]), int(gold["end"]) + 1)
+                dropped.setdefault(str(gold["path"]), set()).update(numbers)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for source in (study / "notes").iterdir():
+        target = folder / source.name
+        gone = dropped.get(f"notes/{source.name}")
+        if not gone:
+            shutil.copyfile(source, target)
+            continue
+        text = source.read_text(encoding="utf-8").splitlines(keepends=True)
+        target.write_text("".join(t for n, t in enumerate(text, 1) if n not in gone), "utf-8")
+    remaining = " ".join(
+        _normal(p.read_text(encoding="utf-8")) for p in folder.iterdir() if p.suffix != ".pdf"
+    )
+    removed: list[dict[str, object]] = [
+        {"question": q["question"], "answerable": False}
+        for q in questions
+        if q["answerable"]
+        and q.get("gold")
+        and all(str(g["path"]).endswith(".md") for g in q["gold"])
+        and not any(_normal(str(f)) in remaining for f in q.get("facts") or [])
+    ]
+    return folder, removed
+
+
+def confidence(judge: Judge, row: dict[str, float]) -> float:
+    """The judge's confidence for a row; 0 where a rule refused before the judge was asked
+    (a name no note holds: the row's signals were never measured)."""
+    return 0.0 if row.get("unknown_name") else judge.confidence(row)
 
 
 def rates(judge: Judge, rows: list[dict[str, float]]) -> tuple[float, float]:
     """(share of answerable refused, share of unanswerable refused)."""
-    refused = [(judge.confidence(r) < judge.threshold, r["label"]) for r in rows]
+    refused = [(confidence(judge, r) < judge.threshold, r["label"]) for r in rows]
     answerable = [r for r, label in refused if label == 1]
     unanswerable = [r for r, label in refused if label == 0]
     return sum(answerable) / max(1, len(answerable)), sum(unanswerable) / max(1, len(unanswerable))
 
 
 def choose_threshold(judge: Judge, rows: list[dict[str, float]], max_refused: float) -> Judge:
-    positives = sorted(judge.confidence(r) for r in rows if r["label"] == 1)
+    positives = sorted(confidence(judge, r) for r in rows if r["label"] == 1)
     allowed = int(max_refused * len(positives))  # answerable questions we may refuse
     return judge.with_threshold(positives[allowed] if allowed < len(positives) else 1.0)
 
@@ -162,6 +223,12 @@ def main() -> None:
         default=0.805,
         help="warn when fewer of CMRC's unanswerable tuning rows are refused",
     )
+    parser.add_argument(
+        "--removed-answers",
+        action="store_true",
+        help="also fit on the tuning questions asked of the notes without their answers "
+        "(more on-topic unanswerable rows, many cross-language; see RESULTS.md, session 9)",
+    )
     args = parser.parse_args()
 
     dataset = load_named("cmrc2018")
@@ -179,8 +246,9 @@ def main() -> None:
     tune = signals(kb, tune_queries[: args.tune_limit], cache / "tune.jsonl")
     test = signals(kb, test_queries[: args.test_limit], cache / "test.jsonl")
     kb.close()
-    notes = notes_rows(cache)
+    notes = notes_rows(cache, args.removed_answers)
     fitting = tune + [r for rows in notes.values() for r in rows] * args.notes_weight
+    fitting = [r for r in fitting if not r.get("unknown_name")]  # the judge never sees them
     rule = judge_for(DEFAULT_EMBEDDER, trained=False)
     fitted = fit_judge(
         rule, [[r[s] for s in SIGNALS] for r in fitting], [r["label"] for r in fitting]
@@ -191,7 +259,7 @@ def main() -> None:
     on_cmrc = choose_threshold(fitted, tune, args.max_answerable_refusals)
     on_notes = choose_threshold(fitted, notes_pooled, args.max_notes_answerable_refusals)
     judge = fitted.with_threshold(min(on_cmrc.threshold, on_notes.threshold))
-    negatives = sorted(judge.confidence(r) for r in tune if r["label"] == 0)
+    negatives = sorted(confidence(judge, r) for r in tune if r["label"] == 0)
     if negatives and rates(judge, tune)[1] < args.min_unanswerable_refusals:
         print(
             f"warning: CMRC unanswerable tuning rows refused {rates(judge, tune)[1]:.1%}, "

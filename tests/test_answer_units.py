@@ -21,12 +21,15 @@ from sourcebook.answer.extractive import (
     _subject,
     _understand,
     _unknown_name,
+    _unquotable_name,
+    unspelled,
 )
 from sourcebook.answer.units import AnswerUnit, answer_units, display_length
 from sourcebook.evaluation.datasets import load_named
 from sourcebook.index.analyzer import analyze
 from sourcebook.index.bilingual import glossary, greek_variants, phrase_variants
 from sourcebook.ingest.pipeline import TEXT_VERSION
+from sourcebook.models import SearchHit
 
 NOTE = """## 版本对应
 | ORT | CUDA | cuDNN |
@@ -173,9 +176,7 @@ def test_that_is_why_is_a_conclusion() -> None:
         ("Which special tokens does Gemma use?", {"gemma"}, "Gemma"),
         ("What vocabulary size does LLaMA-3 have?", {"llama-3"}, "LLaMA-3"),  # notes: LLaMA-2
         ("What vocabulary size does LLaMA-2 have?", {"vocabulari"}, ""),
-        ("How much VRAM does LoRA save?", {"vram"}, ""),  # translated: 显存
-        ("How does DDP sync GPUs?", {"gpus"}, ""),  # GPU: 显卡
-        ("What is the default beta2 of Adam?", {"beta2"}, ""),  # notes write β2
+        ("How does the Sophia optimizer work?", {"sophia"}, "Sophia"),
         ("512x512 的图 latent 多大？", {"512x512"}, ""),  # one letter: not a name
     ],
 )
@@ -183,6 +184,56 @@ def test_a_name_is_unknown_only_without_any_spelling_in_the_notes(
     question: str, absent: set[str], unknown: str
 ) -> None:
     assert _unknown_name(question, frozenset(absent), _understand(question, [])) == unknown
+
+
+def test_a_name_the_notes_write_in_another_spelling_is_not_absent() -> None:
+    chunks = {"显存": 4, "显卡": 2, "β": 3, "2": 9}  # what the notes hold
+    absent = frozenset({"vram", "gpu", "beta2", "sophia", "gemma"})  # as written, nowhere
+
+    def frequencies(tokens: list[str]) -> dict[str, int]:
+        return {t: chunks.get(t, 0) for t in tokens}
+
+    # VRAM is 显存, GPU 显卡 and beta2 β2 there; Sophia (圣索非亚) and Gemma are not
+    assert unspelled(absent, frequencies) == {"sophia", "gemma"}
+
+
+def _hit(text: str, heading: str = "") -> SearchHit:
+    return SearchHit(
+        chunk_id=1, doc_id=1, path="notes.md", title="notes", kind="markdown",
+        heading_path=[heading] if heading else [], line_start=1,
+        line_end=text.count("\n") + 1, text=text, score=1.0,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("question", "evidence", "unquotable"),
+    [
+        ("How big is the KV cache of LLaMA-3-70B?", "LLaMA-2-70B 用 GQA，8 组 KV。", "LLaMA-3-70B"),
+        ("How many KV groups does LLaMA-2 70B use?", "LLaMA-2-70B 用 GQA，8 组 KV。", ""),
+        ("DeepSpeed ZeRO++ 做了哪些改进？", "ZeRO-3 把参数也切分到每张卡。", "ZeRO++"),
+        ("In LoRA+, how much larger is B's learning rate?", "LoRA+ 给 B 更大的学习率。", ""),
+        ("What is the KV cache of Mixtral 8x7B?", "Mixtral 是 MoE 模型。", "8x7B"),
+        ("SD3.5 用什么架构？", "新的 MMDiT 架构", "SD3.5"),
+        ("SD3.5 用什么架构？", "架构", ""),  # the heading names it (below)
+        ("512x512 的图 latent 多大？", "512×512 的图像", ""),  # a size, not a name
+        ("What is the latent of a 768-dim vector?", "768 维向量", ""),
+    ],
+)
+def test_a_specific_name_no_evidence_holds_cannot_be_answered(
+    question: str, evidence: str, unquotable: str
+) -> None:
+    heading = "SD3.5" if evidence == "架构" else ""
+    assert _unquotable_name(question, [_hit(evidence, heading)]) == unquotable
+
+
+def test_the_words_that_frame_a_question_are_not_its_terms() -> None:
+    asked = _understand("How much memory does 8-bit Adam usually save in the table?", [])
+    assert "much" not in asked.terms and "usual" not in asked.terms
+    assert "tabl" not in asked.terms
+    assert {"memori", "adam", "save"} <= set(asked.terms)
+    assert "多少" not in _understand("LoRA 的 alpha 一般设成多少？", []).terms
+    # a question made only of such words keeps them: something must be looked for
+    assert _understand("How much?", []).terms == ["much"]
 
 
 def test_the_subject_of_a_definition_question() -> None:

@@ -552,7 +552,7 @@ class KnowledgeBase:
 
     def _extractive(self, question: str, query_vector: Vectors, hits: list[SearchHit]) -> Answer:
         from sourcebook.answer.calibration import judge_for
-        from sourcebook.answer.extractive import ExtractiveAnswerer
+        from sourcebook.answer.extractive import ExtractiveAnswerer, unspelled
         from sourcebook.index.analyzer import analyze
         from sourcebook.retrieve.rerank import idf_weights
 
@@ -569,7 +569,10 @@ class KnowledgeBase:
         )
         idf = idf_weights(total, frequencies)
         deadline.check("answering")
-        absent = frozenset(term for term, count in frequencies.items() if count == 0)
+        absent = unspelled(
+            frozenset(term for term, count in frequencies.items() if count == 0),
+            lambda tokens: self.store.keyword_statistics(tokens)[1],
+        )
         future = self._answer_workers().submit(
             answerer.answer, question, query_vector, hits, idf, absent
         )

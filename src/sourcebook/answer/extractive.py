@@ -9,8 +9,9 @@ answer quotes. When the evidence is too weak the answer says so, in the question
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import cache
 
 import rjieba
 
@@ -53,6 +54,14 @@ _DEFINITION = re.compile(
 # the latin words of a question, where `_unknown_name` looks for names
 _WORD_PIECE = re.compile(r"[A-Za-z0-9+]+")
 _VERSIONED = re.compile(r"\b[A-Za-z][A-Za-z0-9]*-\d[\w.]*")  # LLaMA-3, GPT-4, Qwen2-7B
+# the specific names of a question: a model or version ("LLaMA-3-70B", "SD3.5", "bge-m3",
+# "LLaMA-2 70B"), a size ("100B", "8x7B", "128k") or a successor ("ZeRO++", "LoRA+")
+_SPECIFIC_NAME = re.compile(
+    r"(?<![A-Za-z0-9.+-])(?:[A-Za-z][A-Za-z.]*[A-Za-z][A-Za-z0-9.+-]*\d[A-Za-z0-9.+-]*"
+    r"|\d+(?:\.\d+)?(?:x\d+)?[BbKkMm]"
+    r"|[A-Za-z][A-Za-z0-9-]*[A-Za-z]\+\+?)(?![A-Za-z0-9+])"
+)
+_SEPARATORS = re.compile(r"[\s\-_.]+")
 # the stemmer keeps "slower" apart from "slow": a question asks "why slow", notes answer
 # "20% slower"
 _COMPARED = {
@@ -67,6 +76,21 @@ _COMPARED = {
     "weak": ("weaker", "weakest"), "few": ("fewer", "fewest"),
     "great": ("greater", "greatest"),
 }  # fmt: skip
+# Words that frame a question rather than name what it asks about: how it asks ("how
+# much", 多少, "what's"), hedges ("usually", 一般), generic verbs ("use", "take", "need"),
+# and references to the notes themselves ("the table", "in the example", "according to").
+# The answer seldom repeats them, least of all in the other language ("How much memory
+# does 8-bit Adam save?" is answered by "8-bit Adam 把优化器状态压到…"), so coverage and the
+# missing-term signals leave them out; retrieval still sees them.
+_QUESTION_FRAME = """
+    much many what's don't doesn't isn't aren't didn't use used using uses take takes need
+    needs give gives given get gets only usually typically typical often also just example
+    examples snippet table tables note notes section according listed list shown show shows
+    mentioned described say says way ways kind kinds happen happens per number difference
+    differences between compared compare
+    多少 多大 多 几 哪 一般 通常 具体 分别 主要 笔记 里面 提到 示例 例子 表格 有没有 是不是
+    区别 作用 问题 大概 大约
+"""
 _CN_JOINERS = frozenset({"、", "和", "与", "及", "以及", "跟", "还是"})
 _CONNECTIVES = {"and", "or", "vs", "vs.", "what", "is", "are", "the", "of", "how", "why"}
 
@@ -129,10 +153,11 @@ class ExtractiveAnswerer:
         idf: dict[str, float],
         absent: frozenset[str] = frozenset(),
     ) -> Answer:
-        """`absent`: question terms the knowledge base holds nowhere (document frequency
-        0): a question about a name the notes never mention is refused outright."""
+        """`absent`: question terms the knowledge base holds nowhere, in no spelling
+        (`unspelled`). A question about a name the notes never mention is refused outright,
+        and so is one whose specific name ("LLaMA-3-70B") no evidence passage holds."""
         asked = _understand(question, hits)
-        unknown = _unknown_name(question, absent, asked)
+        unknown = _unknown_name(question, absent, asked) or _unquotable_name(question, hits)
         if unknown:
             signals = {**dict.fromkeys(SIGNALS, 0.0), "unknown_name": 1.0}
             return self._not_found(question, asked.language, hits, 0.0, signals)
@@ -476,7 +501,8 @@ def _understand(question: str, hits: Sequence[SearchHit]) -> _Question:
     normalized = normalize(question)
     language: Language = "zh" if is_chinese(normalized) else "en"
     tokens = analyze(normalized)
-    terms = list(dict.fromkeys(tokens))
+    frame = _frame_terms()
+    terms = [t for t in dict.fromkeys(tokens) if t not in frame] or list(dict.fromkeys(tokens))
     evidence = normalize(" ".join(hit.text for hit in hits))
     # a term is also looked for in the other language when the evidence is written in it
     # (a Chinese note full of English terms is both); the dictionary loads on first need
@@ -501,17 +527,21 @@ def _understand(question: str, hits: Sequence[SearchHit]) -> _Question:
     )
 
 
+@cache
+def _frame_terms() -> frozenset[str]:
+    """`_QUESTION_FRAME` as the analyser writes it ("many" → mani, "what's" → s)."""
+    return frozenset(t for word in _QUESTION_FRAME.split() for t in analyze(word))
+
+
 def _unknown_name(question: str, absent: frozenset[str], asked: _Question) -> str:
-    """A name in the question that no note contains in any spelling, or "". A name is
-    written as one: a capital after the first letter or letters with digits ("OpenVINO",
-    "SGLang", "HQQ", "GPT4o"), at least two letters; a capitalised word of three letters
-    or more that does not start an English question ("Gemma"); a name with a version
-    ("LLaMA-3" where the notes have only LLaMA-2). Ordinary words are left to the judge
-    (a paraphrase or the other language may say them), and so are names with a known
-    translation ("VRAM" is 显存 in Chinese notes, beta2 is β2)."""
+    """A name in the question that no note contains in any spelling (`absent`: see
+    `unspelled`), or "". A name is written as one: a capital after the first letter or
+    letters with digits ("OpenVINO", "SGLang", "HQQ", "GPT4o"), at least two letters; a
+    capitalised word of three letters or more that does not start an English question
+    ("Gemma", "Sophia"); a name with a version ("LLaMA-3" where the notes have only
+    LLaMA-2). Ordinary words are left to the judge: a paraphrase may say them."""
     if not absent:
         return ""
-    dictionary = glossary()
     first = (_WORD_PIECE.findall(question) or [""])[0] if asked.language == "en" else ""
     pieces: list[str] = _VERSIONED.findall(question) + _WORD_PIECE.findall(question)
     for piece in pieces:
@@ -526,15 +556,53 @@ def _unknown_name(question: str, absent: frozenset[str], asked: _Question) -> st
         terms = analyze(piece)  # "GPUs" → gpu
         if "-" in piece:  # a versioned name is unknown when the whole of it is
             terms = terms[:1]
-        if not terms or not all(t in absent for t in terms):
-            continue
-        if any(
-            greek_variants(t) or asked.variants.get(t) or (dictionary and dictionary.variants(t))
-            for t in terms
-        ):
-            continue
-        return piece
+        if terms and all(t in absent for t in terms):
+            return piece
     return ""
+
+
+def unspelled(
+    absent: frozenset[str], frequencies: Callable[[list[str]], dict[str, int]]
+) -> frozenset[str]:
+    """The terms of `absent` (no note holds them) that no note holds in another spelling
+    either: a translation ("VRAM" → 显存, "Sophia" → 圣索非亚) or a Greek letter ("beta2" →
+    β2). `frequencies` gives the number of chunks holding each analysed token."""
+    dictionary = glossary()
+    spellings = {
+        term: greek_variants(term) or (dictionary.variants(term) if dictionary else ())
+        for term in absent
+    }
+    tokens = {v: analyze(v) for found in spellings.values() for v in found}
+    counts = frequencies(sorted({t for found in tokens.values() for t in found}))
+    return frozenset(
+        term
+        for term, found in spellings.items()
+        if not any(tokens[v] and all(counts.get(t, 0) for t in tokens[v]) for v in found)
+    )
+
+
+def _unquotable_name(question: str, hits: Sequence[SearchHit]) -> str:
+    """A specific name of the question (`_SPECIFIC_NAME`) that no evidence passage
+    contains in any spacing ("LLaMA-2 70B" is "LLaMA-2-70B") or spelling (β2), or "". The
+    answer can only quote those passages, so it could not be about "LLaMA-3-70B" when they
+    only speak of LLaMA-2-70B, or about "ZeRO++" when they describe ZeRO."""
+    names: list[str] = _SPECIFIC_NAME.findall(question)
+    if not names or not hits:
+        return ""
+    evidence = _compact(" ".join(f"{h.text} {' '.join(h.heading_path)}" for h in hits))
+    dictionary = glossary()
+    for name in names:
+        lowered = name.lower()
+        spellings = [name, *greek_variants(lowered)]  # beta2: notes write β2
+        if dictionary:
+            spellings += dictionary.variants(lowered)
+        if not any(_compact(s) in evidence for s in spellings):
+            return name
+    return ""
+
+
+def _compact(text: str) -> str:
+    return _SEPARATORS.sub("", normalize(text).lower().replace("×", "x"))
 
 
 def _subject(question: str) -> str:
