@@ -567,6 +567,8 @@ def unspelled(
     """The terms of `absent` (no note holds them) that no note holds in another spelling
     either: a translation ("VRAM" → 显存, "Sophia" → 圣索非亚) or a Greek letter ("beta2" →
     β2). `frequencies` gives the number of chunks holding each analysed token."""
+    if not absent:
+        return absent
     dictionary = glossary()
     spellings = {
         term: greek_variants(term) or (dictionary.variants(term) if dictionary else ())
