@@ -95,6 +95,28 @@ def test_first_line_under_a_heading_key_value_and_definition_lines() -> None:
     assert _texts(units, "key_value") == ["lr: 3e-4", "HNSW — 分层的近邻图索引"]
 
 
+def test_key_value_lines_under_a_lead_in_are_a_list_without_markers() -> None:
+    text = (
+        "动态量化之后在 CPU 上测了一下。\n"
+        "实测（BERT-base，4 核 CPU）：\n"
+        "fp32: 每条约 38 ms\n"
+        "int8 动态量化: 每条约 15 ms\n"
+        "速度快了一倍多。\n"
+        "lr: 3e-4\n"
+    )
+    units = answer_units(text)
+    assert _texts(units, "list_item", text) == [
+        "实测（BERT-base，4 核 CPU）：\nfp32: 每条约 38 ms",
+        "实测（BERT-base，4 核 CPU）：\nint8 动态量化: 每条约 15 ms",
+    ]
+    assert _texts(units, "list", text) == [
+        "实测（BERT-base，4 核 CPU）：\nfp32: 每条约 38 ms\nint8 动态量化: 每条约 15 ms"
+    ]
+    # a definition line after a sentence that does not introduce it stands alone
+    assert _texts(units, "key_value", text) == ["lr: 3e-4"]
+    assert "速度快了一倍多。" in _texts(units, "sentence", text)
+
+
 def test_code_lines_come_with_the_comment_above_them() -> None:
     code = _texts(answer_units(NOTE), "code")
     assert code == [
