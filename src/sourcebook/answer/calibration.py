@@ -26,6 +26,7 @@ SIGNALS = (
     "top_dense",  # rescaled cosine of the best chunk
     "sentence_dense",  # rescaled cosine of the closest evidence sentence
     "sentence_coverage",  # idf-weighted share of question terms in the best sentence
+    "answer_coverage",  # ... in the units the answer quotes, together
     "sentence_score",  # the best sentence's selection score
     "chunk_coverage",  # ... of question terms in the top chunk (with its headings)
     "missing_term",  # idf of the rarest question term absent from the top chunk / max idf

@@ -167,11 +167,11 @@ class ExtractiveAnswerer:
             key=lambda c: c.score,
             default=None,
         )
-        signals = self.signals(asked, hits, candidates, best, idf)
+        chosen = _Composer(self, asked, candidates, idf).compose(best) if best else []
+        signals = self.signals(asked, hits, candidates, best, chosen, idf)
         confidence = self.judge.confidence(signals)
         if best is None or confidence < self.judge.threshold:
             return self._not_found(question, asked.language, hits, confidence, signals)
-        chosen = _Composer(self, asked, candidates, idf).compose(best)
         return self._compose(question, asked.language, hits, chosen, confidence, signals)
 
     def signals(
@@ -180,10 +180,12 @@ class ExtractiveAnswerer:
         hits: Sequence[SearchHit],
         candidates: Sequence[_Candidate],
         best: _Candidate | None,
+        chosen: Sequence[_Candidate],
         idf: dict[str, float],
     ) -> dict[str, float]:
         """The evidence measurements the answer/refuse decision is made from (see
-        `calibration.Judge`); returned with the answer so a refusal can be explained."""
+        `calibration.Judge`): of the evidence, its `best` unit and the units the answer
+        would quote (`chosen`); returned with the answer so a refusal can be explained."""
         if not hits or best is None:
             return dict.fromkeys(SIGNALS, 0.0)
         weights = [idf.get(t, 0.0) for t in asked.terms]
@@ -201,6 +203,14 @@ class ExtractiveAnswerer:
             "top_dense": self.judge.rescale(max(hit.scores.get("dense", 0.0) for hit in hits)),
             "sentence_dense": self.judge.rescale(max(c.dense for c in candidates)),
             "sentence_coverage": best.coverage,
+            # the answer's units together ("how many warmup steps and total steps": two
+            # code lines, each covering half the question)
+            "answer_coverage": sum(
+                w
+                for t, w in zip(asked.terms, weights, strict=True)
+                if any(_matches(t, asked.variants.get(t, ()), c.tokens, c.text) for c in chosen)
+            )
+            / (sum(weights) or 1.0),
             "sentence_score": best.score,
             "chunk_coverage": 1.0 - sum(missing) / (sum(weights) or 1.0),
             "missing_term": _rarest_missing(asked, weights, [evidence.get(0)]) / highest,
