@@ -125,6 +125,31 @@ def test_code_lines_come_with_the_comment_above_them() -> None:
     ]
 
 
+def test_the_lines_of_a_multi_line_call_come_with_its_first_line() -> None:
+    text = (
+        "```python\n"
+        "lora_config = LoraConfig(\n"
+        "    r=16,\n"
+        "    lora_alpha=32,  # 缩放 = 32 / 16 = 2\n"
+        ")\n"
+        "model = get_peft_model(model, lora_config)\n"
+        "```\n"
+    )
+    units = answer_units(text)
+    assert _texts(units, "list_item", text) == [
+        "lora_config = LoraConfig(\nr=16,",
+        "lora_config = LoraConfig(\nlora_alpha=32,  # 缩放 = 32 / 16 = 2",
+    ]
+    assert _texts(units, "list", text) == [
+        "lora_config = LoraConfig(\nr=16,\nlora_alpha=32,  # 缩放 = 32 / 16 = 2"
+    ]
+    # the closing bracket is no unit; the next statement stands alone again
+    assert _texts(units, "code", text) == [
+        "lora_config = LoraConfig(",
+        "model = get_peft_model(model, lora_config)",
+    ]
+
+
 def test_a_heading_directly_followed_by_text_gives_that_text() -> None:
     text = "### Warmup\nWarmup 把学习率从 0 线性增加到峰值。\n"
     assert [u.text(text) for u in answer_units(text)] == ["Warmup 把学习率从 0 线性增加到峰值。"]

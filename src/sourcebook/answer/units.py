@@ -1,9 +1,10 @@
 """Answer units: the pieces of a note an extractive answer may quote.
 
 Notes are not only prose. A fact sits in a table row (meaningful only with its header), a
-list item (often meaningful only with the line that introduces the list), a code line (with
-the comment that explains it), a `key: value` or `term — definition` line, or the line
-right under a heading. `answer_units` reads a chunk's text line by line and returns every
+list item (often meaningful only with the line that introduces the list, which may be a
+run of `key: value` lines under a sentence ending in "：", or the arguments of a call that
+spans several lines), a code line (with the comment that explains it), a `key: value` or
+`term — definition` line, or the line right under a heading. `answer_units` reads a chunk's text line by line and returns every
 quotable unit with the context that makes it readable: each unit is a list of spans of the
 chunk text, context first, so that every quote is an exact substring of the note.
 
@@ -36,6 +37,10 @@ _KEY_VALUE = re.compile(
 _TERM_DEFINITION = re.compile(
     r"^[ \t]*(?:[-*+][ \t]+)?[^\s—–]{1}[^—–。！？]{0,38}?[ \t]*(?:——|—|–|--)[ \t]*\S"
 )
+# a code line that leaves a call or literal open ("LoraConfig(", "cfg = {  # …"), and one
+# that closes it
+_OPENS = re.compile(r"[(\[{][ \t]*(?:(?:#|//).*)?$")
+_CLOSES = re.compile(r"^[ \t]*[)\]}]")
 _COMMENT_LINE = re.compile(r"^[ \t]*(?:#|//|--(?!-)|/\*|\*[ \t]|;)")
 _LINK_ONLY = re.compile(r"^[ \t]*(?:[-*+][ \t]+)?(?:!?\[[^\]]*\]\([^)]*\)|<?https?://\S+>?)[ \t]*$")
 _CONCLUSION = re.compile(
@@ -262,16 +267,15 @@ class _UnitBuilder:
             if not _ends_lead_in(self.text[span[0] : span[1]]):
                 self.add("list_item", [context, span] if context else [span], span)
             parents.append((span[0], span[1], indent))
-        self._whole_list(lead_in, items)
+        if lead_in and _ends_lead_in(self.text[lead_in[0] : lead_in[1]]):
+            self._whole_list(lead_in, items)
         self.last_sentence = None
         return i
 
     def _whole_list(
         self, lead_in: tuple[int, int] | None, items: list[tuple[int, int, int]]
     ) -> None:
-        if lead_in is None or not _ends_lead_in(self.text[lead_in[0] : lead_in[1]]):
-            return
-        if not 2 <= len(items) <= MAX_LIST_ITEMS:
+        if lead_in is None or not 2 <= len(items) <= MAX_LIST_ITEMS:
             return
         # an empty bullet ("SD3.5:") is left out: it would make the list look like it
         # answers a question about it
@@ -314,22 +318,36 @@ class _UnitBuilder:
 
     def code_block(self, lines: list[_Line], i: int) -> int:
         """Code lines, each with the comment lines right above it (a comment at the end of
-        the line is part of the line)."""
+        the line is part of the line). The lines of a call or literal that spans several
+        lines ("LoraConfig(" above "r=16," and "lora_alpha=32,") are a list its first line
+        introduces: each is quoted with that line, and the whole of it is a unit too."""
         self.blocks += 1
         if lines[i].kind == "fence":
             i += 1
         comments: list[tuple[int, int]] = []
+        opener: tuple[int, int] | None = None  # the first line of an open call or literal
+        items: list[tuple[int, int, int]] = []
         while i < len(lines) and lines[i].kind == "code":
             line = lines[i]
             raw = self.text[line.start : line.end]
             span = _strip(self.text, line.start, line.end)
+            above = [(comments[0][0], comments[-1][1])] if comments else []
             if not raw.strip():
                 comments = []
             elif _COMMENT_LINE.match(raw):
                 comments.append(span)
+            elif opener and _CLOSES.match(raw):
+                self._whole_list(opener, items)
+                self.add("code", [*above, span], span)  # "])" alone is no unit
+                opener, items, comments = None, [], []
+            elif opener:
+                self.add("list_item", [opener, *above, span], span)
+                items.append((*span, 0))
+                comments = []
             else:
-                spans = [(comments[0][0], comments[-1][1])] if comments else []
-                self.add("code", [*spans, span], span)
+                self.add("code", [*above, span], span)
+                if _OPENS.search(raw):
+                    opener, items = span, []
                 comments = []
             i += 1
         if comments:  # a trailing comment explains the block: quotable alone
