@@ -18,6 +18,7 @@ from sourcebook import KnowledgeBase, Settings
 from sourcebook.answer.extractive import (
     _judged_by_parts,
     _parts,
+    _passage_language,
     _subject,
     _understand,
     _unknown_name,
@@ -271,6 +272,12 @@ def test_a_specific_name_no_evidence_holds_cannot_be_answered(
 ) -> None:
     heading = "SD3.5" if evidence == "架构" else ""
     assert _unquotable_name(question, [_hit(evidence, heading)]) == unquotable
+
+
+def test_a_passage_is_in_the_language_of_its_prose_not_of_its_code() -> None:
+    code = "```python\nscheduler = get_cosine_schedule_with_warmup(\n    optimizer,\n)\n```"
+    assert _passage_language(_hit(code, "学习率调度")) == "zh"
+    assert _passage_language(_hit(code + "\nWarmup steps are about 1% of all steps.")) == "en"
 
 
 def test_the_words_that_frame_a_question_are_not_its_terms() -> None:

@@ -62,6 +62,7 @@ _SPECIFIC_NAME = re.compile(
     r"|[A-Za-z][A-Za-z0-9-]*[A-Za-z]\+\+?)(?![A-Za-z0-9+])"
 )
 _SEPARATORS = re.compile(r"[\s\-_.]+")
+_FENCE_LINE = re.compile(r"^[ \t]*(?:```|~~~)")
 # the stemmer keeps "slower" apart from "slow": a question asks "why slow", notes answer
 # "20% slower"
 _COMPARED = {
@@ -225,7 +226,7 @@ class ExtractiveAnswerer:
             "rerank_margin": rerank[0] - rerank[1] if len(rerank) > 1 else 1.0,
             # the language of the passage the answer would quote, not of the top hits
             # together (one English note among them would make a Chinese answer "English")
-            "cross_language": float(asked.language != _language(hits[best.hit_index].text)),
+            "cross_language": float(asked.language != _passage_language(hits[best.hit_index])),
         }
 
     def _candidates(
@@ -732,6 +733,19 @@ def _language(text: str) -> Language:
     """Chinese when it has at least as many Chinese characters as latin words (Chinese
     notes are full of English terms)."""
     return "zh" if len(_CJK.findall(text)) >= len(_LATIN_WORD.findall(text)) else "en"
+
+
+def _passage_language(hit: SearchHit) -> Language:
+    """The language a passage is written in: of its title, headings and prose, not of its
+    code (a Chinese note's Python snippet is still a Chinese note)."""
+    prose: list[str] = []
+    in_code = False
+    for line in hit.text.split("\n"):
+        if _FENCE_LINE.match(line):
+            in_code = not in_code
+        elif not in_code:
+            prose.append(line)
+    return _language(" ".join([hit.title, *hit.heading_path, *prose]))
 
 
 def _outermost(spans: set[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -4,9 +4,10 @@ Notes are not only prose. A fact sits in a table row (meaningful only with its h
 list item (often meaningful only with the line that introduces the list, which may be a
 run of `key: value` lines under a sentence ending in "：", or the arguments of a call that
 spans several lines), a code line (with the comment that explains it), a `key: value` or
-`term — definition` line, or the line right under a heading. `answer_units` reads a chunk's text line by line and returns every
-quotable unit with the context that makes it readable: each unit is a list of spans of the
-chunk text, context first, so that every quote is an exact substring of the note.
+`term — definition` line, or the line right under a heading. `answer_units` reads a
+chunk's text line by line and returns every quotable unit with the context that makes it
+readable: each unit is a list of spans of the chunk text, context first, so that every
+quote is an exact substring of the note.
 
 Units with no content (a bare label such as "SD3.5:", a heading alone, a line that is only
 a link, a closing bracket) are never returned.
