@@ -28,10 +28,10 @@ SIGNALS = (
     "sentence_coverage",  # idf-weighted share of question terms in the best sentence
     "answer_coverage",  # ... in the units the answer quotes, together
     "sentence_score",  # the best sentence's selection score
-    "chunk_coverage",  # ... of question terms in the top chunk (with its headings)
-    "missing_term",  # idf of the rarest question term absent from the top chunk / max idf
+    "chunk_coverage",  # ... in the chunk the answer quotes first (with its headings)
+    "missing_term",  # idf of the rarest question term absent from that chunk / max idf
     "evidence_missing",  # ... absent from every evidence chunk
-    "numbers_found",  # share of the question's numbers found in the top chunk
+    "numbers_found",  # share of the question's numbers found in that chunk
     "answer_numbers",  # ... in the best unit
     "rerank",  # reranker score of the top chunk (0 without a reranker)
     "rerank_margin",  # ... minus the second chunk's

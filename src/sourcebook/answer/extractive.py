@@ -192,7 +192,8 @@ class ExtractiveAnswerer:
         weights = [idf.get(t, 0.0) for t in asked.terms]
         highest = max(weights, default=0.0) or 1.0
         evidence = _evidence_by_hit(hits, candidates)
-        top_tokens, top_text = evidence.get(0, (frozenset(), ""))
+        # the chunk the answer quotes first, which need not be the top-ranked one
+        top_tokens, top_text = evidence.get(best.hit_index, (frozenset(), ""))
         missing = [
             w
             for t, w in zip(asked.terms, weights, strict=True)
@@ -214,7 +215,8 @@ class ExtractiveAnswerer:
             / (sum(weights) or 1.0),
             "sentence_score": best.score,
             "chunk_coverage": 1.0 - sum(missing) / (sum(weights) or 1.0),
-            "missing_term": _rarest_missing(asked, weights, [evidence.get(0)]) / highest,
+            "missing_term": _rarest_missing(asked, weights, [evidence.get(best.hit_index)])
+            / highest,
             "evidence_missing": _rarest_missing(asked, weights, list(evidence.values())) / highest,
             "numbers_found": (
                 sum(1 for n in numbers if n in top_text) / len(numbers) if numbers else 1.0
