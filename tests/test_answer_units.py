@@ -265,13 +265,18 @@ def _hit(text: str, heading: str = "") -> SearchHit:
         ("SD3.5 用什么架构？", "架构", ""),  # the heading names it (below)
         ("512x512 的图 latent 多大？", "512×512 的图像", ""),  # a size, not a name
         ("What is the latent of a 768-dim vector?", "768 维向量", ""),
+        ("What warmup does DeepSpeed use by default?", "warmup 默认 2000 步", "DeepSpeed"),
+        ("How does DDP average gradients across GPUs?", "DDP 在每张 GPU 上 all-reduce", ""),
+        ("How does the Sophia optimizer work?", "AdamW 的更新", "Sophia"),
+        ("What chunk size suits Chinese text?", "中文按 300 字切块", ""),  # 中文
     ],
 )
 def test_a_specific_name_no_evidence_holds_cannot_be_answered(
     question: str, evidence: str, unquotable: str
 ) -> None:
     heading = "SD3.5" if evidence == "架构" else ""
-    assert _unquotable_name(question, [_hit(evidence, heading)]) == unquotable
+    hits = [_hit(evidence, heading)]
+    assert _unquotable_name(question, hits, _understand(question, hits)) == unquotable
 
 
 def test_a_passage_is_in_the_language_of_its_prose_not_of_its_code() -> None:

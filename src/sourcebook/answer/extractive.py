@@ -62,6 +62,7 @@ _SPECIFIC_NAME = re.compile(
     r"|[A-Za-z][A-Za-z0-9-]*[A-Za-z]\+\+?)(?![A-Za-z0-9+])"
 )
 _SEPARATORS = re.compile(r"[\s\-_.]+")
+_PLURAL_NAME = re.compile(r"[A-Z][A-Za-z0-9]*[A-Z0-9]s")  # GPUs, LLMs
 _FENCE_LINE = re.compile(r"^[ \t]*(?:```|~~~)")
 # the stemmer keeps "slower" apart from "slow": a question asks "why slow", notes answer
 # "20% slower"
@@ -158,7 +159,7 @@ class ExtractiveAnswerer:
         (`unspelled`). A question about a name the notes never mention is refused outright,
         and so is one whose specific name ("LLaMA-3-70B") no evidence passage holds."""
         asked = _understand(question, hits)
-        unknown = _unknown_name(question, absent, asked) or _unquotable_name(question, hits)
+        unknown = _unknown_name(question, absent, asked) or _unquotable_name(question, hits, asked)
         if unknown:
             signals = {**dict.fromkeys(SIGNALS, 0.0), "unknown_name": 1.0}
             return self._not_found(question, asked.language, hits, 0.0, signals)
@@ -546,31 +547,36 @@ def _frame_terms() -> frozenset[str]:
     return frozenset(t for word in _QUESTION_FRAME.split() for t in analyze(word))
 
 
-def _unknown_name(question: str, absent: frozenset[str], asked: _Question) -> str:
-    """A name in the question that no note contains in any spelling (`absent`: see
-    `unspelled`), or "". A name is written as one: a capital after the first letter or
+def _names(question: str, asked: _Question) -> list[str]:
+    """The words of the question written as names: a capital after the first letter or
     letters with digits ("OpenVINO", "SGLang", "HQQ", "GPT4o"), at least two letters; a
     capitalised word of three letters or more that does not start an English question
-    ("Gemma", "Sophia"); a name with a version ("LLaMA-3" where the notes have only
-    LLaMA-2). Ordinary words are left to the judge: a paraphrase may say them."""
-    if not absent:
-        return ""
+    ("Gemma", "Sophia"); a name with a version ("LLaMA-3")."""
     first = (_WORD_PIECE.findall(question) or [""])[0] if asked.language == "en" else ""
-    pieces: list[str] = _VERSIONED.findall(question) + _WORD_PIECE.findall(question)
-    for piece in pieces:
+    names = []
+    for piece in _VERSIONED.findall(question) + _WORD_PIECE.findall(question):
         letters = sum(c.isalpha() for c in piece)
-        named = (
+        if letters >= 2 and (
             any(c.isupper() for c in piece[1:])
             or (any(c.isdigit() for c in piece) and letters > 0)
             or (piece[0].isupper() and letters >= 3 and piece != first)
-        )
-        if letters < 2 or not named:
-            continue
-        terms = analyze(piece)  # "GPUs" → gpu
-        if "-" in piece:  # a versioned name is unknown when the whole of it is
+        ):
+            names.append(piece)
+    return names
+
+
+def _unknown_name(question: str, absent: frozenset[str], asked: _Question) -> str:
+    """A name of the question (`_names`) that no note contains in any spelling (`absent`:
+    see `unspelled`), or "" ("LLaMA-3" where the notes have only LLaMA-2). Ordinary words
+    are left to the judge: a paraphrase may say them."""
+    if not absent:
+        return ""
+    for name in _names(question, asked):
+        terms = analyze(name)  # "GPUs" → gpu
+        if "-" in name:  # a versioned name is unknown when the whole of it is
             terms = terms[:1]
         if terms and all(t in absent for t in terms):
-            return piece
+            return name
     return ""
 
 
@@ -596,21 +602,27 @@ def unspelled(
     )
 
 
-def _unquotable_name(question: str, hits: Sequence[SearchHit]) -> str:
-    """A specific name of the question (`_SPECIFIC_NAME`) that no evidence passage
-    contains in any spacing ("LLaMA-2 70B" is "LLaMA-2-70B") or spelling (β2), or "". The
-    answer can only quote those passages, so it could not be about "LLaMA-3-70B" when they
-    only speak of LLaMA-2-70B, or about "ZeRO++" when they describe ZeRO."""
-    names: list[str] = _SPECIFIC_NAME.findall(question)
+def _unquotable_name(question: str, hits: Sequence[SearchHit], asked: _Question) -> str:
+    """A name of the question (`_names`) or a specific one (`_SPECIFIC_NAME`: a model, a
+    size, a successor) that no evidence passage contains in any spacing ("LLaMA-2 70B" is
+    "LLaMA-2-70B") or spelling (β2, GPUs as GPU, a translation), or "". The answer can only
+    quote those passages, so it could not be about "LLaMA-3-70B" when they only speak of
+    LLaMA-2-70B, about "ZeRO++" when they describe ZeRO, or about DeepSpeed's defaults
+    when none of them names DeepSpeed."""
+    specific: list[str] = _SPECIFIC_NAME.findall(question)
+    names = list(dict.fromkeys(specific + _names(question, asked)))
     if not names or not hits:
         return ""
-    evidence = _compact(" ".join(f"{h.text} {' '.join(h.heading_path)}" for h in hits))
+    evidence = _compact(" ".join(f"{h.title} {h.text} {' '.join(h.heading_path)}" for h in hits))
     dictionary = glossary()
     for name in names:
         lowered = name.lower()
         spellings = [name, *greek_variants(lowered)]  # beta2: notes write β2
-        if dictionary:
-            spellings += dictionary.variants(lowered)
+        if _PLURAL_NAME.fullmatch(name):
+            spellings.append(name[:-1])
+        if dictionary:  # as written, and as the analyser writes it ("Chinese" → chines)
+            for term in dict.fromkeys([lowered, *analyze(name)]):
+                spellings += dictionary.variants(term)
         if not any(_compact(s) in evidence for s in spellings):
             return name
     return ""
