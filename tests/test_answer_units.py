@@ -269,6 +269,9 @@ def _hit(text: str, heading: str = "") -> SearchHit:
         ("How does DDP average gradients across GPUs?", "DDP 在每张 GPU 上 all-reduce", ""),
         ("How does the Sophia optimizer work?", "AdamW 的更新", "Sophia"),
         ("What chunk size suits Chinese text?", "中文按 300 字切块", ""),  # 中文
+        ("How many parameters does DiT-XL/2 have?", "FLUX.1 是 12B 参数的 DiT", "DiT-XL/2"),
+        ("LLaMA-1/2 的词表多大？", "LLaMA-1/2 的词表是 32000", ""),
+        ("tiktoken 比 tokenizers 快多少？", "tokenizers 是 Rust 写的", "tiktoken"),
     ],
 )
 def test_a_specific_name_no_evidence_holds_cannot_be_answered(

@@ -18,7 +18,7 @@ import rjieba
 from sourcebook.answer.calibration import SIGNALS, Judge
 from sourcebook.answer.units import AnswerUnit, answer_units, display_length, quote_text
 from sourcebook.index.analyzer import analyze
-from sourcebook.index.bilingual import glossary, greek_variants, phrase_variants
+from sourcebook.index.bilingual import Glossary, glossary, greek_variants, phrase_variants
 from sourcebook.index.embedders import Embedder, Vectors
 from sourcebook.models import Answer, Citation, Language, SearchHit
 from sourcebook.text import is_chinese, normalize
@@ -55,9 +55,9 @@ _DEFINITION = re.compile(
 _WORD_PIECE = re.compile(r"[A-Za-z0-9+]+")
 _VERSIONED = re.compile(r"\b[A-Za-z][A-Za-z0-9]*-\d[\w.]*")  # LLaMA-3, GPT-4, Qwen2-7B
 # the specific names of a question: a model or version ("LLaMA-3-70B", "SD3.5", "bge-m3",
-# "LLaMA-2 70B"), a size ("100B", "8x7B", "128k") or a successor ("ZeRO++", "LoRA+")
+# "DiT-XL/2", "LLaMA-2 70B"), a size ("100B", "8x7B", "128k") or a successor ("ZeRO++", "LoRA+")
 _SPECIFIC_NAME = re.compile(
-    r"(?<![A-Za-z0-9.+-])(?:[A-Za-z][A-Za-z.]*[A-Za-z][A-Za-z0-9.+-]*\d[A-Za-z0-9.+-]*"
+    r"(?<![A-Za-z0-9.+/-])(?:[A-Za-z][A-Za-z.]*[A-Za-z][A-Za-z0-9.+/-]*\d[A-Za-z0-9.+/-]*"
     r"|\d+(?:\.\d+)?(?:x\d+)?[BbKkMm]"
     r"|[A-Za-z][A-Za-z0-9-]*[A-Za-z]\+\+?)(?![A-Za-z0-9+])"
 )
@@ -551,8 +551,12 @@ def _names(question: str, asked: _Question) -> list[str]:
     """The words of the question written as names: a capital after the first letter or
     letters with digits ("OpenVINO", "SGLang", "HQQ", "GPT4o"), at least two letters; a
     capitalised word of three letters or more that does not start an English question
-    ("Gemma", "Sophia"); a name with a version ("LLaMA-3")."""
+    ("Gemma", "Sophia"); a name with a version ("LLaMA-3"); in a question with Chinese in
+    it, a latin word of three letters or more that is no ordinary English word
+    ("tiktoken")."""
     first = (_WORD_PIECE.findall(question) or [""])[0] if asked.language == "en" else ""
+    dictionary = glossary()
+    chinese = bool(_CJK.search(question))  # latin words there are terms of art
     names = []
     for piece in _VERSIONED.findall(question) + _WORD_PIECE.findall(question):
         letters = sum(c.isalpha() for c in piece)
@@ -560,9 +564,15 @@ def _names(question: str, asked: _Question) -> list[str]:
             any(c.isupper() for c in piece[1:])
             or (any(c.isdigit() for c in piece) and letters > 0)
             or (piece[0].isupper() and letters >= 3 and piece != first)
+            or (chinese and letters >= 3 and _unknown_word(piece, dictionary))
         ):
             names.append(piece)
     return names
+
+
+def _unknown_word(word: str, dictionary: Glossary | None) -> bool:
+    terms = analyze(word)
+    return bool(dictionary and terms and not any(dictionary.is_common_word(t) for t in terms))
 
 
 def _unknown_name(question: str, absent: frozenset[str], asked: _Question) -> str:
