@@ -16,10 +16,12 @@ import pytest
 
 from sourcebook import KnowledgeBase, Settings
 from sourcebook.answer.extractive import (
+    _Candidate,
     _judged_by_parts,
     _parts,
     _passage_language,
     _subject,
+    _unanswered_name,
     _understand,
     _unknown_name,
     _unquotable_name,
@@ -286,6 +288,22 @@ def test_a_passage_is_in_the_language_of_its_prose_not_of_its_code() -> None:
     code = "```python\nscheduler = get_cosine_schedule_with_warmup(\n    optimizer,\n)\n```"
     assert _passage_language(_hit(code, "学习率调度")) == "zh"
     assert _passage_language(_hit(code + "\nWarmup steps are about 1% of all steps.")) == "en"
+
+
+def test_an_answer_that_does_not_name_the_model_asked_about_is_no_answer() -> None:
+    text = "LLaMA-1/2 的词表是 32000，中文字很少。\nLLaMA-3 换了新的分词器。\nAdam 默认 β2=0.999。"
+    hit = _hit(text, "分词器")
+    units = {u.text(text): u for u in answer_units(text)}
+
+    def answer(*quoted: str) -> list[_Candidate]:
+        return [_Candidate(0, units[q], q, frozenset(), 1.0, 1.0, 0.9) for q in quoted]
+
+    # LLaMA-3 is in the evidence, but the quoted line is about LLaMA-1/2
+    question = "What is the vocabulary size of the LLaMA-3 tokenizer?"
+    assert _unanswered_name(question, [hit], answer("LLaMA-1/2 的词表是 32000，中文字很少。"))
+    assert not _unanswered_name(question, [hit], answer("LLaMA-3 换了新的分词器。"))
+    # the answer names it in another spelling
+    assert not _unanswered_name("Adam's default beta2?", [hit], answer("Adam 默认 β2=0.999。"))
 
 
 def test_the_words_that_frame_a_question_are_not_its_terms() -> None:

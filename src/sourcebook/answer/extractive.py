@@ -170,6 +170,9 @@ class ExtractiveAnswerer:
             default=None,
         )
         chosen = _Composer(self, asked, candidates, idf).compose(best) if best else []
+        if chosen and _unanswered_name(question, hits, chosen):
+            signals = {**dict.fromkeys(SIGNALS, 0.0), "unknown_name": 1.0}
+            return self._not_found(question, asked.language, hits, 0.0, signals)
         signals = self.signals(asked, hits, candidates, best, chosen, idf)
         confidence = self.judge.confidence(signals)
         if best is None or confidence < self.judge.threshold:
@@ -624,18 +627,38 @@ def _unquotable_name(question: str, hits: Sequence[SearchHit], asked: _Question)
     if not names or not hits:
         return ""
     evidence = _compact(" ".join(f"{h.title} {h.text} {' '.join(h.heading_path)}" for h in hits))
-    dictionary = glossary()
-    for name in names:
-        lowered = name.lower()
-        spellings = [name, *greek_variants(lowered)]  # beta2: notes write β2
-        if _PLURAL_NAME.fullmatch(name):
-            spellings.append(name[:-1])
-        if dictionary:  # as written, and as the analyser writes it ("Chinese" → chines)
-            for term in dict.fromkeys([lowered, *analyze(name)]):
-                spellings += dictionary.variants(term)
-        if not any(_compact(s) in evidence for s in spellings):
-            return name
-    return ""
+    return next((n for n in names if not any(s in evidence for s in _spellings(n))), "")
+
+
+def _spellings(name: str) -> list[str]:
+    """A name as `_compact` writes it, and its other spellings: Greek (beta2 → β2), an
+    acronym's singular (GPUs → GPU), translations ("Chinese" → 中文)."""
+    lowered = name.lower()
+    spellings = [name, *greek_variants(lowered)]
+    if _PLURAL_NAME.fullmatch(name):
+        spellings.append(name[:-1])
+    if dictionary := glossary():  # as written, and as the analyser writes it (chines)
+        for term in dict.fromkeys([lowered, *analyze(name)]):
+            spellings += dictionary.variants(term)
+    return [c for c in map(_compact, spellings) if c]
+
+
+def _unanswered_name(question: str, hits: Sequence[SearchHit], chosen: Sequence[_Candidate]) -> str:
+    """A specific name of the question (`_SPECIFIC_NAME`) that the answer would not name:
+    none of its units, their headings or their notes' titles hold it ("the vocabulary of
+    LLaMA-3" answered by "LLaMA-1/2 的词表是 32000" because LLaMA-3 is named elsewhere in
+    the evidence), or ""."""
+    names: list[str] = _SPECIFIC_NAME.findall(question)
+    if not names:
+        return ""
+    said = _compact(
+        " ".join(
+            f"{c.text} {c.unit.section} {hits[c.hit_index].title} "
+            + " ".join(hits[c.hit_index].heading_path)
+            for c in chosen
+        )
+    )
+    return next((n for n in names if not any(s in said for s in _spellings(n))), "")
 
 
 def _compact(text: str) -> str:
