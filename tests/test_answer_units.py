@@ -274,6 +274,9 @@ def _hit(text: str, heading: str = "") -> SearchHit:
         ("How many parameters does DiT-XL/2 have?", "FLUX.1 是 12B 参数的 DiT", "DiT-XL/2"),
         ("LLaMA-1/2 的词表多大？", "LLaMA-1/2 的词表是 32000", ""),
         ("tiktoken 比 tokenizers 快多少？", "tokenizers 是 Rust 写的", "tiktoken"),
+        ("Megatron 的 interleaved pipeline 怎么办？", "Megatron 的 pipeline 气泡", "interleaved"),
+        ("Megatron 的 interleaved pipeline 怎么办？", "interleaved 1F1B 把气泡", ""),
+        ("build engine 很慢, how to avoid it?", "第一次 build engine 要几分钟", ""),  # a clause
     ],
 )
 def test_a_specific_name_no_evidence_holds_cannot_be_answered(

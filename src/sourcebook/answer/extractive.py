@@ -18,7 +18,7 @@ import rjieba
 from sourcebook.answer.calibration import SIGNALS, Judge
 from sourcebook.answer.units import AnswerUnit, answer_units, display_length, quote_text
 from sourcebook.index.analyzer import analyze
-from sourcebook.index.bilingual import Glossary, glossary, greek_variants, phrase_variants
+from sourcebook.index.bilingual import glossary, greek_variants, phrase_variants
 from sourcebook.index.embedders import Embedder, Vectors
 from sourcebook.models import Answer, Citation, Language, SearchHit
 from sourcebook.text import is_chinese, normalize
@@ -62,6 +62,8 @@ _SPECIFIC_NAME = re.compile(
     r"|[A-Za-z][A-Za-z0-9-]*[A-Za-z]\+\+?)(?![A-Za-z0-9+])"
 )
 _SEPARATORS = re.compile(r"[\s\-_.]+")
+# latin words between Chinese ones: "的 interleaved pipeline 是"
+_LATIN_RUN = re.compile(r"(?<![A-Za-z0-9'])[A-Za-z][A-Za-z0-9+]*(?:[ \t]+[A-Za-z][A-Za-z0-9+]*)*")
 _PLURAL_NAME = re.compile(r"[A-Z][A-Za-z0-9]*[A-Z0-9]s")  # GPUs, LLMs
 _FENCE_LINE = re.compile(r"^[ \t]*(?:```|~~~)")
 # the stemmer keeps "slower" apart from "slow": a question asks "why slow", notes answer
@@ -554,12 +556,11 @@ def _names(question: str, asked: _Question) -> list[str]:
     """The words of the question written as names: a capital after the first letter or
     letters with digits ("OpenVINO", "SGLang", "HQQ", "GPT4o"), at least two letters; a
     capitalised word of three letters or more that does not start an English question
-    ("Gemma", "Sophia"); a name with a version ("LLaMA-3"); in a question with Chinese in
-    it, a latin word of three letters or more that is no ordinary English word
-    ("tiktoken")."""
+    ("Gemma", "Sophia"); a name with a version ("LLaMA-3"); and in a question with Chinese
+    in it, a term of art: a latin word of three letters or more set among the Chinese
+    alone or with one other ("Megatron-LM 的 interleaved pipeline", "tiktoken 比…"), not
+    in an English clause ("…很慢, how to avoid it?")."""
     first = (_WORD_PIECE.findall(question) or [""])[0] if asked.language == "en" else ""
-    dictionary = glossary()
-    chinese = bool(_CJK.search(question))  # latin words there are terms of art
     names = []
     for piece in _VERSIONED.findall(question) + _WORD_PIECE.findall(question):
         letters = sum(c.isalpha() for c in piece)
@@ -567,15 +568,14 @@ def _names(question: str, asked: _Question) -> list[str]:
             any(c.isupper() for c in piece[1:])
             or (any(c.isdigit() for c in piece) and letters > 0)
             or (piece[0].isupper() and letters >= 3 and piece != first)
-            or (chinese and letters >= 3 and _unknown_word(piece, dictionary))
         ):
             names.append(piece)
+    if _CJK.search(question):
+        for run in _LATIN_RUN.findall(question):
+            words = run.split()
+            if len(words) <= 2:
+                names += [w for w in words if len(w) >= 3 and analyze(w) and w not in names]
     return names
-
-
-def _unknown_word(word: str, dictionary: Glossary | None) -> bool:
-    terms = analyze(word)
-    return bool(dictionary and terms and not any(dictionary.is_common_word(t) for t in terms))
 
 
 def _unknown_name(question: str, absent: frozenset[str], asked: _Question) -> str:
@@ -637,6 +637,8 @@ def _spellings(name: str) -> list[str]:
     spellings = [name, *greek_variants(lowered)]
     if _PLURAL_NAME.fullmatch(name):
         spellings.append(name[:-1])
+    if name.isalpha() and name.islower():  # "heads", "interleaved": their stems
+        spellings += analyze(name)
     if dictionary := glossary():  # as written, and as the analyser writes it (chines)
         for term in dict.fromkeys([lowered, *analyze(name)]):
             spellings += dictionary.variants(term)
