@@ -265,7 +265,7 @@ def _hit(text: str, heading: str = "") -> SearchHit:
         ("What is the KV cache of Mixtral 8x7B?", "Mixtral 是 MoE 模型。", "8x7B"),
         ("SD3.5 用什么架构？", "新的 MMDiT 架构", "SD3.5"),
         ("SD3.5 用什么架构？", "架构", ""),  # the heading names it (below)
-        ("512x512 的图 latent 多大？", "512×512 的图像", ""),  # a size, not a name
+        ("512x512 的图 latent 多大？", "512×512 的图像的 latent", ""),  # a size, not a name
         ("What is the latent of a 768-dim vector?", "768 维向量", ""),
         ("What warmup does DeepSpeed use by default?", "warmup 默认 2000 步", "DeepSpeed"),
         ("How does DDP average gradients across GPUs?", "DDP 在每张 GPU 上 all-reduce", ""),
@@ -275,7 +275,7 @@ def _hit(text: str, heading: str = "") -> SearchHit:
         ("LLaMA-1/2 的词表多大？", "LLaMA-1/2 的词表是 32000", ""),
         ("tiktoken 比 tokenizers 快多少？", "tokenizers 是 Rust 写的", "tiktoken"),
         ("Megatron 的 interleaved pipeline 怎么办？", "Megatron 的 pipeline 气泡", "interleaved"),
-        ("Megatron 的 interleaved pipeline 怎么办？", "interleaved 1F1B 把气泡", ""),
+        ("Megatron 的 interleaved pipeline 怎么办？", "Megatron interleaved pipeline", ""),
         ("build engine 很慢, how to avoid it?", "第一次 build engine 要几分钟", ""),  # a clause
     ],
 )
