@@ -14,25 +14,20 @@ from pathlib import Path
 
 import pytest
 
+from hits import hit
 from sourcebook import KnowledgeBase, Settings
 from sourcebook.answer.extractive import (
-    _Candidate,
     _judged_by_parts,
     _parts,
     _passage_language,
     _subject,
-    _unanswered_name,
     _understand,
-    _unknown_name,
-    _unquotable_name,
-    unspelled,
 )
 from sourcebook.answer.units import AnswerUnit, answer_units, display_length
 from sourcebook.evaluation.datasets import load_named
 from sourcebook.index.analyzer import analyze
 from sourcebook.index.bilingual import glossary, greek_variants, phrase_variants
 from sourcebook.ingest.pipeline import TEXT_VERSION
-from sourcebook.models import SearchHit
 
 NOTE = """## 版本对应
 | ORT | CUDA | cuDNN |
@@ -216,97 +211,10 @@ def test_that_is_why_is_a_conclusion() -> None:
     assert [u.conclusion for u in answer_units(text)] == [False, True]
 
 
-@pytest.mark.parametrize(
-    ("question", "absent", "unknown"),
-    [
-        ("OpenVINO 怎么配置？", {"openvino", "配置"}, "OpenVINO"),
-        ("How do I configure OpenVINO?", {"openvino"}, "OpenVINO"),
-        ("How do I configure Openvino?", {"openvino", "configur"}, "Openvino"),  # capitalised
-        ("Configure it how?", {"configur"}, ""),  # capitalised as an English question starts
-        ("Which special tokens does Gemma use?", {"gemma"}, "Gemma"),
-        ("What vocabulary size does LLaMA-3 have?", {"llama-3"}, "LLaMA-3"),  # notes: LLaMA-2
-        ("What vocabulary size does LLaMA-2 have?", {"vocabulari"}, ""),
-        ("How does the Sophia optimizer work?", {"sophia"}, "Sophia"),
-        ("512x512 的图 latent 多大？", {"512x512"}, ""),  # one letter: not a name
-    ],
-)
-def test_a_name_is_unknown_only_without_any_spelling_in_the_notes(
-    question: str, absent: set[str], unknown: str
-) -> None:
-    assert _unknown_name(question, frozenset(absent), _understand(question, [])) == unknown
-
-
-def test_a_name_the_notes_write_in_another_spelling_is_not_absent() -> None:
-    chunks = {"显存": 4, "显卡": 2, "β": 3, "2": 9}  # what the notes hold
-    absent = frozenset({"vram", "gpu", "beta2", "sophia", "gemma"})  # as written, nowhere
-
-    def frequencies(tokens: list[str]) -> dict[str, int]:
-        return {t: chunks.get(t, 0) for t in tokens}
-
-    # VRAM is 显存, GPU 显卡 and beta2 β2 there; Sophia (圣索非亚) and Gemma are not
-    assert unspelled(absent, frequencies) == {"sophia", "gemma"}
-
-
-def _hit(text: str, heading: str = "") -> SearchHit:
-    return SearchHit(
-        chunk_id=1, doc_id=1, path="notes.md", title="notes", kind="markdown",
-        heading_path=[heading] if heading else [], line_start=1,
-        line_end=text.count("\n") + 1, text=text, score=1.0,
-    )  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    ("question", "evidence", "unquotable"),
-    [
-        ("How big is the KV cache of LLaMA-3-70B?", "LLaMA-2-70B 用 GQA，8 组 KV。", "LLaMA-3-70B"),
-        ("How many KV groups does LLaMA-2 70B use?", "LLaMA-2-70B 用 GQA，8 组 KV。", ""),
-        ("DeepSpeed ZeRO++ 做了哪些改进？", "ZeRO-3 把参数也切分到每张卡。", "ZeRO++"),
-        ("In LoRA+, how much larger is B's learning rate?", "LoRA+ 给 B 更大的学习率。", ""),
-        ("What is the KV cache of Mixtral 8x7B?", "Mixtral 是 MoE 模型。", "8x7B"),
-        ("SD3.5 用什么架构？", "新的 MMDiT 架构", "SD3.5"),
-        ("SD3.5 用什么架构？", "架构", ""),  # the heading names it (below)
-        ("512x512 的图 latent 多大？", "512×512 的图像的 latent", ""),  # a size, not a name
-        ("What is the latent of a 768-dim vector?", "768 维向量", ""),
-        ("What warmup does DeepSpeed use by default?", "warmup 默认 2000 步", "DeepSpeed"),
-        ("How does DDP average gradients across GPUs?", "DDP 在每张 GPU 上 all-reduce", ""),
-        ("How does the Sophia optimizer work?", "AdamW 的更新", "Sophia"),
-        ("What chunk size suits Chinese text?", "中文按 300 字切块", ""),  # 中文
-        ("How many parameters does DiT-XL/2 have?", "FLUX.1 是 12B 参数的 DiT", "DiT-XL/2"),
-        ("LLaMA-1/2 的词表多大？", "LLaMA-1/2 的词表是 32000", ""),
-        ("tiktoken 比 tokenizers 快多少？", "tokenizers 是 Rust 写的", "tiktoken"),
-        ("Megatron 的 interleaved pipeline 怎么办？", "Megatron 的 pipeline 气泡", "interleaved"),
-        ("Megatron 的 interleaved pipeline 怎么办？", "Megatron interleaved pipeline", ""),
-        ("build engine 很慢, how to avoid it?", "第一次 build engine 要几分钟", ""),  # a clause
-    ],
-)
-def test_a_specific_name_no_evidence_holds_cannot_be_answered(
-    question: str, evidence: str, unquotable: str
-) -> None:
-    heading = "SD3.5" if evidence == "架构" else ""
-    hits = [_hit(evidence, heading)]
-    assert _unquotable_name(question, hits, _understand(question, hits)) == unquotable
-
-
 def test_a_passage_is_in_the_language_of_its_prose_not_of_its_code() -> None:
     code = "```python\nscheduler = get_cosine_schedule_with_warmup(\n    optimizer,\n)\n```"
-    assert _passage_language(_hit(code, "学习率调度")) == "zh"
-    assert _passage_language(_hit(code + "\nWarmup steps are about 1% of all steps.")) == "en"
-
-
-def test_an_answer_that_does_not_name_the_model_asked_about_is_no_answer() -> None:
-    text = "LLaMA-1/2 的词表是 32000，中文字很少。\nLLaMA-3 换了新的分词器。\nAdam 默认 β2=0.999。"
-    hit = _hit(text, "分词器")
-    units = {u.text(text): u for u in answer_units(text)}
-
-    def answer(*quoted: str) -> list[_Candidate]:
-        return [_Candidate(0, units[q], q, frozenset(), 1.0, 1.0, 0.9) for q in quoted]
-
-    # LLaMA-3 is in the evidence, but the quoted line is about LLaMA-1/2
-    question = "What is the vocabulary size of the LLaMA-3 tokenizer?"
-    assert _unanswered_name(question, [hit], answer("LLaMA-1/2 的词表是 32000，中文字很少。"))
-    assert not _unanswered_name(question, [hit], answer("LLaMA-3 换了新的分词器。"))
-    # the answer names it in another spelling
-    assert not _unanswered_name("Adam's default beta2?", [hit], answer("Adam 默认 β2=0.999。"))
+    assert _passage_language(hit(code, "学习率调度")) == "zh"
+    assert _passage_language(hit(code + "\nWarmup steps are about 1% of all steps.")) == "en"
 
 
 def test_the_words_that_frame_a_question_are_not_its_terms() -> None:

@@ -552,7 +552,8 @@ class KnowledgeBase:
 
     def _extractive(self, question: str, query_vector: Vectors, hits: list[SearchHit]) -> Answer:
         from sourcebook.answer.calibration import judge_for
-        from sourcebook.answer.extractive import ExtractiveAnswerer, unspelled
+        from sourcebook.answer.extractive import ExtractiveAnswerer
+        from sourcebook.answer.names import unspelled
         from sourcebook.index.analyzer import analyze
         from sourcebook.retrieve.rerank import idf_weights
 

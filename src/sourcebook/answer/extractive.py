@@ -9,12 +9,13 @@ answer quotes. When the evidence is too weak the answer says so, in the question
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cache
 
 import rjieba
 
+from sourcebook.answer import names
 from sourcebook.answer.calibration import SIGNALS, Judge
 from sourcebook.answer.units import AnswerUnit, answer_units, display_length, quote_text
 from sourcebook.index.analyzer import analyze
@@ -51,20 +52,7 @@ _DEFINITION = re.compile(
     r"|^\s*什么是\s*(?P<zh2>[^？?]+?)\s*[?？]?\s*$)",
     re.IGNORECASE,
 )
-# the latin words of a question, where `_unknown_name` looks for names
-_WORD_PIECE = re.compile(r"[A-Za-z0-9+]+")
-_VERSIONED = re.compile(r"\b[A-Za-z][A-Za-z0-9]*-\d[\w.]*")  # LLaMA-3, GPT-4, Qwen2-7B
-# the specific names of a question: a model or version ("LLaMA-3-70B", "SD3.5", "bge-m3",
-# "DiT-XL/2", "LLaMA-2 70B"), a size ("100B", "8x7B", "128k") or a successor ("ZeRO++", "LoRA+")
-_SPECIFIC_NAME = re.compile(
-    r"(?<![A-Za-z0-9.+/-])(?:[A-Za-z][A-Za-z.]*[A-Za-z][A-Za-z0-9.+/-]*\d[A-Za-z0-9.+/-]*"
-    r"|\d+(?:\.\d+)?(?:x\d+)?[BbKkMm]"
-    r"|[A-Za-z][A-Za-z0-9-]*[A-Za-z]\+\+?)(?![A-Za-z0-9+])"
-)
-_SEPARATORS = re.compile(r"[\s\-_.]+")
-# latin words between Chinese ones: "的 interleaved pipeline 是"
-_LATIN_RUN = re.compile(r"(?<![A-Za-z0-9'])[A-Za-z][A-Za-z0-9+]*(?:[ \t]+[A-Za-z][A-Za-z0-9+]*)*")
-_PLURAL_NAME = re.compile(r"[A-Z][A-Za-z0-9]*[A-Z0-9]s")  # GPUs, LLMs
+_VERSIONED = names.VERSIONED  # LLaMA-3, GPT-4, Qwen2-7B
 _FENCE_LINE = re.compile(r"^[ \t]*(?:```|~~~)")
 # the stemmer keeps "slower" apart from "slow": a question asks "why slow", notes answer
 # "20% slower"
@@ -158,13 +146,13 @@ class ExtractiveAnswerer:
         absent: frozenset[str] = frozenset(),
     ) -> Answer:
         """`absent`: question terms the knowledge base holds nowhere, in no spelling
-        (`unspelled`). A question about a name the notes never mention is refused outright,
-        and so is one whose specific name ("LLaMA-3-70B") no evidence passage holds."""
+        (`names.unspelled`). A question about a name the notes, the evidence or the
+        composed answer do not hold is refused outright (`names`)."""
         asked = _understand(question, hits)
-        unknown = _unknown_name(question, absent, asked) or _unquotable_name(question, hits, asked)
-        if unknown:
-            signals = {**dict.fromkeys(SIGNALS, 0.0), "unknown_name": 1.0}
-            return self._not_found(question, asked.language, hits, 0.0, signals)
+        if names.unknown_name(question, asked.language, absent) or names.unquotable_name(
+            question, asked.language, hits
+        ):
+            return self._unknown_name(question, asked.language, hits)
         candidates = self._candidates(asked, query_vector, hits, idf)
         best = max(
             (c for c in candidates if c.unit.kind != "list" or asked.several),
@@ -172,9 +160,8 @@ class ExtractiveAnswerer:
             default=None,
         )
         chosen = _Composer(self, asked, candidates, idf).compose(best) if best else []
-        if chosen and _unanswered_name(question, hits, chosen):
-            signals = {**dict.fromkeys(SIGNALS, 0.0), "unknown_name": 1.0}
-            return self._not_found(question, asked.language, hits, 0.0, signals)
+        if chosen and names.unanswered_name(question, _said(hits, chosen)):
+            return self._unknown_name(question, asked.language, hits)
         signals = self.signals(asked, hits, candidates, best, chosen, idf)
         confidence = self.judge.confidence(signals)
         if best is None or confidence < self.judge.threshold:
@@ -349,6 +336,11 @@ class ExtractiveAnswerer:
             confidence=round(confidence, 4),
             signals={name: round(value, 4) for name, value in signals.items()},
         )
+
+    def _unknown_name(self, question: str, language: Language, hits: Sequence[SearchHit]) -> Answer:
+        """Refused by a name rule (`names`), before the judge weighs anything."""
+        signals = {**dict.fromkeys(SIGNALS, 0.0), "unknown_name": 1.0}
+        return self._not_found(question, language, hits, 0.0, signals)
 
     def _not_found(
         self,
@@ -552,119 +544,13 @@ def _frame_terms() -> frozenset[str]:
     return frozenset(t for word in _QUESTION_FRAME.split() for t in analyze(word))
 
 
-def _names(question: str, asked: _Question) -> list[str]:
-    """The words of the question written as names: a capital after the first letter or
-    letters with digits ("OpenVINO", "SGLang", "HQQ", "GPT4o"), at least two letters; a
-    capitalised word of three letters or more that does not start an English question
-    ("Gemma", "Sophia"); a name with a version ("LLaMA-3"); and in a question with Chinese
-    in it, a term of art: a latin word of three letters or more set among the Chinese
-    alone or with one other ("Megatron-LM 的 interleaved pipeline", "tiktoken 比…"), not
-    in an English clause ("…很慢, how to avoid it?")."""
-    first = (_WORD_PIECE.findall(question) or [""])[0] if asked.language == "en" else ""
-    names = []
-    for piece in _VERSIONED.findall(question) + _WORD_PIECE.findall(question):
-        letters = sum(c.isalpha() for c in piece)
-        if letters >= 2 and (
-            any(c.isupper() for c in piece[1:])
-            or (any(c.isdigit() for c in piece) and letters > 0)
-            or (piece[0].isupper() and letters >= 3 and piece != first)
-        ):
-            names.append(piece)
-    if _CJK.search(question):
-        for run in _LATIN_RUN.findall(question):
-            words = run.split()
-            if len(words) <= 2:
-                names += [w for w in words if len(w) >= 3 and analyze(w) and w not in names]
-    return names
-
-
-def _unknown_name(question: str, absent: frozenset[str], asked: _Question) -> str:
-    """A name of the question (`_names`) that no note contains in any spelling (`absent`:
-    see `unspelled`), or "" ("LLaMA-3" where the notes have only LLaMA-2). Ordinary words
-    are left to the judge: a paraphrase may say them."""
-    if not absent:
-        return ""
-    for name in _names(question, asked):
-        terms = analyze(name)  # "GPUs" → gpu
-        if "-" in name:  # a versioned name is unknown when the whole of it is
-            terms = terms[:1]
-        if terms and all(t in absent for t in terms):
-            return name
-    return ""
-
-
-def unspelled(
-    absent: frozenset[str], frequencies: Callable[[list[str]], dict[str, int]]
-) -> frozenset[str]:
-    """The terms of `absent` (no note holds them) that no note holds in another spelling
-    either: a translation ("VRAM" → 显存, "Sophia" → 圣索非亚) or a Greek letter ("beta2" →
-    β2). `frequencies` gives the number of chunks holding each analysed token."""
-    if not absent:
-        return absent
-    dictionary = glossary()
-    spellings = {
-        term: greek_variants(term) or (dictionary.variants(term) if dictionary else ())
-        for term in absent
-    }
-    tokens = {v: analyze(v) for found in spellings.values() for v in found}
-    counts = frequencies(sorted({t for found in tokens.values() for t in found}))
-    return frozenset(
-        term
-        for term, found in spellings.items()
-        if not any(tokens[v] and all(counts.get(t, 0) for t in tokens[v]) for v in found)
+def _said(hits: Sequence[SearchHit], chosen: Sequence[_Candidate]) -> str:
+    """What an answer names: its units, their sections, their chunks' headings and titles."""
+    return " ".join(
+        f"{c.text} {c.unit.section} {hits[c.hit_index].title} "
+        + " ".join(hits[c.hit_index].heading_path)
+        for c in chosen
     )
-
-
-def _unquotable_name(question: str, hits: Sequence[SearchHit], asked: _Question) -> str:
-    """A name of the question (`_names`) or a specific one (`_SPECIFIC_NAME`: a model, a
-    size, a successor) that no evidence passage contains in any spacing ("LLaMA-2 70B" is
-    "LLaMA-2-70B") or spelling (β2, GPUs as GPU, a translation), or "". The answer can only
-    quote those passages, so it could not be about "LLaMA-3-70B" when they only speak of
-    LLaMA-2-70B, about "ZeRO++" when they describe ZeRO, or about DeepSpeed's defaults
-    when none of them names DeepSpeed."""
-    specific: list[str] = _SPECIFIC_NAME.findall(question)
-    names = list(dict.fromkeys(specific + _names(question, asked)))
-    if not names or not hits:
-        return ""
-    evidence = _compact(" ".join(f"{h.title} {h.text} {' '.join(h.heading_path)}" for h in hits))
-    return next((n for n in names if not any(s in evidence for s in _spellings(n))), "")
-
-
-def _spellings(name: str) -> list[str]:
-    """A name as `_compact` writes it, and its other spellings: Greek (beta2 → β2), an
-    acronym's singular (GPUs → GPU), translations ("Chinese" → 中文)."""
-    lowered = name.lower()
-    spellings = [name, *greek_variants(lowered)]
-    if _PLURAL_NAME.fullmatch(name):
-        spellings.append(name[:-1])
-    if name.isalpha() and name.islower():  # "heads", "interleaved": their stems
-        spellings += analyze(name)
-    if dictionary := glossary():  # as written, and as the analyser writes it (chines)
-        for term in dict.fromkeys([lowered, *analyze(name)]):
-            spellings += dictionary.variants(term)
-    return [c for c in map(_compact, spellings) if c]
-
-
-def _unanswered_name(question: str, hits: Sequence[SearchHit], chosen: Sequence[_Candidate]) -> str:
-    """A specific name of the question (`_SPECIFIC_NAME`) that the answer would not name:
-    none of its units, their headings or their notes' titles hold it ("the vocabulary of
-    LLaMA-3" answered by "LLaMA-1/2 的词表是 32000" because LLaMA-3 is named elsewhere in
-    the evidence), or ""."""
-    names: list[str] = _SPECIFIC_NAME.findall(question)
-    if not names:
-        return ""
-    said = _compact(
-        " ".join(
-            f"{c.text} {c.unit.section} {hits[c.hit_index].title} "
-            + " ".join(hits[c.hit_index].heading_path)
-            for c in chosen
-        )
-    )
-    return next((n for n in names if not any(s in said for s in _spellings(n))), "")
-
-
-def _compact(text: str) -> str:
-    return _SEPARATORS.sub("", normalize(text).lower().replace("×", "x"))
 
 
 def _subject(question: str) -> str:

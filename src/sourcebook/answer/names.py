@@ -1,0 +1,153 @@
+"""Names a question asks about, and whether the notes, the evidence or an answer hold them.
+
+A question about a model, a version, a tool or a term of art the notes never name cannot
+be answered from them, however close its other words come: "the vocabulary of LLaMA-3"
+is not answered by "LLaMA-1/2 的词表是 32000", nor "DeepSpeed's default warmup" by a
+passage on warmup that never names DeepSpeed. The extractive answerer refuses such a
+question before its judge weighs the evidence (`Answer.signals["unknown_name"]`):
+
+- `unknown_name`: a name no note holds in any spelling (from the store's term statistics);
+- `unquotable_name`: a name none of the evidence chunks holds, so no quote can be about it;
+- `unanswered_name`: a specific name (a model, a version, a size) the composed answer
+  does not name.
+
+A name counts as held in any spacing ("LLaMA-2 70B" is "LLaMA-2-70B") and in any of its
+spellings: Greek (beta2 → β2), an acronym's singular (GPUs → GPU), a stem, a translation
+from the glossary ("Chinese" → 中文, "VRAM" → 显存).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+from sourcebook.index.analyzer import analyze
+from sourcebook.index.bilingual import glossary, greek_variants
+from sourcebook.models import Language, SearchHit
+from sourcebook.text import normalize
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+# the latin words of a question, where names are looked for
+_WORD_PIECE = re.compile(r"[A-Za-z0-9+]+")
+VERSIONED = re.compile(r"\b[A-Za-z][A-Za-z0-9]*-\d[\w.]*")  # LLaMA-3, GPT-4, Qwen2-7B
+# the specific names of a question: a model or version ("LLaMA-3-70B", "SD3.5", "bge-m3",
+# "DiT-XL/2", "LLaMA-2 70B"), a size ("100B", "8x7B", "128k") or a successor ("ZeRO++")
+_SPECIFIC_NAME = re.compile(
+    r"(?<![A-Za-z0-9.+/-])(?:[A-Za-z][A-Za-z.]*[A-Za-z][A-Za-z0-9.+/-]*\d[A-Za-z0-9.+/-]*"
+    r"|\d+(?:\.\d+)?(?:x\d+)?[BbKkMm]"
+    r"|[A-Za-z][A-Za-z0-9-]*[A-Za-z]\+\+?)(?![A-Za-z0-9+])"
+)
+_SEPARATORS = re.compile(r"[\s\-_.]+")
+# latin words between Chinese ones: "的 interleaved pipeline 是"
+_LATIN_RUN = re.compile(r"(?<![A-Za-z0-9'])[A-Za-z][A-Za-z0-9+]*(?:[ \t]+[A-Za-z][A-Za-z0-9+]*)*")
+_PLURAL_NAME = re.compile(r"[A-Z][A-Za-z0-9]*[A-Z0-9]s")  # GPUs, LLMs
+
+
+def question_names(question: str, language: Language) -> list[str]:
+    """The words of the question written as names: a capital after the first letter or
+    letters with digits ("OpenVINO", "SGLang", "HQQ", "GPT4o"), at least two letters; a
+    capitalised word of three letters or more that does not start an English question
+    ("Gemma", "Sophia"); a name with a version ("LLaMA-3"); and in a question with Chinese
+    in it, a term of art: a latin word of three letters or more set among the Chinese
+    alone or with one other ("Megatron-LM 的 interleaved pipeline", "tiktoken 比…"), not
+    in an English clause ("…很慢, how to avoid it?")."""
+    first = (_WORD_PIECE.findall(question) or [""])[0] if language == "en" else ""
+    names = []
+    for piece in VERSIONED.findall(question) + _WORD_PIECE.findall(question):
+        letters = sum(c.isalpha() for c in piece)
+        if letters >= 2 and (
+            any(c.isupper() for c in piece[1:])
+            or (any(c.isdigit() for c in piece) and letters > 0)
+            or (piece[0].isupper() and letters >= 3 and piece != first)
+        ):
+            names.append(piece)
+    if _CJK.search(question):
+        for run in _LATIN_RUN.findall(question):
+            words = run.split()
+            if len(words) <= 2:
+                names += [w for w in words if len(w) >= 3 and analyze(w) and w not in names]
+    return names
+
+
+def unknown_name(question: str, language: Language, absent: frozenset[str]) -> str:
+    """A name of the question (`question_names`) that no note contains in any spelling
+    (`absent`: see `unspelled`), or "" ("LLaMA-3" where the notes have only LLaMA-2).
+    Ordinary words are left to the judge: a paraphrase may say them."""
+    if not absent:
+        return ""
+    for name in question_names(question, language):
+        terms = analyze(name)  # "GPUs" → gpu
+        if "-" in name:  # a versioned name is unknown when the whole of it is
+            terms = terms[:1]
+        if terms and all(t in absent for t in terms):
+            return name
+    return ""
+
+
+def unspelled(
+    absent: frozenset[str], frequencies: Callable[[list[str]], dict[str, int]]
+) -> frozenset[str]:
+    """The terms of `absent` (no note holds them) that no note holds in another spelling
+    either: a translation ("VRAM" → 显存, "Sophia" → 圣索非亚) or a Greek letter ("beta2" →
+    β2). `frequencies` gives the number of chunks holding each analysed token."""
+    if not absent:
+        return absent
+    dictionary = glossary()
+    spellings = {
+        term: greek_variants(term) or (dictionary.variants(term) if dictionary else ())
+        for term in absent
+    }
+    tokens = {v: analyze(v) for found in spellings.values() for v in found}
+    counts = frequencies(sorted({t for found in tokens.values() for t in found}))
+    return frozenset(
+        term
+        for term, found in spellings.items()
+        if not any(tokens[v] and all(counts.get(t, 0) for t in tokens[v]) for v in found)
+    )
+
+
+def unquotable_name(question: str, language: Language, hits: Sequence[SearchHit]) -> str:
+    """A name of the question (`question_names`) or a specific one (a model, a size, a
+    successor) that no evidence chunk holds, or "". The answer can only quote those
+    chunks, so it could not be about "LLaMA-3-70B" when they only speak of LLaMA-2-70B,
+    about "ZeRO++" when they describe ZeRO, or about DeepSpeed's defaults when none of
+    them names DeepSpeed."""
+    specific: list[str] = _SPECIFIC_NAME.findall(question)
+    names = list(dict.fromkeys(specific + question_names(question, language)))
+    if not names or not hits:
+        return ""
+    evidence = _compact(" ".join(f"{h.title} {h.text} {' '.join(h.heading_path)}" for h in hits))
+    return next((n for n in names if not any(s in evidence for s in _spellings(n))), "")
+
+
+def unanswered_name(question: str, answer: str) -> str:
+    """A specific name of the question (a model, a version, a size) that `answer` (the
+    quoted units with their headings and their notes' titles) does not name, or "": "the
+    vocabulary of LLaMA-3" is not answered by "LLaMA-1/2 的词表是 32000" just because
+    LLaMA-3 is named elsewhere in the evidence."""
+    names: list[str] = _SPECIFIC_NAME.findall(question)
+    if not names:
+        return ""
+    said = _compact(answer)
+    return next((n for n in names if not any(s in said for s in _spellings(n))), "")
+
+
+def _spellings(name: str) -> list[str]:
+    """A name as `_compact` writes it, and its other spellings: Greek (beta2 → β2), an
+    acronym's singular (GPUs → GPU), a stem, translations ("Chinese" → 中文)."""
+    lowered = name.lower()
+    spellings = [name, *greek_variants(lowered)]
+    if _PLURAL_NAME.fullmatch(name):
+        spellings.append(name[:-1])
+    if name.isalpha() and name.islower():  # "heads", "interleaved": their stems
+        spellings += analyze(name)
+    if dictionary := glossary():  # as written, and as the analyser writes it (chines)
+        for term in dict.fromkeys([lowered, *analyze(name)]):
+            spellings += dictionary.variants(term)
+    return [c for c in map(_compact, spellings) if c]
+
+
+def _compact(text: str) -> str:
+    """Lower-case, without spaces, hyphens, underscores or dots, × as x: "LLaMA-2 70B" and
+    "llama-2-70b" are one name."""
+    return str(_SEPARATORS.sub("", normalize(text).lower().replace("×", "x")))
