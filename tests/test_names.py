@@ -92,3 +92,14 @@ def test_a_name_is_matched_in_any_spacing_and_spelling() -> None:
         "What chunk size suits Chinese text?",
     ):
         assert not unquotable_name(question, "en", hits), question
+
+
+def test_a_name_is_held_only_as_a_whole_word() -> None:
+    hits = [hit("ColBERT 做 late interaction；torch.optim.AdamW(lr=3e-4)；QLoRA 用 NF4")]
+    assert unquotable_name("BERT 的词表多大？", "zh", hits) == "BERT"
+    assert unquotable_name("What does LoRA train?", "en", hits) == "LoRA"
+    assert unquotable_name("What is the default lr of Adam?", "en", hits) == "Adam"
+    assert not unquotable_name("What lr does AdamW use here?", "en", hits)
+    # a stem may run on: "interleaved" asked, "interleaving" written
+    stems = [hit("Megatron 用 interleaving 的 1F1B 调度")]
+    assert not unquotable_name("Megatron 的 interleaved 调度是什么？", "zh", stems)

@@ -13,13 +13,15 @@ question before its judge weighs the evidence (`Answer.signals["unknown_name"]`)
 
 A name counts as held in any spacing ("LLaMA-2 70B" is "LLaMA-2-70B") and in any of its
 spellings: Greek (beta2 → β2), an acronym's singular (GPUs → GPU), a stem, a translation
-from the glossary ("Chinese" → 中文, "VRAM" → 显存).
+from the glossary ("Chinese" → 中文, "VRAM" → 显存); and only as a whole word: "Adam" is
+not named by "AdamW", nor "BERT" by "ColBERT".
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 from sourcebook.index.analyzer import analyze
 from sourcebook.index.bilingual import glossary, greek_variants
@@ -116,8 +118,8 @@ def unquotable_name(question: str, language: Language, hits: Sequence[SearchHit]
     names = list(dict.fromkeys(specific + question_names(question, language)))
     if not names or not hits:
         return ""
-    evidence = _compact(" ".join(f"{h.title} {h.text} {' '.join(h.heading_path)}" for h in hits))
-    return next((n for n in names if not any(s in evidence for s in _spellings(n))), "")
+    evidence = _plain(" ".join(f"{h.title} {h.text} {' '.join(h.heading_path)}" for h in hits))
+    return next((n for n in names if not _holds(evidence, n)), "")
 
 
 def unanswered_name(question: str, answer: str) -> str:
@@ -126,28 +128,45 @@ def unanswered_name(question: str, answer: str) -> str:
     vocabulary of LLaMA-3" is not answered by "LLaMA-1/2 的词表是 32000" just because
     LLaMA-3 is named elsewhere in the evidence."""
     names: list[str] = _SPECIFIC_NAME.findall(question)
-    if not names:
-        return ""
-    said = _compact(answer)
-    return next((n for n in names if not any(s in said for s in _spellings(n))), "")
+    said = _plain(answer)
+    return next((n for n in names if not _holds(said, n)), "")
 
 
-def _spellings(name: str) -> list[str]:
-    """A name as `_compact` writes it, and its other spellings: Greek (beta2 → β2), an
-    acronym's singular (GPUs → GPU), a stem, translations ("Chinese" → 中文)."""
+def _holds(text: str, name: str) -> bool:
+    """Whether `text` (`_plain`) names `name` in one of its spellings, in any spacing
+    ("LLaMA-2 70B" is "LLaMA-2-70B") and as a whole: "Adam" is not "AdamW", nor "BERT"
+    "ColBERT"; only a stem may run on ("interleav" in "interleaving")."""
+    return any(pattern.search(text) for pattern in _patterns(name))
+
+
+@lru_cache(maxsize=4096)
+def _patterns(name: str) -> tuple[re.Pattern[str], ...]:
+    patterns = []
+    for spelling, whole in _spellings(name):
+        letters = _SEPARATORS.sub("", _plain(spelling))
+        if letters:
+            body = r"[\s\-_.]*".join(map(re.escape, letters))
+            end = r"(?![a-z0-9])" if whole else ""
+            patterns.append(re.compile(rf"(?<![a-z0-9]){body}{end}"))
+    return tuple(patterns)
+
+
+def _spellings(name: str) -> list[tuple[str, bool]]:
+    """A name and its other spellings, each with whether it must stand whole: Greek
+    (beta2 → β2), an acronym's singular (GPUs → GPU), translations ("Chinese" → 中文), and
+    a stem, which may run on."""
     lowered = name.lower()
-    spellings = [name, *greek_variants(lowered)]
+    spellings = [(s, True) for s in [name, *greek_variants(lowered)]]
     if _PLURAL_NAME.fullmatch(name):
-        spellings.append(name[:-1])
+        spellings.append((name[:-1], True))
     if name.isalpha() and name.islower():  # "heads", "interleaved": their stems
-        spellings += analyze(name)
+        spellings += [(stem, False) for stem in analyze(name)]
     if dictionary := glossary():  # as written, and as the analyser writes it (chines)
         for term in dict.fromkeys([lowered, *analyze(name)]):
-            spellings += dictionary.variants(term)
-    return [c for c in map(_compact, spellings) if c]
+            spellings += [(v, True) for v in dictionary.variants(term)]
+    return spellings
 
 
-def _compact(text: str) -> str:
-    """Lower-case, without spaces, hyphens, underscores or dots, × as x: "LLaMA-2 70B" and
-    "llama-2-70b" are one name."""
-    return str(_SEPARATORS.sub("", normalize(text).lower().replace("×", "x")))
+def _plain(text: str) -> str:
+    """Normalised, lower-case, × as x: what names are looked for in."""
+    return str(normalize(text).lower().replace("×", "x"))
