@@ -52,7 +52,6 @@ _DEFINITION = re.compile(
     r"|^\s*什么是\s*(?P<zh2>[^？?]+?)\s*[?？]?\s*$)",
     re.IGNORECASE,
 )
-_VERSIONED = names.VERSIONED  # LLaMA-3, GPT-4, Qwen2-7B
 _FENCE_LINE = re.compile(r"^[ \t]*(?:```|~~~)")
 # the stemmer keeps "slower" apart from "slow": a question asks "why slow", notes answer
 # "20% slower"
@@ -651,7 +650,7 @@ def _judged_by_parts(term: str, terms: Sequence[str]) -> bool:
     """Whether a compound ("768-dim", "per-sample", "intra_op_num_threads") is made of words
     that are question terms themselves: notes write it apart or inside a longer name
     ("so.intra_op_num_threads"), so its own absence says nothing its words do not."""
-    if not _COMPOUND.search(term) or _NUMBER.fullmatch(term) or _VERSIONED.fullmatch(term):
+    if not _COMPOUND.search(term) or _NUMBER.fullmatch(term) or names.VERSIONED.fullmatch(term):
         return False  # a version ("1.21", "llama-3") is not its numbers and name apart
     parts = analyze(_COMPOUND.sub(" ", term))
     return bool(parts) and all(p in terms for p in parts)
