@@ -8,8 +8,14 @@ correct answer contains, exact substrings of the notes) over `distributed-traini
 `benchmarks/data/study-notes-dev2-en.jsonl` (session 8, written from the notes alone, never
 from the question splits): 48 answerable and 16 unanswerable English questions over eight
 other Chinese notes.
+`benchmarks/data/study-notes-dev3.jsonl` (session 10, written the same way, over all thirteen
+notes): 65 answerable and 65 unanswerable questions, 90 in English and 40 in Chinese or
+mixed; the unanswerable ones are near misses: every name they use is in the notes, the fact
+they ask for is not (a default, a year, a table row one version past the last). Each
+question is in the "tune" half (78, on which `calibrate_refusal.py` fits the judge) or the
+"check" half (52): report on `--split check`.
 
-    python benchmarks/notes_dev.py [--kb PATH] [--questions FILE] [--verbose]
+    python benchmarks/notes_dev.py [--kb PATH] [--questions FILE] [--split S] [--verbose]
 
 Without --kb, `datasets/study-notes/notes` is indexed into benchmarks/work/notes-dev-kb.
 """
@@ -39,13 +45,22 @@ def main() -> None:
         "--questions",
         type=Path,
         default=ROOT / "benchmarks" / "data" / "study-notes-dev-en.jsonl",
-        help="study-notes-dev-en.jsonl (the default) or study-notes-dev2-en.jsonl",
+        help="study-notes-dev-en.jsonl (the default), study-notes-dev2-en.jsonl or "
+        "study-notes-dev3.jsonl",
+    )
+    parser.add_argument(
+        "--split",
+        choices=["tune", "check", "all"],
+        default="all",
+        help="of study-notes-dev3.jsonl: its tuning half (the judge is fitted on it) or the "
+        "check half",
     )
     args = parser.parse_args()
     create = not (args.kb / "sourcebook.db").exists()
     kb = KnowledgeBase(args.kb, Settings(kb=args.kb), create=create)
     kb.add([ROOT / "datasets" / "study-notes" / "notes"])
     questions = [json.loads(line) for line in args.questions.open(encoding="utf-8")]
+    questions = [q for q in questions if args.split in ("all", q.get("split", "all"))]
     answerable = [q for q in questions if q["a"]]
     contained = refused = at_5 = 0
     for q in answerable:

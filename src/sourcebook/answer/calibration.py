@@ -37,6 +37,14 @@ SIGNALS = (
     "rerank_margin",  # ... minus the second chunk's
     "cross_language",  # 1 when the question and the quoted chunk differ in language
 )
+# Set to 1 in `Answer.signals` (the others then 0) when a rule refused before the judge:
+# a name the notes, the evidence or the answer do not hold (`names`), or an answer that
+# states nothing of the kind of value asked for (`expected`).
+RULES = ("unknown_name", "unanswered_kind")
+
+
+def refused_by_rule(signals: Mapping[str, float]) -> bool:
+    return any(signals.get(rule) for rule in RULES)
 
 
 @dataclass(frozen=True)

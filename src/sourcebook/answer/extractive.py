@@ -15,7 +15,7 @@ from functools import cache
 
 import rjieba
 
-from sourcebook.answer import names
+from sourcebook.answer import expected, names
 from sourcebook.answer.calibration import SIGNALS, Judge
 from sourcebook.answer.units import AnswerUnit, answer_units, display_length, quote_text
 from sourcebook.index.analyzer import analyze
@@ -151,7 +151,7 @@ class ExtractiveAnswerer:
         if names.unknown_name(question, asked.language, absent) or names.unquotable_name(
             question, asked.language, hits
         ):
-            return self._unknown_name(question, asked.language, hits)
+            return self._refused_by_rule(question, asked.language, hits, "unknown_name")
         candidates = self._candidates(asked, query_vector, hits, idf)
         best = max(
             (c for c in candidates if c.unit.kind != "list" or asked.several),
@@ -159,8 +159,13 @@ class ExtractiveAnswerer:
             default=None,
         )
         chosen = _Composer(self, asked, candidates, idf).compose(best) if best else []
-        if chosen and names.unanswered_name(question, _said(hits, chosen)):
-            return self._unknown_name(question, asked.language, hits)
+        said = _said(hits, chosen)
+        if chosen and names.unanswered_name(question, said):
+            return self._refused_by_rule(question, asked.language, hits, "unknown_name")
+        # the kind asked for must be in what the answer quotes from the best unit's note:
+        # a year in a unit added from another note does not date the thing asked about
+        if best and expected.missing_kind(question, _said(hits, _same_note(hits, chosen, best))):
+            return self._refused_by_rule(question, asked.language, hits, "unanswered_kind")
         signals = self.signals(asked, hits, candidates, best, chosen, idf)
         confidence = self.judge.confidence(signals)
         if best is None or confidence < self.judge.threshold:
@@ -336,9 +341,13 @@ class ExtractiveAnswerer:
             signals={name: round(value, 4) for name, value in signals.items()},
         )
 
-    def _unknown_name(self, question: str, language: Language, hits: Sequence[SearchHit]) -> Answer:
-        """Refused by a name rule (`names`), before the judge weighs anything."""
-        signals = {**dict.fromkeys(SIGNALS, 0.0), "unknown_name": 1.0}
+    def _refused_by_rule(
+        self, question: str, language: Language, hits: Sequence[SearchHit], rule: str
+    ) -> Answer:
+        """Refused by a name rule (`names`: "unknown_name") or because the answer states
+        nothing of the kind asked for (`expected`: "unanswered_kind"), before the judge
+        weighs anything."""
+        signals = {**dict.fromkeys(SIGNALS, 0.0), rule: 1.0}
         return self._not_found(question, language, hits, 0.0, signals)
 
     def _not_found(
@@ -550,6 +559,13 @@ def _said(hits: Sequence[SearchHit], chosen: Sequence[_Candidate]) -> str:
         + " ".join(hits[c.hit_index].heading_path)
         for c in chosen
     )
+
+
+def _same_note(
+    hits: Sequence[SearchHit], chosen: Sequence[_Candidate], best: _Candidate
+) -> list[_Candidate]:
+    """The chosen units quoted from the note the best one comes from."""
+    return [c for c in chosen if hits[c.hit_index].doc_id == hits[best.hit_index].doc_id]
 
 
 def _subject(question: str) -> str:

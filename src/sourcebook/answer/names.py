@@ -36,6 +36,7 @@ VERSIONED = re.compile(r"\b[A-Za-z][A-Za-z0-9]*-\d[\w.]*")  # LLaMA-3, GPT-4, Qw
 # "DiT-XL/2", "LLaMA-2 70B"), a size ("100B", "8x7B", "128k") or a successor ("ZeRO++")
 _SPECIFIC_NAME = re.compile(
     r"(?<![A-Za-z0-9.+/-])(?:[A-Za-z][A-Za-z.]*[A-Za-z][A-Za-z0-9.+/-]*\d[A-Za-z0-9.+/-]*"
+    r"|[A-Z]\d{2,}"
     r"|\d+(?:\.\d+)?(?:x\d+)?[BbKkMm]"
     r"|[A-Za-z][A-Za-z0-9-]*[A-Za-z]\+\+?)(?![A-Za-z0-9+])"
 )

@@ -1,0 +1,51 @@
+"""The kind of value a question asks for (`answer/expected.py`): a question that asks for a
+default, a year, a duration or an amount is not answered by a quote that states none."""
+
+from __future__ import annotations
+
+import pytest
+
+from sourcebook.answer.expected import missing_kind
+from sourcebook.kb import KnowledgeBase
+
+
+@pytest.mark.parametrize(
+    ("question", "answer", "missing"),
+    [
+        # a default: an example's setting is not the default
+        ("What's the default efSearch of IndexHNSWFlat?", "index.hnsw.efSearch = 64", "default"),
+        ("Qdrant 里 HNSW 的默认 M 是多少？", "直接 HNSW，M=16，efConstruction=200", "default"),
+        ("What is the default beta2 of Adam?", "Adam 默认 β1=0.9, β2=0.999", ""),
+        ("Adam 的默认 β2 是多少？", "By default beta2 is 0.999.", ""),
+        # a year
+        ("Who proposed WSD, and in what year?", "WSD：warmup、恒定、快速衰减", "year"),
+        ("海宁西站哪一年启用？", "海宁西站于2010年启用", ""),
+        ("陈荣捷卒于哪一年？", "陈荣捷卒于一九九四年", ""),
+        # a duration, in time or in training steps; not a length, not a frequency
+        ("How long does AWQ take to quantize a 70B model?", "a 70B model at 4 bits", "duration"),
+        ("QLoRA 微调 65B 模型花了多长时间？", "一张 48GB 的 GPU 就微调了 65B 的模型", "duration"),
+        ("How long does the warmup last?", "固定 2000 步", ""),
+        ("How long does building the engine take?", "第一次构建 engine 可能要几分钟", ""),
+        ("How long is the context window?", "上下文 8192", ""),
+        ("这个函数多久调用一次？", "每个 step 调用", ""),
+        # an amount
+        ("How large should the parent chunk be?", "命中后把它所在的大块交给 LLM", "amount"),
+        ("Mamba 比 attention 快多少？", "Mamba 是线性复杂度", "amount"),
+        ("How many heads does the base model use?", "h=8, d_k=64", ""),
+        ("现存多少头？", "现存约六百五十头", ""),
+        ("How much smaller is the int8 model?", "about half the size", ""),
+        # no kind asked for
+        ("Why does LoRA save memory?", "冻结的权重不需要梯度", ""),
+    ],
+)
+def test_an_answer_must_state_the_kind_of_value_asked_for(
+    question: str, answer: str, missing: str
+) -> None:
+    assert missing_kind(question, answer) == missing
+
+
+def test_a_question_whose_answer_states_no_year_is_refused(notes_kb: KnowledgeBase) -> None:
+    # the notes name AdamW's authors, never a year
+    answer = notes_kb.ask("In which year was AdamW proposed?")
+    assert not answer.found and answer.signals.get("unanswered_kind") == 1.0
+    assert notes_kb.ask("What is the default beta2 of Adam?").found
