@@ -33,7 +33,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from sourcebook.answer.calibration import SIGNALS, Judge, fit_judge, judge_for
+from sourcebook.answer.calibration import SIGNALS, Judge, fit_judge, judge_for, refused_by_rule
 from sourcebook.evaluation.datasets import EvalDataset, EvalQuery, load_named
 from sourcebook.evaluation.run import build_kb
 from sourcebook.kb import KnowledgeBase
@@ -109,9 +109,11 @@ def _jsonl(path: Path) -> list[dict[str, object]]:
 
 
 def notes_rows(work: Path, removed_answers: bool = False) -> dict[str, list[dict[str, float]]]:
-    """The notes rows by set: the bundled sample notes, the study-notes tune split, and
-    with `removed_answers` its answerable questions asked again of the notes without
-    their answers (`without_answers`)."""
+    """The notes rows by set: the bundled sample notes, the study-notes tune split, the
+    tuning half of `study-notes-dev3.jsonl` (its near-miss unanswerable questions are most
+    of the English-over-Chinese refusals the judge learns from), and with
+    `removed_answers` its answerable questions asked again of the notes without their
+    answers (`without_answers`)."""
     sets = {
         "crosslingual-notes": notes_signals(
             ROOT / "examples" / "notes",
@@ -124,6 +126,13 @@ def notes_rows(work: Path, removed_answers: bool = False) -> dict[str, list[dict
     if (study / "questions.jsonl").exists():
         tune = [q for q in _jsonl(study / "questions.jsonl") if q.get("split") == "tune"]
         sets["study-notes-tune"] = notes_signals(study / "notes", tune, work, "study-notes-tune")
+        dev3 = _jsonl(ROOT / "benchmarks" / "data" / "study-notes-dev3.jsonl")
+        sets["study-notes-dev3-tune"] = notes_signals(
+            study / "notes",
+            [{"question": q["q"], "answerable": q["a"]} for q in dev3 if q["split"] == "tune"],
+            work,
+            "study-notes-dev3-tune",
+        )
         if removed_answers:
             folder, removed = without_answers(study, tune, work / "study-notes-without-answers")
             sets["study-notes-tune-removed"] = notes_signals(
@@ -178,8 +187,8 @@ def without_answers(
 
 def confidence(judge: Judge, row: dict[str, float]) -> float:
     """The judge's confidence for a row; 0 where a rule refused before the judge was asked
-    (a name no note holds: the row's signals were never measured)."""
-    return 0.0 if row.get("unknown_name") else judge.confidence(row)
+    (the row's signals were never measured)."""
+    return 0.0 if refused_by_rule(row) else judge.confidence(row)
 
 
 def rates(judge: Judge, rows: list[dict[str, float]]) -> tuple[float, float]:
@@ -248,7 +257,7 @@ def main() -> None:
     kb.close()
     notes = notes_rows(cache, args.removed_answers)
     fitting = tune + [r for rows in notes.values() for r in rows] * args.notes_weight
-    fitting = [r for r in fitting if not r.get("unknown_name")]  # the judge never sees them
+    fitting = [r for r in fitting if not refused_by_rule(r)]  # the judge never sees them
     rule = judge_for(DEFAULT_EMBEDDER, trained=False)
     fitted = fit_judge(
         rule, [[r[s] for s in SIGNALS] for r in fitting], [r["label"] for r in fitting]

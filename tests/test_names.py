@@ -74,6 +74,26 @@ def test_a_specific_name_no_evidence_holds_cannot_be_answered(
     assert unquotable_name(question, _understand(question, hits).language, hits) == unquotable
 
 
+@pytest.mark.parametrize(
+    ("question", "answer", "unanswered"),
+    [
+        ("What's the bf16 peak of an H100?", "On an A100 the bf16 peak is 312 TFLOPS", "H100"),
+        ("H100 上 FP16 利用率多少？", "FlashAttention-3：H100 上 FP16 约 75%", ""),
+        (
+            "What's the file size of a 7B model at Q4_0?",
+            "| type | 7B file size | | Q4_K_M | 4.1 GB |",
+            "Q4_0",
+        ),
+        ("Q4_K_M 的 7B 文件多大？", "| type | 7B file size | | Q4_K_M | 4.1 GB |", ""),
+        ("What does Q4_K_M trade off?", "q4_k_m is the popular default", ""),  # any case
+    ],
+)
+def test_a_chip_or_quantisation_type_the_answer_does_not_name_is_no_answer(
+    question: str, answer: str, unanswered: str
+) -> None:
+    assert unanswered_name(question, answer) == unanswered
+
+
 def test_an_answer_that_does_not_name_the_model_asked_about_is_no_answer() -> None:
     # LLaMA-3 is in the evidence, but the quoted line is about LLaMA-1/2
     question = "What is the vocabulary size of the LLaMA-3 tokenizer?"
