@@ -6,8 +6,9 @@ generalise beyond the tuning questions they were made on.
 correct answer contains, exact substrings of the notes) over `distributed-training.md` and
 `kv-cache-inference.md`, and 8 on-topic ones the notes do not answer.
 `benchmarks/data/study-notes-dev2-en.jsonl` (session 8, written from the notes alone, never
-from the question splits): 48 answerable and 16 unanswerable English questions over eight
-other Chinese notes.
+from the question splits): 49 answerable and 15 unanswerable English questions over eight
+other Chinese notes (one question, on LLaMA-2 70B's KV groups, was labelled unanswerable
+until session 10: `kv-cache-inference.md` answers it).
 `benchmarks/data/study-notes-dev3.jsonl` (session 10, written the same way, over all thirteen
 notes): 65 answerable and 65 unanswerable questions, 90 in English and 40 in Chinese or
 mixed; the unanswerable ones are near misses: every name they use is in the notes, the fact
