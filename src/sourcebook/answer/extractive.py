@@ -243,7 +243,8 @@ class ExtractiveAnswerer:
                 # every unit of a section reads in the context of its heading, not only the
                 # first line under it ("普朗特生于…" and "他卒于1953年" are both about him)
                 section = unit.section or (hit.heading_path[-1] if hit.heading_path else "")
-                matched = f"{normalize(section)}\n{text}" if section else text
+                context = " ".join(dict.fromkeys(x for x in (hit.title, section) if x))
+                matched = f"{normalize(context)}\n{text}" if context else text
                 tokens = frozenset(analyze(matched))
                 coverage = (
                     sum(
