@@ -1,5 +1,6 @@
 """The kind of value a question asks for (`answer/expected.py`): a question that asks for a
-default, a year, a duration or an amount is not answered by a quote that states none."""
+default, a year, a duration, an amount, a version or an option's name is not answered by a
+quote that states none."""
 
 from __future__ import annotations
 
@@ -34,6 +35,31 @@ from sourcebook.kb import KnowledgeBase
         ("How many heads does the base model use?", "h=8, d_k=64", ""),
         ("现存多少头？", "现存约六百五十头", ""),
         ("How much smaller is the int8 model?", "about half the size", ""),
+        ("What tile size does FlashAttention use?", "FlashAttention 把 Q、K、V 切成小块", "amount"),
+        ("What nprobe value should I start with?", "nprobe 越大召回越高", "amount"),
+        ("How many experts does each token go to?", "top-2 routing: 每个 token 选两个", ""),
+        ("How many experts are active per token?", "Mixtral uses top-2 routing", ""),
+        # a digit inside a name is no amount; 一 of 一个/一般 is none either
+        (
+            "How much does Q4_K_M raise perplexity?",
+            "llama-perplexity -m qwen2-7b-q4_k_m.gguf",
+            "amount",
+        ),
+        ("候选词表一般要准备多大？", "先准备一个很大的候选词表（T5、LLaMA-1/2）", "amount"),
+        ("How big is the vocabulary?", "LLaMA-3 的词表是 128k", ""),
+        ("学习率一般设多少？", "一般设成 2e-4", ""),
+        # a version
+        (
+            "Which CUDA version does flash-attn need?",
+            "需要 Ampere 及以上的 GPU（A100、H100）",
+            "version",
+        ),
+        ("onnxruntime 1.18 要哪个版本的 cuDNN？", "| 1.18.1 | 12.x | 9.x |", ""),
+        ("Which version of FlashAttention supports FP8?", "FlashAttention-3 支持 FP8", ""),
+        # the name of an option
+        ("What's the option name for the engine cache?", "一定要开 engine cache", "identifier"),
+        ("What's the provider option name for the cache?", "trt_engine_cache_enable: True", ""),
+        ("vLLM 用哪个参数限制最大上下文？", "--max-model-len 8192", ""),
         # no kind asked for
         ("Why does LoRA save memory?", "冻结的权重不需要梯度", ""),
     ],

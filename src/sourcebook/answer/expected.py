@@ -1,17 +1,19 @@
 """The kind of value a question asks for, and whether a composed answer can hold it.
 
-A question that asks for a default, a year, a duration or an amount is only answered by
-text that states one. The closest passage in the notes often holds everything else: "What
-is the default efSearch of IndexHNSWFlat?" finds `index.hnsw.efSearch = 64` in an
-example, "How long does AWQ take to quantize a 70B model?" finds what AWQ does to a 70B
-model, "Who proposed WSD, and in what year?" finds what WSD is. Their words, and the
-embeddings of question and passage, match; only the kind of the answer is missing. The
-extractive answerer refuses such a question after composing the answer
-(`Answer.signals["unanswered_kind"]`).
+A question that asks for a default, a year, a duration, an amount, a version or the name
+of an option is only answered by text that states one. The closest passage in the notes
+often holds everything else: "What is the default efSearch of IndexHNSWFlat?" finds
+`index.hnsw.efSearch = 64` in an example, "How long does AWQ take to quantize a 70B
+model?" finds what AWQ does to a 70B model, "Who proposed WSD, and in what year?" finds
+what WSD is. Their words, and the embeddings of question and passage, match; only the
+kind of the answer is missing. The extractive answerer refuses such a question after
+composing the answer (`Answer.signals["unanswered_kind"]`).
 
 Each kind is a pattern for the question and one for the answer, in English and Chinese;
 the answer's pattern is broad on purpose (any year or month for a duration, any numeral
 for an amount): the rule refuses only when the answer states nothing of the kind at all.
+A digit inside a name ("Qwen2", "H100", "LLaMA-1/2", "q4_k_m") is not an amount, nor is
+the 一 of 一个/一般/一种.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ _EN_NUMERAL = (
     r"\b(?:one|two|three|four|five|six|seven|eight|nine|ten|twelve|twice|double|half"
     r"|dozens?|hundreds?|thousands?|millions?|billions?)\b"
 )
+
+# a number that stands alone: a digit that starts a word ("7B", "0.999", "3x", "m=16",
+# "top-2"), not one inside a name
+_NUMBER = r"(?<![A-Za-z0-9_./+\-])\d|\btop-\d"
+# Chinese numerals, but not 一 alone: 一个, 一般, 一种 and 一起 state no amount
+_ZH_NUMERAL = r"[二两三四五六七八九十百千万亿半]|一[万千百亿倍半]|[十百千万]一"
 
 # kind → (what asks for it, what states one)
 _KINDS: dict[str, tuple[re.Pattern[str], re.Pattern[str]]] = {
@@ -52,17 +60,40 @@ _KINDS: dict[str, tuple[re.Pattern[str], re.Pattern[str]]] = {
             re.IGNORECASE,
         ),
     ),
+    # "what tile size", "what nprobe value" ask for a number too
     "amount": (
-        re.compile(r"\bhow (?:many|much|big|large)\b|多少|几个|几倍|多大", re.IGNORECASE),
-        re.compile(rf"\d|[一二两三四五六七八九十百千万亿半]|{_EN_NUMERAL}", re.IGNORECASE),
+        re.compile(
+            r"\bhow (?:many|much|big|large)\b|多少|几个|几倍|多大"
+            r"|\bwhat (?:[\w-]+ ){0,2}(?:value|size|number|count)s?\b",
+            re.IGNORECASE,
+        ),
+        re.compile(rf"{_NUMBER}|{_ZH_NUMERAL}|{_EN_NUMERAL}", re.IGNORECASE),
+    ),
+    # a version: "12.x", "2.1.0", "v2", "LLaMA-3", "3 版"
+    "version": (
+        re.compile(
+            r"\b(?:which|what) (?:[\w-]+ ){0,2}versions?\b|哪个版本|什么版本|哪一版|版本号",
+            re.IGNORECASE,
+        ),
+        re.compile(r"\d+\.(?:\d+|x)\b|\bv\d+\b|[A-Za-z]-\d|\d+\s*版"),
+    ),
+    # the name of an option, a flag, a parameter: an identifier ("trt_engine_cache_enable",
+    # "--max-model-len", "efSearch", "CUDA_VISIBLE_DEVICES")
+    "identifier": (
+        re.compile(
+            r"\b(?:option|flag|parameter|argument|setting|config|variable)(?: key)? names?\b"
+            r"|参数名|选项名|叫什么参数|哪个参数|哪个选项|哪个环境变量",
+            re.IGNORECASE,
+        ),
+        re.compile(r"[A-Za-z]\w*_\w+|--?[a-z][\w-]+|\b[a-z]+[A-Z]\w*"),
     ),
 }
 
 
 def missing_kind(question: str, answer: str) -> str:
-    """The kind of value the question asks for ("default", "year", "duration", "amount")
-    that `answer` (the quoted units with their headings and titles) states nowhere, or
-    ""."""
+    """The kind of value the question asks for ("default", "year", "duration", "amount",
+    "version", "identifier") that `answer` (the quoted units with their headings and
+    titles) states nowhere, or ""."""
     for kind, (asks, states) in _KINDS.items():
         if asks.search(question) and not states.search(answer):
             return kind
