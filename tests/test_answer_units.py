@@ -116,11 +116,14 @@ def test_key_value_lines_under_a_lead_in_are_a_list_without_markers() -> None:
 
 
 def test_code_lines_come_with_the_comment_above_them() -> None:
-    code = _texts(answer_units(NOTE), "code")
-    assert code == [
+    units = answer_units(NOTE)
+    assert _texts(units, "code") == [
         "# 冻结基座模型的参数\nmodel.requires_grad_(False)",
         "x = compute()  # 中间结果",
     ]
+    # the comment that opens the block says what all of it is
+    assert {u.caption for u in units if u.kind == "code"} == {"# 冻结基座模型的参数"}
+    assert not any(u.caption for u in units if u.kind != "code")
 
 
 def test_the_lines_of_a_multi_line_call_come_with_its_first_line() -> None:
@@ -169,6 +172,16 @@ def test_conclusions_and_open_clauses_are_marked() -> None:
 def test_display_length_counts_a_latin_word_as_two_characters() -> None:
     assert display_length("显存减少") == 4
     assert display_length("KV cache 显存") == 6
+
+
+def test_several_things_asked_for() -> None:
+    several = [
+        "Name two kinds of LoRA.",
+        "LoRA 有哪些变体？",
+        "Why must BLOCK_SIZE be a power of two?",
+        "What is a power of two?",
+    ]
+    assert [_understand(q, []).several for q in several] == [True, True, False, False]
 
 
 def test_question_parts() -> None:
@@ -317,6 +330,31 @@ LoRA 冻结了原始权重，冻结的参数既不需要梯度，也不需要 op
 - SD3.5:
 - Flux：12B 参数的 rectified flow transformer。
 """,
+    "moe.md": """# MoE 笔记
+
+## Router 和 top-k gating
+router 就是一个线性层 W_g，输出每个 expert 的打分 logits = x · W_g，做 softmax 后取最大的 k 个。
+计算流程：
+1. 对 top-k 之外的 expert，权重直接置 0
+2. 选中的 k 个 expert 的权重重新归一化（Mixtral 是对 top-k 的 logits 再做一次 softmax）
+3. 输出 = Σ 权重_i × Expert_i(x)
+
+Noisy top-k — 在 logits 上加可学习的高斯噪声再取 top-k，Shazeer 2017 用它来帮助负载均衡。
+k 的选择：k=1 通信和计算最省，Switch 证明了 top-1 也能训好；k=2 是最常见的折中。
+
+```python
+# 最简单的 top-2 MoE 层（不考虑 capacity，逐个 expert 循环）
+logits = self.gate(x)                         # [tokens, n_experts]
+weights, idx = torch.topk(logits, k=2, dim=-1)
+weights = F.softmax(weights, dim=-1)          # 只在选中的 2 个里归一化
+out = torch.zeros_like(x)
+for e in range(n_experts):
+    token_ids, slot = torch.where(idx == e)   # 哪些 token 选了 expert e
+    if token_ids.numel() == 0:
+        continue                              # 没有 token 路由到这个 expert
+    out[token_ids] += weights[token_ids, slot, None] * self.experts[e](x[token_ids])
+```
+""",
 }
 
 
@@ -387,6 +425,14 @@ def test_a_name_the_notes_never_mention_is_refused(
     answer = written_kb[0].ask("OpenVINO 要哪个版本的 CUDA 和 cuDNN？")
     assert not answer.found and answer.signals.get("unknown_name") == 1.0
     assert written_kb[0].ask("onnxruntime 1.17.0 要哪个版本的 CUDA？").found
+
+
+def test_a_question_about_code_is_answered_from_the_code(
+    written_kb: tuple[KnowledgeBase, Path],
+) -> None:
+    # "top-2" is only in the comment that opens the block, which every line of it reads under
+    text = _check_verbatim(written_kb[0], "我那段 top-2 代码里 softmax 是对哪些 expert 做的？")
+    assert "只在选中的 2 个里归一化" in text
 
 
 def test_an_empty_bullet_is_never_the_answer(written_kb: tuple[KnowledgeBase, Path]) -> None:

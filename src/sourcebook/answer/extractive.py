@@ -37,7 +37,9 @@ NOT_FOUND = {
 # The question asks for several things: a whole short list may be the answer.
 _SEVERAL = re.compile(
     r"分别|哪些|哪几|哪[两三四五六七八九十]|几种|几个|有什么|步骤|区别|不同|对比|优缺点|"
-    r"\b(?:what are|which|list|steps|differences?|compare|versus|vs|two|three|four|five)\b",
+    r"\b(?:what are|which|list|steps|differences?|compare|versus|vs)\b"
+    # "the two ways", "three kinds of", not "a power of two"
+    r"|\b(?:two|three|four|five)\s+(?!of\b)[a-z]",
     re.IGNORECASE,
 )
 # "BatchNorm 和 LayerNorm", "beta1 and beta2", "A、B、C", "Q K V": the parts of a question
@@ -46,6 +48,8 @@ _LATIN_TERM = r"[A-Za-z\u0370-\u03ff][\w\u0370-\u03ff.\-]*"
 _PARTS = re.compile(rf"{_LATIN_TERM}(?:{_JOINER}{_LATIN_TERM})+")
 _LETTER_PARTS = re.compile(r"(?<!\w)[A-Z\u0391-\u03c9]\d?(?:\s+[A-Z\u0391-\u03c9]\d?)+(?!\w)")
 # "What is HNSW?", "HNSW 是什么", "什么是 HNSW": the answer defines the subject
+# a question about code ("我那段 top-2 代码里…", "in the snippet") is answered by a code line
+_ABOUT_CODE = re.compile(r"代码|\b(?:code|snippet)\b", re.IGNORECASE)
 _DEFINITION = re.compile(
     r"^\s*(?:what(?:'s|\s+is|\s+are)\s+(?:an?\s+|the\s+)?(?P<en>[^?？]+?)\s*[?？]?\s*$"
     r"|^\s*(?P<zh>[^？?]+?)\s*(?:是什么|是啥|指的是什么|指什么)"
@@ -108,6 +112,7 @@ class _Question:
     parts: list[list[str]]  # terms of each part of a multi-part question
     several: bool  # asks for several things (a list may answer it)
     subject: str = ""  # what a definition question asks about, lower-cased ("hnsw")
+    about_code: bool = False  # asks about a piece of code
 
 
 class ExtractiveAnswerer:
@@ -241,9 +246,12 @@ class ExtractiveAnswerer:
             for unit in answer_units(hit.text):
                 text = normalize(unit.text(hit.text))
                 # every unit of a section reads in the context of its heading, not only the
-                # first line under it ("普朗特生于…" and "他卒于1953年" are both about him)
+                # first line under it ("普朗特生于…" and "他卒于1953年" are both about him),
+                # and a code line in that of its block's opening comment
                 section = unit.section or (hit.heading_path[-1] if hit.heading_path else "")
-                context = " ".join(dict.fromkeys(x for x in (hit.title, section) if x))
+                context = " ".join(
+                    dict.fromkeys(x for x in (hit.title, section, unit.caption) if x)
+                )
                 matched = f"{normalize(context)}\n{text}" if context else text
                 tokens = frozenset(analyze(matched))
                 coverage = (
@@ -264,6 +272,8 @@ class ExtractiveAnswerer:
             score = (0.5 * coverage + 0.5 * self.judge.rescale(dense)) * rank_weight * length_factor
             if asked.subject and _defines(unit, text, asked.subject):
                 score *= 1.3  # "HNSW 是一种…" answers "What is HNSW?" better than its drawbacks
+            if asked.about_code and unit.kind == "code":
+                score *= 1.2  # "我那段 top-2 代码里 softmax…" asks about the code, not the prose
             candidates.append(_Candidate(index, unit, text, tokens, score, coverage, dense))
         return [self._whole_list_score(c, candidates, asked) for c in candidates]
 
@@ -544,6 +554,7 @@ def _understand(question: str, hits: Sequence[SearchHit]) -> _Question:
         parts=_parts(normalized),
         several=bool(_SEVERAL.search(normalized)) or len(_parts(normalized)) > 1,
         subject=_subject(normalized),
+        about_code=bool(_ABOUT_CODE.search(normalized)),
     )
 
 
@@ -554,9 +565,10 @@ def _frame_terms() -> frozenset[str]:
 
 
 def _said(hits: Sequence[SearchHit], chosen: Sequence[_Candidate]) -> str:
-    """What an answer names: its units, their sections, their chunks' headings and titles."""
+    """What an answer names: its units, their sections and code blocks' captions, their
+    chunks' headings and titles."""
     return " ".join(
-        f"{c.text} {c.unit.section} {hits[c.hit_index].title} "
+        f"{c.text} {c.unit.section} {c.unit.caption} {hits[c.hit_index].title} "
         + " ".join(hits[c.hit_index].heading_path)
         for c in chosen
     )

@@ -68,7 +68,9 @@ class AnswerUnit:
     (table header, list lead-in, code comment). `block` numbers the paragraph, list,
     table or code block the unit belongs to, `position` orders units in the text.
     `heading` is the heading right above a unit that is the first line under it;
-    `section` the heading of the section the unit is in, as far as the chunk shows it."""
+    `section` the heading of the section the unit is in, as far as the chunk shows it;
+    `caption` the comment lines that open the code block the unit is in, which say what
+    the whole block is ("# 最简单的 top-2 MoE 层" above the line that calls softmax)."""
 
     kind: UnitKind
     spans: tuple[tuple[int, int], ...]
@@ -77,6 +79,7 @@ class AnswerUnit:
     position: int
     heading: str = ""
     section: str = ""
+    caption: str = ""
     conclusion: bool = False  # starts with 所以/因此/so: its reason is worth quoting too
     open_clause: bool = False  # ends with "；"/";": the next clause continues the point
     introduces: bool = False  # ends with "：/:": what follows (a list, a formula) is the point
@@ -157,6 +160,7 @@ class _UnitBuilder:
         self.units: list[AnswerUnit] = []
         self.heading = ""  # heading whose first line has not been seen yet
         self.section = ""  # heading of the section being read
+        self.caption = ""  # the opening comment of the code block being read
         self.blocks = 0
         # the last sentence of the paragraph just before a list: the list's lead-in
         self.last_sentence: tuple[int, int] | None = None
@@ -175,6 +179,7 @@ class _UnitBuilder:
                 position=main[0],
                 heading=self.heading,
                 section=self.section,
+                caption=self.caption,
                 conclusion=bool(_CONCLUSION.match(main_text.lstrip())),
                 open_clause=main_text.endswith(("；", ";")),
                 introduces=_ends_lead_in(main_text) and kind in ("sentence", "heading_line"),
@@ -326,6 +331,7 @@ class _UnitBuilder:
         if lines[i].kind == "fence":
             i += 1
         comments: list[tuple[int, int]] = []
+        opening = _strip(self.text, lines[i].start, lines[i].end)[0] if i < len(lines) else -1
         opener: tuple[int, int] | None = None  # the first line of an open call or literal
         items: list[tuple[int, int, int]] = []
         while i < len(lines) and lines[i].kind == "code":
@@ -337,6 +343,8 @@ class _UnitBuilder:
                 comments = []
             elif _COMMENT_LINE.match(raw):
                 comments.append(span)
+                if comments[0][0] == opening:  # still the comment the block opens with
+                    self.caption = self.text[opening : span[1]]
             elif opener and _CLOSES.match(raw):
                 self._whole_list(opener, items)
                 self.add("code", [*above, span], span)  # "])" alone is no unit
@@ -357,6 +365,7 @@ class _UnitBuilder:
         if i < len(lines) and lines[i].kind == "fence":
             i += 1
         self.last_sentence = None
+        self.caption = ""
         return i
 
 
