@@ -86,9 +86,14 @@ def test_a_specific_name_no_evidence_holds_cannot_be_answered(
         ),
         ("Q4_K_M 的 7B 文件多大？", "| type | 7B file size | | Q4_K_M | 4.1 GB |", ""),
         ("What does Q4_K_M trade off?", "q4_k_m is the popular default", ""),  # any case
+        # a metric at a cut-off: pass@10 is neither pass@1 nor pass@100
+        ("Which temperature suits pass@10?", "采样温度：pass@1 用 0.2，pass@100 用 0.8", "pass@10"),
+        ("pass@1 用什么温度？", "采样温度：pass@1 用 0.2，pass@100 用 0.8", ""),
+        ("Codex-12B 的 pass@100 是多少？", "Codex-12B 的 pass@1 是 28.8%", "pass@100"),
+        ("How is Recall@10 computed?", "recall@10：前 10 个结果里命中的比例", ""),
     ],
 )
-def test_a_chip_or_quantisation_type_the_answer_does_not_name_is_no_answer(
+def test_a_chip_quantisation_type_or_cut_off_the_answer_does_not_name_is_no_answer(
     question: str, answer: str, unanswered: str
 ) -> None:
     assert unanswered_name(question, answer) == unanswered

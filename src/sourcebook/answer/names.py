@@ -34,10 +34,11 @@ _WORD_PIECE = re.compile(r"[A-Za-z0-9+]+")
 VERSIONED = re.compile(r"\b[A-Za-z][A-Za-z0-9]*-\d[\w.]*")  # LLaMA-3, GPT-4, Qwen2-7B
 # the specific names of a question: a model or version ("LLaMA-3-70B", "SD3.5", "bge-m3",
 # "DiT-XL/2", "LLaMA-2 70B"), a chip ("H100"), a quantisation type ("Q4_0", "Q4_K_M"), a
-# size ("100B", "8x7B", "128k") or a successor ("ZeRO++")
+# metric at a cut-off ("pass@10", "Recall@5"), a size ("100B", "8x7B", "128k") or a
+# successor ("ZeRO++")
 _SPECIFIC_NAME = re.compile(
     r"(?<![A-Za-z0-9.+/-])(?:[A-Za-z][A-Za-z.]*[A-Za-z][A-Za-z0-9.+/-]*\d[A-Za-z0-9.+/-]*"
-    r"|[A-Z]\d+(?:_[A-Z0-9]+)+|[A-Z]\d{2,}"
+    r"|[A-Z]\d+(?:_[A-Z0-9]+)+|[A-Z]\d{2,}|[A-Za-z]+@(?:\d+|k)"
     r"|\d+(?:\.\d+)?(?:x\d+)?[BbKkMm]"
     r"|[A-Za-z][A-Za-z0-9-]*[A-Za-z]\+\+?)(?![A-Za-z0-9+])"
 )
