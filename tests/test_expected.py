@@ -33,6 +33,12 @@ from sourcebook.kb import KnowledgeBase
         ("How large should the parent chunk be?", "命中后把它所在的大块交给 LLM", "amount"),
         ("Mamba 比 attention 快多少？", "Mamba 是线性复杂度", "amount"),
         ("How many heads does the base model use?", "h=8, d_k=64", ""),
+        (
+            "What is the largest BLOCK_SIZE?",
+            "BLOCK_SIZE = triton.next_power_of_2(n_cols)",
+            "amount",
+        ),
+        ("What is the maximum context length?", "上下文长度最多 32k", ""),
         ("现存多少头？", "现存约六百五十头", ""),
         ("How much smaller is the int8 model?", "about half the size", ""),
         ("What tile size does FlashAttention use?", "FlashAttention 把 Q、K、V 切成小块", "amount"),
@@ -67,7 +73,42 @@ from sourcebook.kb import KnowledgeBase
 def test_an_answer_must_state_the_kind_of_value_asked_for(
     question: str, answer: str, missing: str
 ) -> None:
-    assert missing_kind(question, answer) == missing
+    assert missing_kind(question, [answer]) == missing
+
+
+@pytest.mark.parametrize(
+    ("question", "units", "missing"),
+    [
+        # the default of an option named in code must be stated where the option is, on its line
+        (
+            "lm-eval 的 batch_size default 是多少？",
+            ["--batch_size auto", "gsm8k 任务默认 5-shot"],
+            "default",
+        ),
+        (
+            "What's the default value of --max-model-len?",
+            ["--max-model-len 8192", "默认 0.9"],
+            "default",
+        ),
+        (
+            "What's the default value of --max-model-len?",
+            ["--gpu-memory-utilization 0.90 \\   # 默认 0.9\n    --max-model-len 8192"],
+            "default",
+        ),
+        (
+            "vLLM 的 --gpu-memory-utilization 默认是多少？",
+            ["--gpu-memory-utilization 0.90  # 默认 0.9"],
+            "",
+        ),
+        ("What's the default efSearch?", ["efSearch = 64", "HNSW 的 efSearch 默认 16"], ""),
+        # without an option named in code, a default anywhere in the answer's note will do
+        ("What's DDP's default bucket size?", ["DDP 会把梯度分桶", "bucket 默认 25 MB"], ""),
+    ],
+)
+def test_the_default_of_an_option_is_stated_where_the_option_is(
+    question: str, units: list[str], missing: str
+) -> None:
+    assert missing_kind(question, units) == missing
 
 
 def test_a_question_whose_answer_states_no_year_is_refused(notes_kb: KnowledgeBase) -> None:

@@ -19,6 +19,7 @@ the 一 of 一个/一般/一种.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 _EN_NUMERAL = (
     r"\b(?:one|two|three|four|five|six|seven|eight|nine|ten|twelve|twice|double|half"
@@ -30,6 +31,9 @@ _EN_NUMERAL = (
 _NUMBER = r"(?<![A-Za-z0-9_./+\-])\d|\btop-\d"
 # Chinese numerals, but not 一 alone: 一个, 一般, 一种 and 一起 state no amount
 _ZH_NUMERAL = r"[二两三四五六七八九十百千万亿半]|一[万千百亿倍半]|[十百千万]一"
+
+# a name in code: snake_case, a command-line flag, camelCase (not "vLLM")
+_IDENTIFIER = re.compile(r"[A-Za-z]\w*_\w+|--?[a-z][\w-]+|\b[a-z]{2,}[A-Z]\w*")
 
 # kind → (what asks for it, what states one)
 _KINDS: dict[str, tuple[re.Pattern[str], re.Pattern[str]]] = {
@@ -60,11 +64,12 @@ _KINDS: dict[str, tuple[re.Pattern[str], re.Pattern[str]]] = {
             re.IGNORECASE,
         ),
     ),
-    # "what tile size", "what nprobe value" ask for a number too
+    # "what tile size", "what nprobe value", "what is the largest" ask for a number too
     "amount": (
         re.compile(
             r"\bhow (?:many|much|big|large)\b|多少|几个|几倍|多大"
-            r"|\bwhat (?:[\w-]+ ){0,2}(?:value|size|number|count)s?\b",
+            r"|\bwhat (?:[\w-]+ ){0,2}(?:value|size|number|count)s?\b"
+            r"|\bwhat(?:'s| is| are) the (?:largest|smallest|maximum|minimum|max|min)\b",
             re.IGNORECASE,
         ),
         re.compile(rf"{_NUMBER}|{_ZH_NUMERAL}|{_EN_NUMERAL}", re.IGNORECASE),
@@ -85,16 +90,28 @@ _KINDS: dict[str, tuple[re.Pattern[str], re.Pattern[str]]] = {
             r"|参数名|选项名|叫什么参数|哪个参数|哪个选项|哪个环境变量",
             re.IGNORECASE,
         ),
-        re.compile(r"[A-Za-z]\w*_\w+|--?[a-z][\w-]+|\b[a-z]+[A-Z]\w*"),
+        _IDENTIFIER,
     ),
 }
 
 
-def missing_kind(question: str, answer: str) -> str:
+def missing_kind(question: str, units: Sequence[str]) -> str:
     """The kind of value the question asks for ("default", "year", "duration", "amount",
-    "version", "identifier") that `answer` (the quoted units with their headings and
-    titles) states nowhere, or ""."""
+    "version", "identifier") that the answer's `units` (each quoted unit with its
+    headings and title) state nowhere, or "". The default of an option the question
+    names in code ("batch_size", "--max-model-len") must be stated on a line that names
+    it: "gsm8k 任务默认 5-shot" states no default batch_size."""
+    answer = " ".join(units)
     for kind, (asks, states) in _KINDS.items():
         if asks.search(question) and not states.search(answer):
             return kind
+    options = [name.lstrip("-").lower() for name in _IDENTIFIER.findall(question)]
+    if options and _KINDS["default"][0].search(question):
+        # on one line: the lines of a command quoted together each set their own option
+        states = _KINDS["default"][1]
+        lines = [line for unit in units for line in unit.split("\n")]
+        if not any(
+            states.search(line) and all(o in line.lower() for o in options) for line in lines
+        ):
+            return "default"
     return ""

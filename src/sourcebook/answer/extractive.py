@@ -169,7 +169,8 @@ class ExtractiveAnswerer:
             return self._refused_by_rule(question, asked.language, hits, "unknown_name")
         # the kind asked for must be in what the answer quotes from the best unit's note:
         # a year in a unit added from another note does not date the thing asked about
-        if best and expected.missing_kind(question, _said(hits, _same_note(hits, chosen, best))):
+        same_note = _same_note(hits, chosen, best) if best else []
+        if best and expected.missing_kind(question, [_said(hits, [c]) for c in same_note]):
             return self._refused_by_rule(question, asked.language, hits, "unanswered_kind")
         signals = self.signals(asked, hits, candidates, best, chosen, idf)
         confidence = self.judge.confidence(signals)
