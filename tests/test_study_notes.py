@@ -71,6 +71,22 @@ def test_questions_jsonl_is_built_from_questions_yaml() -> None:
     assert module.render(ROOT) == (ROOT / "questions.jsonl").read_text(encoding="utf-8")
 
 
+# notes written after the engine was tuned, to check that its figures hold on unseen notes
+FRESH = sorted((ROOT.parents[1] / "benchmarks" / "data").glob("fresh-notes*"))
+
+
+@pytest.mark.parametrize("root", FRESH, ids=[p.name for p in FRESH])
+def test_the_fresh_sets_are_consistent_and_built_from_their_yaml(root: Path) -> None:
+    questions = load_questions(root)
+    assert len(questions) >= 80 and sum(not q.answerable for q in questions) >= 40
+    assert check_questions(root, questions) == []
+    spec = importlib.util.spec_from_file_location("build_questions", ROOT / "build_questions.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.render(root) == (root / "questions.jsonl").read_text(encoding="utf-8")
+
+
 def test_the_converter_extracts_the_pdf_and_html_text() -> None:
     from sourcebook.ingest.converters import convert
 
