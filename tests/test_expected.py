@@ -65,7 +65,14 @@ from sourcebook.kb import KnowledgeBase
         # the name of an option
         ("What's the option name for the engine cache?", "一定要开 engine cache", "identifier"),
         ("What's the provider option name for the cache?", "trt_engine_cache_enable: True", ""),
-        ("vLLM 用哪个参数限制最大上下文？", "--max-model-len 8192", ""),
+        ("vLLM 限制最大上下文的参数名是什么？", "--max-model-len 8192", ""),
+        (
+            "What's the env variable name that hides GPUs?",
+            "看不到 GPU 时先查环境变量",
+            "identifier",
+        ),
+        # "which parameter matters most" asks for a parameter, not for its name in code
+        ("LoRA 训练时最重要的是哪个参数？", "最重要的是秩 r", ""),
         # no kind asked for
         ("Why does LoRA save memory?", "冻结的权重不需要梯度", ""),
     ],

@@ -87,7 +87,7 @@ _KINDS: dict[str, tuple[re.Pattern[str], re.Pattern[str]]] = {
     "identifier": (
         re.compile(
             r"\b(?:option|flag|parameter|argument|setting|config|variable)(?: key)? names?\b"
-            r"|参数名|选项名|叫什么参数|哪个参数|哪个选项|哪个环境变量",
+            r"|参数名|选项名|叫什么参数|哪个环境变量",
             re.IGNORECASE,
         ),
         _IDENTIFIER,
