@@ -54,6 +54,7 @@ from sourcebook.kb import KnowledgeBase
         ("候选词表一般要准备多大？", "先准备一个很大的候选词表（T5、LLaMA-1/2）", "amount"),
         ("How big is the vocabulary?", "LLaMA-3 的词表是 128k", ""),
         ("学习率一般设多少？", "一般设成 2e-4", ""),
+        ("LoRA 微调要几张卡？", "LoRA 微调一张卡就够", ""),
         # a version
         (
             "Which CUDA version does flash-attn need?",
