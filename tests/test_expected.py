@@ -55,6 +55,11 @@ from sourcebook.kb import KnowledgeBase
         ("How big is the vocabulary?", "LLaMA-3 的词表是 128k", ""),
         ("学习率一般设多少？", "一般设成 2e-4", ""),
         ("LoRA 微调要几张卡？", "LoRA 微调一张卡就够", ""),
+        (
+            "序列并行能省多少激活显存？",
+            "序列并行把 LayerNorm 沿序列维度切开，进一步省激活显存",
+            "amount",
+        ),
         # a version
         (
             "Which CUDA version does flash-attn need?",

@@ -29,9 +29,9 @@ _EN_NUMERAL = (
 # a number that stands alone: a digit that starts a word ("7B", "0.999", "3x", "m=16",
 # "top-2"), not one inside a name
 _NUMBER = r"(?<![A-Za-z0-9_./+\-])\d|\btop-\d"
-# Chinese numerals, but not 一 alone: 一个, 一般, 一种 and 一起 state no amount, while
-# 一张卡, 一步, 一倍 do
-_ZH_NUMERAL = r"[二两三四五六七八九十百千万亿半]|一[万千百亿倍半张块次层步轮条份]|[十百千万]一"
+# Chinese numerals, but not 一 alone: 一个, 一般, 一种, 进一步 and 一块载入 state no amount,
+# while 一张卡 and 一倍 do
+_ZH_NUMERAL = r"[二两三四五六七八九十百千万亿半]|一[万千百亿倍半张]|[十百千万]一"
 
 # a name in code: snake_case, a command-line flag, camelCase (not "vLLM")
 _IDENTIFIER = re.compile(r"[A-Za-z]\w*_\w+|--?[a-z][\w-]+|\b[a-z]{2,}[A-Z]\w*")
