@@ -360,6 +360,13 @@ for e in range(n_experts):
 }
 
 
+# the programming-model section of an English note written for the fresh-notes check
+_TRITON = (
+    Path(__file__).resolve().parents[1] / "benchmarks/data/fresh-notes/notes/triton-kernels.md"
+)
+NOTES["triton.md"] = "\n".join(_TRITON.read_text(encoding="utf-8").split("\n")[:16])
+
+
 @pytest.fixture(scope="module")
 def written_kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KnowledgeBase, Path]]:
     base = tmp_path_factory.mktemp("units")
@@ -435,6 +442,13 @@ def test_a_question_about_code_is_answered_from_the_code(
     # "top-2" is only in the comment that opens the block, which every line of it reads under
     text = _check_verbatim(written_kb[0], "我那段 top-2 代码里 softmax 是对哪些 expert 做的？")
     assert "只在选中的 2 个里归一化" in text
+
+
+def test_a_why_question_is_answered_by_the_line_that_gives_the_reason(
+    written_kb: tuple[KnowledgeBase, Path],
+) -> None:
+    text = _check_verbatim(written_kb[0], "Why must BLOCK_SIZE be a power of two?")
+    assert "because `tl.arange` only accepts power-of-two ranges" in text
 
 
 def test_an_empty_bullet_is_never_the_answer(written_kb: tuple[KnowledgeBase, Path]) -> None:

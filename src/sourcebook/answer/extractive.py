@@ -48,6 +48,13 @@ _LATIN_TERM = r"[A-Za-z\u0370-\u03ff][\w\u0370-\u03ff.\-]*"
 _PARTS = re.compile(rf"{_LATIN_TERM}(?:{_JOINER}{_LATIN_TERM})+")
 _LETTER_PARTS = re.compile(r"(?<!\w)[A-Z\u0391-\u03c9]\d?(?:\s+[A-Z\u0391-\u03c9]\d?)+(?!\w)")
 # "What is HNSW?", "HNSW 是什么", "什么是 HNSW": the answer defines the subject
+# a "why" question is answered by a line that gives a reason
+_WHY = re.compile(r"\bwhy\b|为什么|为何|凭什么|什么原因|原因是", re.IGNORECASE)
+_REASON = re.compile(
+    r"\b(?:because|since|due to|so that|in order to|otherwise)\b"
+    r"|因为|由于|所以|因此|为了|否则|导致",
+    re.IGNORECASE,
+)
 # a question about code ("我那段 top-2 代码里…", "in the snippet") is answered by a code line
 _ABOUT_CODE = re.compile(r"代码|\b(?:code|snippet)\b", re.IGNORECASE)
 _DEFINITION = re.compile(
@@ -112,6 +119,7 @@ class _Question:
     parts: list[list[str]]  # terms of each part of a multi-part question
     several: bool  # asks for several things (a list may answer it)
     subject: str = ""  # what a definition question asks about, lower-cased ("hnsw")
+    why: bool = False  # asks for a reason
     about_code: bool = False  # asks about a piece of code
 
 
@@ -273,6 +281,8 @@ class ExtractiveAnswerer:
             score = (0.5 * coverage + 0.5 * self.judge.rescale(dense)) * rank_weight * length_factor
             if asked.subject and _defines(unit, text, asked.subject):
                 score *= 1.3  # "HNSW 是一种…" answers "What is HNSW?" better than its drawbacks
+            if asked.why and _REASON.search(text):
+                score *= 1.15  # "It must be a power of two, because tl.arange only accepts…"
             if asked.about_code and unit.kind == "code":
                 score *= 1.2  # "我那段 top-2 代码里 softmax…" asks about the code, not the prose
             candidates.append(_Candidate(index, unit, text, tokens, score, coverage, dense))
@@ -555,6 +565,7 @@ def _understand(question: str, hits: Sequence[SearchHit]) -> _Question:
         parts=_parts(normalized),
         several=bool(_SEVERAL.search(normalized)) or len(_parts(normalized)) > 1,
         subject=_subject(normalized),
+        why=bool(_WHY.search(normalized)),
         about_code=bool(_ABOUT_CODE.search(normalized)),
     )
 
