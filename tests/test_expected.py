@@ -90,9 +90,9 @@ def test_an_answer_must_state_the_kind_of_value_asked_for(
 
 
 @pytest.mark.parametrize(
-    ("question", "units", "missing"),
+    ("question", "pieces", "missing"),
     [
-        # the default of an option named in code must be stated where the option is, on its line
+        # the default of an option named in code must be stated where the option is
         (
             "lm-eval 的 batch_size default 是多少？",
             ["--batch_size auto", "gsm8k 任务默认 5-shot"],
@@ -105,8 +105,18 @@ def test_an_answer_must_state_the_kind_of_value_asked_for(
         ),
         (
             "What's the default value of --max-model-len?",
-            ["--gpu-memory-utilization 0.90 \\   # 默认 0.9\n    --max-model-len 8192"],
+            ["--gpu-memory-utilization 0.90 \\   # 默认 0.9\n    --max-model-len 8192 \\"],
             "default",
+        ),
+        # each line of a command continued with "\\" sets its own option; a list item with
+        # its continuation line is one piece
+        (
+            "What is the default prefetch_factor?",
+            [
+                "* ``prefetch_factor`` is the number of batches each worker loads in advance;\n"
+                "  the default is 2."
+            ],
+            "",
         ),
         (
             "vLLM 的 --gpu-memory-utilization 默认是多少？",
@@ -119,9 +129,9 @@ def test_an_answer_must_state_the_kind_of_value_asked_for(
     ],
 )
 def test_the_default_of_an_option_is_stated_where_the_option_is(
-    question: str, units: list[str], missing: str
+    question: str, pieces: list[str], missing: str
 ) -> None:
-    assert missing_kind(question, units) == missing
+    assert missing_kind(question, pieces) == missing
 
 
 def test_a_question_whose_answer_states_no_year_is_refused(notes_kb: KnowledgeBase) -> None:

@@ -36,6 +36,9 @@ _ZH_NUMERAL = r"[二两三四五六七八九十百千万亿半]|一[万千百亿
 # a name in code: snake_case, a command-line flag, camelCase (not "vLLM")
 _IDENTIFIER = re.compile(r"[A-Za-z]\w*_\w+|--?[a-z][\w-]+|\b[a-z]{2,}[A-Z]\w*")
 
+# a line of a shell command continued on the next ("--flag 0.9 \\  # 默认 0.9")
+_CONTINUED = re.compile(r"\\[ \t]*(?:#.*)?$")
+
 # kind → (what asks for it, what states one)
 _KINDS: dict[str, tuple[re.Pattern[str], re.Pattern[str]]] = {
     "default": (
@@ -96,23 +99,35 @@ _KINDS: dict[str, tuple[re.Pattern[str], re.Pattern[str]]] = {
 }
 
 
-def missing_kind(question: str, units: Sequence[str]) -> str:
+def missing_kind(question: str, pieces: Sequence[str]) -> str:
     """The kind of value the question asks for ("default", "year", "duration", "amount",
-    "version", "identifier") that the answer's `units` (each quoted unit with its
-    headings and title) state nowhere, or "". The default of an option the question
-    names in code ("batch_size", "--max-model-len") must be stated on a line that names
-    it: "gsm8k 任务默认 5-shot" states no default batch_size."""
-    answer = " ".join(units)
+    "version", "identifier") that the answer states nowhere, or "". `pieces`: each span
+    the answer quotes (a sentence, a list item, a line of a command), with the headings
+    and title it reads under. The default of an option the question names in code
+    ("batch_size", "--max-model-len") must be stated in a piece that names it: "gsm8k
+    任务默认 5-shot" states no default batch_size, nor "# 默认 0.9" on the line of
+    `--gpu-memory-utilization` the default of `--max-model-len`."""
+    answer = " ".join(pieces)
     for kind, (asks, states) in _KINDS.items():
         if asks.search(question) and not states.search(answer):
             return kind
     options = [name.lstrip("-").lower() for name in _IDENTIFIER.findall(question)]
     if options and _KINDS["default"][0].search(question):
-        # on one line: the lines of a command quoted together each set their own option
         states = _KINDS["default"][1]
-        lines = [line for unit in units for line in unit.split("\n")]
+        settings = [setting for piece in pieces for setting in _settings(piece)]
         if not any(
-            states.search(line) and all(o in line.lower() for o in options) for line in lines
+            states.search(line) and all(o in line.lower() for o in options) for line in settings
         ):
             return "default"
     return ""
+
+
+def _settings(piece: str) -> list[str]:
+    """A quoted piece split where it sets options one by one: each line of a shell command
+    continued with a backslash sets its own; any other piece is one."""
+    settings = [""]
+    for line in piece.split("\n"):
+        settings[-1] = f"{settings[-1]}\n{line}" if settings[-1] else line
+        if _CONTINUED.search(line):
+            settings.append("")
+    return [s for s in settings if s]

@@ -177,8 +177,8 @@ class ExtractiveAnswerer:
             return self._refused_by_rule(question, asked.language, hits, "unknown_name")
         # the kind asked for must be in what the answer quotes from the best unit's note:
         # a year in a unit added from another note does not date the thing asked about
-        same_note = _same_note(hits, chosen, best) if best else []
-        if best and expected.missing_kind(question, [_said(hits, [c]) for c in same_note]):
+        pieces = _pieces(hits, _same_note(hits, chosen, best)) if best else []
+        if best and expected.missing_kind(question, pieces):
             return self._refused_by_rule(question, asked.language, hits, "unanswered_kind")
         signals = self.signals(asked, hits, candidates, best, chosen, idf)
         confidence = self.judge.confidence(signals)
@@ -579,11 +579,25 @@ def _frame_terms() -> frozenset[str]:
 def _said(hits: Sequence[SearchHit], chosen: Sequence[_Candidate]) -> str:
     """What an answer names: its units, their sections and code blocks' captions, their
     chunks' headings and titles."""
-    return " ".join(
-        f"{c.text} {c.unit.section} {c.unit.caption} {hits[c.hit_index].title} "
-        + " ".join(hits[c.hit_index].heading_path)
+    return " ".join(f"{c.text} {_read_under(hits, c)}" for c in chosen)
+
+
+def _pieces(hits: Sequence[SearchHit], chosen: Sequence[_Candidate]) -> list[str]:
+    """Each span the answer quotes (a line of a command, a list item with its continuation
+    lines), with what its unit reads under."""
+    return [
+        f"{normalize(hits[c.hit_index].text[start:end])} {_read_under(hits, c)}"
         for c in chosen
-    )
+        for start, end in c.unit.spans
+    ]
+
+
+def _read_under(hits: Sequence[SearchHit], candidate: _Candidate) -> str:
+    """What a unit reads under: its section, its code block's caption, its chunk's
+    headings and its note's title."""
+    hit = hits[candidate.hit_index]
+    unit = candidate.unit
+    return f"{unit.section} {unit.caption} {hit.title} " + " ".join(hit.heading_path)
 
 
 def _same_note(
