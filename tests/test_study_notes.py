@@ -62,13 +62,18 @@ def test_split_is_the_hash_of_the_id_and_balanced_per_language() -> None:
         assert abs(tune - test) <= 0.2 * (tune + test), (lang, tune, test)
 
 
-def test_questions_jsonl_is_built_from_questions_yaml() -> None:
-    """The .jsonl is generated (gold lines computed from facts): it must be up to date."""
+def _rendered(root: Path) -> str:
+    """questions.jsonl as `build_questions.py` renders it from the folder's YAML."""
     spec = importlib.util.spec_from_file_location("build_questions", ROOT / "build_questions.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.render(ROOT) == (ROOT / "questions.jsonl").read_text(encoding="utf-8")
+    return str(module.render(root))
+
+
+def test_questions_jsonl_is_built_from_questions_yaml() -> None:
+    """The .jsonl is generated (gold lines computed from facts): it must be up to date."""
+    assert _rendered(ROOT) == (ROOT / "questions.jsonl").read_text(encoding="utf-8")
 
 
 # notes written after the engine was tuned, to check that its figures hold on unseen notes
@@ -80,11 +85,7 @@ def test_the_fresh_sets_are_consistent_and_built_from_their_yaml(root: Path) -> 
     questions = load_questions(root)
     assert len(questions) >= 80 and sum(not q.answerable for q in questions) >= 40
     assert check_questions(root, questions) == []
-    spec = importlib.util.spec_from_file_location("build_questions", ROOT / "build_questions.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.render(root) == (root / "questions.jsonl").read_text(encoding="utf-8")
+    assert _rendered(root) == (root / "questions.jsonl").read_text(encoding="utf-8")
 
 
 def test_the_converter_extracts_the_pdf_and_html_text() -> None:
