@@ -23,6 +23,8 @@ from sourcebook.answer.names import unanswered_name, unknown_name, unquotable_na
         ("What vocabulary size does LLaMA-2 have?", {"vocabulari"}, ""),
         ("How does the Sophia optimizer work?", {"sophia"}, "Sophia"),
         ("512x512 的图 latent 多大？", {"512x512"}, ""),  # one letter: not a name
+        # an ordinary word no note holds in any spelling is still unknown
+        ("Megatron 的 interleaved pipeline 怎么办？", {"interleav"}, "interleaved"),
     ],
 )
 def test_a_name_is_unknown_only_without_any_spelling_in_the_notes(
@@ -61,8 +63,11 @@ def test_a_name_the_notes_write_in_another_spelling_is_not_absent() -> None:
         ("How many parameters does DiT-XL/2 have?", "FLUX.1 是 12B 参数的 DiT", "DiT-XL/2"),
         ("LLaMA-1/2 的词表多大？", "LLaMA-1/2 的词表是 32000", ""),
         ("tiktoken 比 tokenizers 快多少？", "tokenizers 是 Rust 写的", "tiktoken"),
-        ("Megatron 的 interleaved pipeline 怎么办？", "Megatron 的 pipeline 气泡", "interleaved"),
-        ("Megatron 的 interleaved pipeline 怎么办？", "Megatron interleaved pipeline", ""),
+        ("tiktoken 的 vocab 多大？", "tokenizers 的词表是 32000", "tiktoken"),
+        # an ordinary English word among the Chinese may be written in Chinese words the
+        # dictionary does not give ("hidden size" as d_model, "initial value" as 初始化)
+        ("Megatron 的 interleaved pipeline 怎么办？", "Megatron 的 pipeline 气泡", ""),
+        ("mamba-2.8b 是多少层、hidden size 多大？", "mamba-2.8b：64 层，d_model 2560", ""),
         ("build engine 很慢, how to avoid it?", "第一次 build engine 要几分钟", ""),  # a clause
     ],
 )

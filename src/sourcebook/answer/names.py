@@ -48,14 +48,17 @@ _LATIN_RUN = re.compile(r"(?<![A-Za-z0-9'])[A-Za-z][A-Za-z0-9+]*(?:[ \t]+[A-Za-z
 _PLURAL_NAME = re.compile(r"[A-Z][A-Za-z0-9]*[A-Z0-9]s")  # GPUs, LLMs
 
 
-def question_names(question: str, language: Language) -> list[str]:
+def question_names(question: str, language: Language, ordinary: bool = True) -> list[str]:
     """The words of the question written as names: a capital after the first letter or
     letters with digits ("OpenVINO", "SGLang", "HQQ", "GPT4o"), at least two letters; a
     capitalised word of three letters or more that does not start an English question
     ("Gemma", "Sophia"); a name with a version ("LLaMA-3"); and in a question with Chinese
     in it, a term of art: a latin word of three letters or more set among the Chinese
     alone or with one other ("Megatron-LM 的 interleaved pipeline", "tiktoken 比…"), not
-    in an English clause ("…很慢, how to avoid it?")."""
+    in an English clause ("…很慢, how to avoid it?"). Without `ordinary`, a latin word
+    among the Chinese that is an ordinary dictionary word ("interleaved", "hidden size",
+    "initial value") is left out: the notes may well say it in Chinese words the
+    dictionary does not give."""
     first = (_WORD_PIECE.findall(question) or [""])[0] if language == "en" else ""
     names = []
     for piece in VERSIONED.findall(question) + _WORD_PIECE.findall(question):
@@ -70,7 +73,14 @@ def question_names(question: str, language: Language) -> list[str]:
         for run in _LATIN_RUN.findall(question):
             words = run.split()
             if len(words) <= 2:
-                names += [w for w in words if len(w) >= 3 and analyze(w) and w not in names]
+                names += [
+                    w
+                    for w in words
+                    if len(w) >= 3
+                    and analyze(w)
+                    and w not in names
+                    and (ordinary or _term_of_art(w))
+                ]
     return names
 
 
@@ -118,11 +128,18 @@ def unquotable_name(question: str, language: Language, hits: Sequence[SearchHit]
     about "ZeRO++" when they describe ZeRO, or about DeepSpeed's defaults when none of
     them names DeepSpeed."""
     specific: list[str] = _SPECIFIC_NAME.findall(question)
-    names = list(dict.fromkeys(specific + question_names(question, language)))
+    names = list(dict.fromkeys(specific + question_names(question, language, ordinary=False)))
     if not names or not hits:
         return ""
     evidence = _plain(" ".join(f"{h.title} {h.text} {' '.join(h.heading_path)}" for h in hits))
     return next((n for n in names if not _holds(evidence, n)), "")
+
+
+def _term_of_art(word: str) -> bool:
+    """Whether a latin word is no ordinary dictionary word ("softmax", "tiktoken")."""
+    dictionary = glossary()
+    terms = analyze(word)
+    return dictionary is None or not all(dictionary.is_common_word(t) for t in terms)
 
 
 def unanswered_name(question: str, answer: str) -> str:
