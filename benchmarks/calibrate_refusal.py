@@ -108,6 +108,11 @@ def _jsonl(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+# Unseen-notes sets whose tuning halves the judge is fitted on too (notes on other topics
+# than the study notes'); `fresh-notes-2` is left out: it checks what the fit generalises to.
+FITTED_FRESH_SETS = ("fresh-notes", "fresh-notes-3")
+
+
 def notes_rows(work: Path, removed_answers: bool = False) -> dict[str, list[dict[str, float]]]:
     """The notes rows by set: the bundled sample notes, the study-notes tune split, the
     tuning half of `study-notes-dev3.jsonl` (its near-miss unanswerable questions are most
@@ -133,6 +138,10 @@ def notes_rows(work: Path, removed_answers: bool = False) -> dict[str, list[dict
             work,
             "study-notes-dev3-tune",
         )
+        for name in FITTED_FRESH_SETS:
+            fresh = ROOT / "benchmarks" / "data" / name
+            questions = [q for q in _jsonl(fresh / "questions.jsonl") if q["split"] == "tune"]
+            sets[f"{name}-tune"] = notes_signals(fresh / "notes", questions, work, f"{name}-tune")
         if removed_answers:
             folder, removed = without_answers(study, tune, work / "study-notes-without-answers")
             sets["study-notes-tune-removed"] = notes_signals(
