@@ -47,7 +47,6 @@ _JOINER = r"(?:\s*(?:、|,|，|/|和|与|及|以及|跟|还是|\band\b|\bor\b|\b
 _LATIN_TERM = r"[A-Za-z\u0370-\u03ff][\w\u0370-\u03ff.\-]*"
 _PARTS = re.compile(rf"{_LATIN_TERM}(?:{_JOINER}{_LATIN_TERM})+")
 _LETTER_PARTS = re.compile(r"(?<!\w)[A-Z\u0391-\u03c9]\d?(?:\s+[A-Z\u0391-\u03c9]\d?)+(?!\w)")
-# "What is HNSW?", "HNSW 是什么", "什么是 HNSW": the answer defines the subject
 # a "why" question is answered by a line that gives a reason
 _WHY = re.compile(r"\bwhy\b|为什么|为何|凭什么|什么原因|原因是", re.IGNORECASE)
 _REASON = re.compile(
@@ -57,6 +56,7 @@ _REASON = re.compile(
 )
 # a question about code ("我那段 top-2 代码里…", "in the snippet") is answered by a code line
 _ABOUT_CODE = re.compile(r"代码|\b(?:code|snippet)\b", re.IGNORECASE)
+# "What is HNSW?", "HNSW 是什么", "什么是 HNSW": the answer defines the subject
 _DEFINITION = re.compile(
     r"^\s*(?:what(?:'s|\s+is|\s+are)\s+(?:an?\s+|the\s+)?(?P<en>[^?？]+?)\s*[?？]?\s*$"
     r"|^\s*(?P<zh>[^？?]+?)\s*(?:是什么|是啥|指的是什么|指什么)"
