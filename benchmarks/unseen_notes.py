@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ def ask_held_out(work: Path) -> list[dict[str, Any]]:
     return records
 
 
-def table(groups: dict[str, Sequence[dict[str, Any]]]) -> list[str]:
+def table(groups: Mapping[str, Sequence[dict[str, Any]]]) -> list[str]:
     """A Markdown table of `aggregate` per group."""
     lines = [
         "| group | " + " | ".join(title for _, title in _COLUMNS) + " |",
@@ -80,10 +80,11 @@ def _cell(value: Any) -> str:
     return str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
-def _grouped(
-    records: Sequence[dict[str, Any]], tests: dict[str, Callable[[dict[str, Any]], bool]]
-) -> dict[str, list[dict[str, Any]]]:
-    return {name: [r for r in records if test(r)] for name, test in tests.items()}
+def _grouped(records: Sequence[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault(str(record[key]), []).append(record)
+    return groups
 
 
 def main() -> None:
@@ -93,12 +94,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="unseen-notes-") as scratch:
         records = ask_held_out(args.work or Path(scratch))
-    by_language = _grouped(records, dict(GROUPS))
-    by_note = _grouped(
-        records, {f"{lang} notes": (lambda r, x=lang: r["note_lang"] == x) for lang in ("zh", "en")}
-    )
-    halves = dict.fromkeys(r["set"] for r in records)
-    by_set = _grouped(records, {s: (lambda r, x=s: r["set"] == x) for s in halves})
+    by_language = {name: [r for r in records if test(r)] for name, test in GROUPS.items()}
+    by_note = {f"{lang} notes": rs for lang, rs in _grouped(records, "note_lang").items()}
+    by_set = _grouped(records, "set")
     for title, groups in (
         ("question language", by_language),
         ("note language", by_note),
