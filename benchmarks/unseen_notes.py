@@ -5,7 +5,8 @@ Issue 10's figures are re-checked on notes nobody here has seen. Each `fresh-not
 `HELD_OUT` were never read for failures nor fitted on. One set alone has ~25 answerable and
 ~25 unanswerable questions per half, where one question moves a rate by four points, so
 this script asks every held-out half and pools the scored questions: per question language,
-per note language, and per set.
+per note language, and per set, and how well the refusal judge's confidence separates the
+answerable questions from the rest (`judge_curve`).
 
     .venv/bin/python benchmarks/unseen_notes.py [--output unseen.json]
 
@@ -80,6 +81,22 @@ def _cell(value: Any) -> str:
     return str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
+def judge_curve(records: Sequence[dict[str, Any]]) -> list[str]:
+    """How well the answer/refuse confidence ranks answerable above unanswerable questions
+    (AUC; a question a rule refused counts as confidence 0), and the share of unanswerable
+    ones refused at the thresholds that would refuse 5-15% of the answerable ones: whether
+    a change separates them better or only moves along the same curve."""
+    answerable = sorted(r["confidence"] for r in records if r["answerable"])
+    unanswerable = [r["confidence"] for r in records if not r["answerable"]]
+    pairs = sum((a > u) + 0.5 * (a == u) for a in answerable for u in unanswerable)
+    lines = [f"AUC {pairs / (len(answerable) * len(unanswerable)):.3f}"]
+    for share in (0.05, 0.10, 0.15):
+        threshold = answerable[int(share * len(answerable))]
+        refused = sum(u < threshold for u in unanswerable) / len(unanswerable)
+        lines.append(f"answerable refused {share:.0%}: unanswerable refused {refused:.3f}")
+    return lines
+
+
 def _grouped(records: Sequence[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for record in records:
@@ -104,6 +121,7 @@ def main() -> None:
     ):
         print(f"\nby {title}:")
         print("\n".join(table(groups)))
+    print("\njudge:\n" + "\n".join(judge_curve(records)))
     if args.output:
         args.output.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n")
 
